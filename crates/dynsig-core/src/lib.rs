@@ -1,0 +1,22 @@
+//! dynsig-core: everything dynsig computes, as plain data structures and functions.
+//!
+//! No clock, no threads, no network: time arrives as event-time milliseconds inside the
+//! inputs (and as an explicit `wall_now` argument where idleness matters), so every stage
+//! is deterministic and unit-tested without a broker. The service crate (`dynsig`) wires
+//! these pieces to Kafka and HTTP.
+//!
+//! Flow: bytes --[`decode`]--> [`model::Input`] --[`engine::Engine`]--> [`model::Signal`]s.
+//! Inside the engine: [`tokenizer`] → [`window`] (event-time windows, watermark) →
+//! [`trend`] and [`anomaly`] detectors on each closed window → [`alert`] lifecycle.
+
+pub mod alert;
+pub mod anomaly;
+pub mod config;
+pub mod decode;
+pub mod engine;
+pub mod model;
+pub mod stopwords;
+pub mod synth;
+pub mod tokenizer;
+pub mod trend;
+pub mod window;

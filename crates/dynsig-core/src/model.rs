@@ -1,0 +1,162 @@
+//! The event model: what flows into the engine ([`Input`]) and out of it ([`Signal`]).
+//!
+//! These types mirror `proto/dynsig/v1/*.proto` field for field; their serde form is the
+//! JSON encoding of the topics (enum values in lower case).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Event time or wall time, in milliseconds since the Unix epoch.
+pub type EpochMs = i64;
+
+/// A social post (topic `posts`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Post {
+    pub id: String,
+    pub ts: EpochMs,
+    pub source: String,
+    pub author: String,
+    pub text: String,
+    pub lang: String,
+    pub url: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// An internal event of the company (topic `events`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct InternalEvent {
+    pub id: String,
+    pub ts: EpochMs,
+    pub source: String,
+    pub kind: String,
+    pub key: String,
+    pub value: f64,
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// One validated input record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Post(Post),
+    Event(InternalEvent),
+}
+
+impl Input {
+    pub fn ts(&self) -> EpochMs {
+        match self {
+            Input::Post(p) => p.ts,
+            Input::Event(e) => e.ts,
+        }
+    }
+}
+
+/// Where an input came from, so that the edge can tell which input offsets the engine
+/// still holds in open windows (see [`crate::engine::Engine::held_offset`]).
+/// `partition` is an opaque index the edge assigns to each (topic, partition) it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub partition: u32,
+    pub offset: i64,
+}
+
+/// What kind of token a term is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TermKind {
+    Word,
+    Hashtag,
+    Cashtag,
+    Mention,
+    Actor,
+}
+
+impl TermKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TermKind::Word => "word",
+            TermKind::Hashtag => "hashtag",
+            TermKind::Cashtag => "cashtag",
+            TermKind::Mention => "mention",
+            TermKind::Actor => "actor",
+        }
+    }
+}
+
+/// A counted term. Hashtags keep their `#`, cashtags their `$`, mentions their `@`, so
+/// that `#fire` and `fire` are different terms.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Term {
+    pub kind: TermKind,
+    pub text: String,
+}
+
+/// One ranked entry of a [`TrendSnapshot`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrendEntry {
+    pub term: String,
+    pub kind: TermKind,
+    pub count: u64,
+    pub baseline: f64,
+    pub score: f64,
+}
+
+/// The top terms of one closed window, ranked by score (highest first).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrendSnapshot {
+    pub window_start: EpochMs,
+    pub window_end: EpochMs,
+    pub events: u64,
+    pub entries: Vec<TrendEntry>,
+}
+
+/// One series' value in a closed window, scored by the anomaly detector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Anomaly {
+    pub series: String,
+    pub window_start: EpochMs,
+    pub window_end: EpochMs,
+    pub observed: f64,
+    pub expected: f64,
+    /// 0..1, higher is more anomalous.
+    pub score: f64,
+    pub detector: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertStatus {
+    Firing,
+    Resolved,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+/// An alert's state change. `id` is the stable dedup key (rule and series).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub id: String,
+    pub status: AlertStatus,
+    pub severity: Severity,
+    pub title: String,
+    pub summary: String,
+    /// The kind of signal that caused the alert: `trend` or `anomaly`.
+    pub cause: String,
+    pub labels: BTreeMap<String, String>,
+    pub starts_at: EpochMs,
+    pub updated_at: EpochMs,
+}
+
+/// Everything the engine publishes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Signal {
+    Trend(TrendSnapshot),
+    Anomaly(Anomaly),
+    Alert(Alert),
+}
