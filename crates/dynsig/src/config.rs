@@ -1,0 +1,279 @@
+//! The service's configuration: a TOML file whose every section has defaults, plus
+//! `DYNSIG_<SECTION>__<KEY>` environment overrides, validated into [`Config`].
+//!
+//! Unknown keys are rejected with the field named (serde's `deny_unknown_fields`), so a
+//! typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use dynsig_core::config::{
+    AlertConfig, AnomalyConfig, EngineConfig, TokenizerConfig, TrendConfig, WindowConfig,
+};
+use dynsig_core::decode::{Format, Limits};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment overrides: `DYNSIG_WINDOW__SIZE_MS=10000` sets `window.size_ms`.
+const ENV_PREFIX: &str = "DYNSIG_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid config: environment variable {var}: {reason}")]
+    Env { var: String, reason: String },
+    #[error("invalid config: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// Everything `dynsig run` needs.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub http: HttpConfig,
+    pub limits: Limits,
+    // The engine's sections stand at the top level of the file (`[window]`, `[trends]`...):
+    // serde's `flatten` cannot be combined with `deny_unknown_fields`, so they are listed.
+    pub window: WindowConfig,
+    pub tokenizer: TokenizerConfig,
+    pub trends: TrendConfig,
+    pub anomaly: AnomalyConfig,
+    pub alerts: AlertConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`; `--brokers` overrides it.
+    pub brokers: String,
+    /// Consumer group shared by every instance of the service.
+    pub group_id: String,
+    /// Create missing input and output topics at start (with `partitions` partitions).
+    pub create_topics: bool,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// librdkafka properties passed through as-is (SASL, SSL, timeouts...). They win over
+    /// dynsig's own defaults, except the offset-store settings that at-least-once needs.
+    pub client: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "dynsig".into(),
+            create_topics: true,
+            partitions: 3,
+            replication_factor: 1,
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicsConfig {
+    pub posts: String,
+    pub events: String,
+    /// Format of records without a `content-type` header.
+    pub posts_format: Format,
+    pub events_format: Format,
+    pub trends: String,
+    pub anomalies: String,
+    pub alerts: String,
+    pub dlq: String,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            posts: "posts".into(),
+            events: "events".into(),
+            posts_format: Format::Json,
+            events_format: Format::Json,
+            trends: "signals.trends".into(),
+            anomalies: "signals.anomalies".into(),
+            alerts: "signals.alerts".into(),
+            dlq: "dynsig.dlq".into(),
+        }
+    }
+}
+
+impl TopicsConfig {
+    pub fn inputs(&self) -> [&str; 2] {
+        [&self.posts, &self.events]
+    }
+
+    pub fn outputs(&self) -> [&str; 4] {
+        [&self.trends, &self.anomalies, &self.alerts, &self.dlq]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of `/metrics`, `/healthz` and `/readyz`; `--http-addr` overrides it.
+    pub addr: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { addr: SocketAddr::from(([127, 0, 0, 1], 8686)) }
+    }
+}
+
+impl Config {
+    /// The settings of the pure pipeline.
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            window: self.window.clone(),
+            tokenizer: self.tokenizer.clone(),
+            trends: self.trends.clone(),
+            anomaly: self.anomaly.clone(),
+            alerts: self.alerts.clone(),
+        }
+    }
+
+    /// Reads `path` (or starts from the defaults when `None`), applies the environment
+    /// overrides found in `env`, and validates the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?,
+            None => String::new(),
+        };
+        let mut table: toml::Table = text.parse()?;
+        for (var, value) in env {
+            if let Some(key_path) = var.strip_prefix(ENV_PREFIX) {
+                apply_env_override(&mut table, &var, key_path, &value)?;
+            }
+        }
+        let config: Config = table.try_into()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| Err(ConfigError::Invalid { field, reason: reason.into() });
+        if self.kafka.brokers.trim().is_empty() {
+            return invalid("kafka.brokers", "must not be empty");
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return invalid("kafka.group_id", "must not be empty");
+        }
+        if self.kafka.partitions < 1 {
+            return invalid("kafka.partitions", "must be at least 1");
+        }
+        let named = [
+            ("topics.posts", &self.topics.posts),
+            ("topics.events", &self.topics.events),
+            ("topics.trends", &self.topics.trends),
+            ("topics.anomalies", &self.topics.anomalies),
+            ("topics.alerts", &self.topics.alerts),
+            ("topics.dlq", &self.topics.dlq),
+        ];
+        for (field, topic) in named {
+            if topic.is_empty() {
+                return invalid(field, "topic name must not be empty");
+            }
+        }
+        if self.topics.posts == self.topics.events {
+            return invalid("topics.events", "must differ from topics.posts");
+        }
+        // The engine validates its own sections (window size, stopword languages...).
+        dynsig_core::engine::Engine::new(self.engine())
+            .map_err(|e| ConfigError::Invalid { field: "engine", reason: e.to_string() })?;
+        Ok(())
+    }
+}
+
+/// `WINDOW__SIZE_MS=10000` → `table.window.size_ms = 10000`. The value is read as a TOML
+/// value when it parses as one (numbers, booleans, arrays), else as a string.
+fn apply_env_override(
+    table: &mut toml::Table,
+    var: &str,
+    key_path: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let keys: Vec<String> = key_path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+    if keys.iter().any(|k| k.is_empty()) {
+        return Err(ConfigError::Env { var: var.into(), reason: "empty key segment".into() });
+    }
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.into()));
+    let (last, parents) = keys.split_last().expect("split yields at least one key");
+    let mut node = table;
+    for key in parents {
+        let entry = node.entry(key.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
+        node = entry.as_table_mut().ok_or_else(|| ConfigError::Env {
+            var: var.into(),
+            reason: format!("{key} is not a section"),
+        })?;
+    }
+    node.insert(last.clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("dynsig-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}.toml", text.len()));
+        std::fs::write(&path, text).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load(Some(&path), env)
+    }
+
+    #[test]
+    fn no_file_gives_defaults() {
+        let config = Config::load(None, []).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.topics.trends, "signals.trends");
+        assert_eq!(config.http.addr.to_string(), "127.0.0.1:8686");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load_str("[window]\nsize_msec = 5\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("size_msec"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let config = load_str(
+            "[window]\nsize_ms = 5000\n",
+            &[("DYNSIG_WINDOW__SIZE_MS", "7000"), ("DYNSIG_TOPICS__POSTS", "social"), ("OTHER", "x")],
+        )
+        .unwrap();
+        assert_eq!(config.window.size_ms, 7000);
+        assert_eq!(config.topics.posts, "social");
+    }
+
+    #[test]
+    fn client_properties_pass_through() {
+        let config = load_str("[kafka.client]\n\"security.protocol\" = \"SASL_SSL\"\n", &[]).unwrap();
+        assert_eq!(config.kafka.client["security.protocol"], "SASL_SSL");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let err = load_str("[kafka]\npartitions = 0\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("kafka.partitions"), "{err}");
+        let err = load_str("[topics]\nposts_format = \"xml\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("xml"), "{err}");
+    }
+}

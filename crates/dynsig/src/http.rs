@@ -1,0 +1,59 @@
+//! The HTTP edge: `/metrics` (Prometheus text), `/healthz` (the process is alive) and
+//! `/readyz` (partitions assigned and the cluster reachable).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
+
+use crate::kafka::Health;
+
+#[derive(Clone)]
+struct AppState {
+    prometheus: PrometheusHandle,
+    health: Arc<Health>,
+}
+
+/// Serves until `shutdown` turns true.
+pub async fn serve(
+    addr: SocketAddr,
+    prometheus: PrometheusHandle,
+    health: Arc<Health>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(AppState { prometheus, health });
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding HTTP on {addr}"))?;
+    tracing::info!(%addr, "HTTP listening (/metrics, /healthz, /readyz)");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+        .context("HTTP server")
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // The exporter aggregates histograms lazily; rendering also runs its upkeep.
+    state.prometheus.run_upkeep();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.prometheus.render())
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.health.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no partitions assigned or broker unreachable\n")
+    }
+}

@@ -1,0 +1,148 @@
+//! The Kafka edge's plumbing: client configurations that keep at-least-once honest,
+//! topic creation, and the consumer context that tracks partition assignment for
+//! `/readyz`. The stages that use these clients live in `service.rs`.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use metrics::{counter, gauge};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::KafkaConfig;
+use crate::telemetry::names;
+
+/// What `/healthz` and `/readyz` report.
+#[derive(Debug, Default)]
+pub struct Health {
+    assigned_partitions: AtomicUsize,
+    broker_up: AtomicBool,
+}
+
+impl Health {
+    /// Ready when this instance owns input partitions and the cluster answers.
+    pub fn is_ready(&self) -> bool {
+        self.assigned_partitions.load(Ordering::Relaxed) > 0 && self.broker_up.load(Ordering::Relaxed)
+    }
+
+    pub fn set_broker_up(&self, up: bool) {
+        self.broker_up.store(up, Ordering::Relaxed);
+        gauge!(names::BROKER_UP).set(if up { 1.0 } else { 0.0 });
+    }
+
+    fn set_assigned(&self, count: usize) {
+        self.assigned_partitions.store(count, Ordering::Relaxed);
+        gauge!(names::ASSIGNED_PARTITIONS).set(count as f64);
+    }
+}
+
+/// Consumer callbacks: records the assignment after each rebalance.
+pub struct TrackingContext {
+    pub health: Arc<Health>,
+}
+
+impl ClientContext for TrackingContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for TrackingContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        counter!(names::REBALANCES).increment(1);
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+                self.health.set_assigned(tpl.count());
+            }
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions revoked");
+                self.health.set_assigned(0);
+            }
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
+        }
+    }
+}
+
+/// The bootstrap servers, then the user's pass-through properties, which win over the
+/// defaults set before this call.
+fn apply_common(config: &mut ClientConfig, kafka: &KafkaConfig) {
+    config.set("bootstrap.servers", &kafka.brokers);
+    for (key, value) in &kafka.client {
+        config.set(key, value);
+    }
+}
+
+fn base_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    apply_common(&mut config, kafka);
+    config
+}
+
+/// The input consumer. Offsets are stored by the sink only after the outputs derived from
+/// them are acknowledged, then committed periodically: `enable.auto.offset.store=false` is
+/// forced because librdkafka's default stores prefetched offsets and loses data on revoke.
+pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("group.id", &kafka.group_id)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("partition.assignment.strategy", "range,roundrobin");
+    apply_common(&mut config, kafka);
+    config.set("enable.auto.offset.store", "false");
+    config
+}
+
+/// The output producer: idempotent (no duplicates from internal retries, per-partition
+/// order kept) and retrying without a deadline, so that a broker outage blocks the
+/// pipeline (backpressure) instead of dropping signals.
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "0")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4");
+    apply_common(&mut config, kafka);
+    config
+}
+
+/// Creates the topics among `names` that do not exist yet.
+pub async fn ensure_topics(kafka: &KafkaConfig, names: &[&str]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        base_config(kafka).create().context("creating the Kafka admin client")?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .context("fetching cluster metadata")?;
+    let missing: Vec<NewTopic<'_>> = names
+        .iter()
+        .filter(|name| !metadata.topics().iter().any(|t| t.name() == **name && t.error().is_none()))
+        .map(|name| {
+            NewTopic::new(name, kafka.partitions, TopicReplication::Fixed(kafka.replication_factor))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let results = admin
+        .create_topics(&missing, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .await
+        .context("creating topics")?;
+    for result in results {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("cannot create topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! Turns what the engine publishes into Kafka records: signals as JSON keyed so that each
+//! topic partitions and compacts sensibly, and dead letters that keep the original bytes.
+
+use dynsig_core::decode::{RejectReason, Rejection};
+use dynsig_core::model::Signal;
+
+use crate::config::TopicsConfig;
+
+/// Header names of a dead letter. They are part of the interface of `dynsig.dlq`.
+pub mod dlq_headers {
+    pub const REASON: &str = "dynsig-reason";
+    pub const DETAIL: &str = "dynsig-detail";
+    pub const SOURCE_TOPIC: &str = "dynsig-source-topic";
+    pub const SOURCE_PARTITION: &str = "dynsig-source-partition";
+    pub const SOURCE_OFFSET: &str = "dynsig-source-offset";
+}
+
+/// One record to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutRecord {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(&'static str, Vec<u8>)>,
+    /// What the record carries, for the metrics counted once it is acknowledged.
+    pub content: Content,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Content {
+    /// A signal of a window that ended at `window_end` (event time).
+    Signal { kind: &'static str, window_end: i64 },
+    DeadLetter { reason: RejectReason },
+}
+
+/// Where an input record came from, for its dead letter.
+#[derive(Debug, Clone, Copy)]
+pub struct SourcePosition<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The label value of a signal in metrics and file names.
+pub fn signal_kind(signal: &Signal) -> &'static str {
+    match signal {
+        Signal::Trend(_) => "trend",
+        Signal::Anomaly(_) => "anomaly",
+        Signal::Alert(_) => "alert",
+    }
+}
+
+/// Encodes a signal for its topic. Keys: trends by window start (one snapshot per window),
+/// anomalies by series (a series' history stays in one partition, in order), alerts by id
+/// (a compacted topic keeps each alert's current state).
+pub fn signal_record(topics: &TopicsConfig, signal: &Signal) -> OutRecord {
+    let (topic, key, window_end, payload) = match signal {
+        Signal::Trend(t) => (&topics.trends, t.window_start.to_string(), t.window_end, serde_json::to_vec(t)),
+        Signal::Anomaly(a) => (&topics.anomalies, a.series.clone(), a.window_end, serde_json::to_vec(a)),
+        Signal::Alert(a) => (&topics.alerts, a.id.clone(), a.updated_at, serde_json::to_vec(a)),
+    };
+    OutRecord {
+        topic: topic.clone(),
+        key: Some(key.into_bytes()),
+        // Serializing plain structs of strings and numbers cannot fail.
+        payload: payload.expect("signals serialize to JSON"),
+        headers: vec![("content-type", b"application/json".to_vec())],
+        content: Content::Signal { kind: signal_kind(signal), window_end },
+    }
+}
+
+/// A dead letter: the input's key and payload byte for byte, and why it was rejected.
+pub fn dead_letter(
+    topics: &TopicsConfig,
+    from: SourcePosition<'_>,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    rejection: &Rejection,
+) -> OutRecord {
+    use dlq_headers::*;
+    OutRecord {
+        topic: topics.dlq.clone(),
+        key: key.map(<[u8]>::to_vec),
+        payload: payload.to_vec(),
+        headers: vec![
+            (REASON, rejection.reason.as_str().as_bytes().to_vec()),
+            (DETAIL, rejection.detail.as_bytes().to_vec()),
+            (SOURCE_TOPIC, from.topic.as_bytes().to_vec()),
+            (SOURCE_PARTITION, from.partition.to_string().into_bytes()),
+            (SOURCE_OFFSET, from.offset.to_string().into_bytes()),
+        ],
+        content: Content::DeadLetter { reason: rejection.reason },
+    }
+}

@@ -1,0 +1,111 @@
+//! The transform stage: one raw input record in (bytes, content type, origin), decoded,
+//! validated and fed to the engine; closed windows out as signals. Shared by the Kafka
+//! service and `dynsig replay`, so both run exactly the same pipeline.
+
+use dynsig_core::decode::{self, Format, InputKind, Limits, RejectReason, Rejection};
+use dynsig_core::engine::{Engine, EngineError};
+use dynsig_core::model::{Input, Origin, Signal};
+use metrics::counter;
+
+use crate::config::Config;
+use crate::telemetry::names;
+
+/// An input record as read from a topic or a file line.
+#[derive(Debug, Clone, Copy)]
+pub struct RawInput<'a> {
+    pub kind: InputKind,
+    pub payload: &'a [u8],
+    /// The record's `content-type` header, if any; it overrides the topic's format.
+    pub content_type: Option<&'a [u8]>,
+    pub origin: Option<Origin>,
+}
+
+pub struct Processor {
+    engine: Engine,
+    limits: Limits,
+    posts_format: Format,
+    events_format: Format,
+}
+
+impl Processor {
+    pub fn new(config: &Config) -> Result<Self, EngineError> {
+        Ok(Self {
+            engine: Engine::new(config.engine())?,
+            limits: config.limits,
+            posts_format: config.topics.posts_format,
+            events_format: config.topics.events_format,
+        })
+    }
+
+    /// Decodes and ingests one record. A rejection (undecodable, invalid, or late) is
+    /// returned for the caller to dead-letter; it is counted here.
+    pub fn process(&mut self, input: RawInput<'_>) -> Result<(), Rejection> {
+        let record = self.decode(input)?;
+        self.ingest(&record, input.origin)
+    }
+
+    /// Decodes and validates one record (counted when rejected).
+    pub fn decode(&self, input: RawInput<'_>) -> Result<Input, Rejection> {
+        self.decode_uncounted(input).inspect_err(count_rejection)
+    }
+
+    /// Feeds a decoded record to the engine; a record whose window already closed is
+    /// rejected as `late` (and counted).
+    pub fn ingest(&mut self, record: &Input, origin: Option<Origin>) -> Result<(), Rejection> {
+        self.engine
+            .ingest(record, origin)
+            .map_err(|late| Rejection {
+                reason: RejectReason::Late,
+                detail: format!(
+                    "event time {} is in window ending {}, already closed by watermark {}",
+                    record.ts(),
+                    late.window_end,
+                    late.watermark
+                ),
+            })
+            .inspect_err(count_rejection)
+    }
+
+    fn decode_uncounted(&self, input: RawInput<'_>) -> Result<Input, Rejection> {
+        let format = match input.content_type {
+            Some(value) => Format::from_content_type(value).ok_or_else(|| Rejection {
+                reason: RejectReason::UnknownContentType,
+                detail: format!("content-type {:?}", String::from_utf8_lossy(value)),
+            })?,
+            None => match input.kind {
+                InputKind::Post => self.posts_format,
+                InputKind::Event => self.events_format,
+            },
+        };
+        decode::decode(input.kind, format, input.payload, &self.limits)
+    }
+
+    /// Advances idle time (see [`Engine::tick`]) and returns the signals of every window
+    /// that closed.
+    pub fn poll(&mut self, wall_now: Option<i64>) -> Vec<Signal> {
+        if let Some(now) = wall_now {
+            self.engine.tick(now);
+        }
+        self.count_closed(self.engine.poll_closed())
+    }
+
+    /// End of a finite input: closes every open window.
+    pub fn finish(&mut self) -> Vec<Signal> {
+        let signals = self.engine.finish();
+        self.count_closed(signals)
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn count_closed(&self, signals: Vec<Signal>) -> Vec<Signal> {
+        let windows = signals.iter().filter(|s| matches!(s, Signal::Trend(_))).count();
+        counter!(names::WINDOWS_CLOSED).increment(windows as u64);
+        signals
+    }
+}
+
+fn count_rejection(rejection: &Rejection) {
+    counter!(names::EVENTS_REJECTED, "reason" => rejection.reason.as_str()).increment(1);
+}

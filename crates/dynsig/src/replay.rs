@@ -1,0 +1,200 @@
+//! `dynsig replay`: the same pipeline over JSONL files instead of Kafka, for backfills,
+//! tests and benchmarks. Posts and events are merged by event time (each file is expected
+//! in roughly event-time order, as a topic partition would be), and every output topic
+//! becomes one JSONL file in the output folder.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use dynsig_core::decode::{InputKind, Rejection};
+use dynsig_core::model::{Input, Signal};
+
+use crate::config::Config;
+use crate::output::signal_record;
+use crate::processor::{Processor, RawInput};
+
+/// What a replay read and wrote.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReplaySummary {
+    pub inputs: u64,
+    pub rejected: u64,
+    pub trend_snapshots: u64,
+    pub anomalies: u64,
+    pub alerts: u64,
+}
+
+/// Runs the pipeline over `posts` (and `events`) and writes `<topic>.jsonl` files for the
+/// trends, anomalies, alerts and dead-letter topics into `out_dir`.
+pub fn replay(config: &Config, posts: &Path, events: Option<&Path>, out_dir: &Path) -> anyhow::Result<ReplaySummary> {
+    let mut processor = Processor::new(config)?;
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let mut sinks = Sinks::create(config, out_dir)?;
+    let mut summary = ReplaySummary::default();
+
+    let mut post_lines = LineSource::open(posts, InputKind::Post)?;
+    let mut event_lines = match events {
+        Some(path) => Some(LineSource::open(path, InputKind::Event)?),
+        None => None,
+    };
+    let mut next_post = post_lines.next_input(&processor, &mut sinks, &mut summary)?;
+    let mut next_event = match event_lines.as_mut() {
+        Some(lines) => lines.next_input(&processor, &mut sinks, &mut summary)?,
+        None => None,
+    };
+    // Two-way merge by event time, as a consumer interleaving two partitions would.
+    loop {
+        let take_post = match (&next_post, &next_event) {
+            (Some(post), Some(event)) => post.ts() <= event.ts(),
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        let (record, source) = if take_post {
+            (next_post.take(), &mut post_lines)
+        } else {
+            (next_event.take(), event_lines.as_mut().expect("an event was read"))
+        };
+        let record = record.expect("the chosen side has a record");
+        if let Err(rejection) = processor.ingest(&record, None) {
+            // The source's buffer still holds this record's line: it is read before the next.
+            let line = trim_line_end(&source.buffer);
+            sinks.dead_letter(&source.path, source.line_no, line, &rejection, &mut summary)?;
+        }
+        let next = source.next_input(&processor, &mut sinks, &mut summary)?;
+        if take_post {
+            next_post = next;
+        } else {
+            next_event = next;
+        }
+        sinks.write_signals(config, processor.poll(None), &mut summary)?;
+    }
+    sinks.write_signals(config, processor.finish(), &mut summary)?;
+    sinks.finish()?;
+    Ok(summary)
+}
+
+/// One JSONL input file, read line by line into a reused buffer.
+struct LineSource {
+    path: PathBuf,
+    kind: InputKind,
+    reader: BufReader<File>,
+    buffer: Vec<u8>,
+    line_no: u64,
+}
+
+impl LineSource {
+    fn open(path: &Path, kind: InputKind) -> anyhow::Result<Self> {
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            kind,
+            reader: BufReader::with_capacity(1 << 20, file),
+            buffer: Vec::new(),
+            line_no: 0,
+        })
+    }
+
+    /// The next decodable record; rejected lines go to the dead-letter file on the way.
+    fn next_input(
+        &mut self,
+        processor: &Processor,
+        sinks: &mut Sinks,
+        summary: &mut ReplaySummary,
+    ) -> anyhow::Result<Option<Input>> {
+        loop {
+            self.buffer.clear();
+            let read = self
+                .reader
+                .read_until(b'\n', &mut self.buffer)
+                .with_context(|| format!("reading {}", self.path.display()))?;
+            if read == 0 {
+                return Ok(None);
+            }
+            self.line_no += 1;
+            let line = trim_line_end(&self.buffer);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            summary.inputs += 1;
+            let input = RawInput { kind: self.kind, payload: line, content_type: None, origin: None };
+            match processor.decode(input) {
+                Ok(record) => return Ok(Some(record)),
+                Err(rejection) => sinks.dead_letter(&self.path, self.line_no, line, &rejection, summary)?,
+            }
+        }
+    }
+}
+
+fn trim_line_end(line: &[u8]) -> &[u8] {
+    let end = line.iter().rposition(|b| *b != b'\n' && *b != b'\r').map_or(0, |i| i + 1);
+    &line[..end]
+}
+
+/// The output files, one per topic.
+struct Sinks {
+    trends: BufWriter<File>,
+    anomalies: BufWriter<File>,
+    alerts: BufWriter<File>,
+    dlq: BufWriter<File>,
+}
+
+impl Sinks {
+    fn create(config: &Config, dir: &Path) -> anyhow::Result<Self> {
+        let open = |topic: &str| -> anyhow::Result<BufWriter<File>> {
+            let path = dir.join(format!("{topic}.jsonl"));
+            let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            Ok(BufWriter::new(file))
+        };
+        Ok(Self {
+            trends: open(&config.topics.trends)?,
+            anomalies: open(&config.topics.anomalies)?,
+            alerts: open(&config.topics.alerts)?,
+            dlq: open(&config.topics.dlq)?,
+        })
+    }
+
+    fn write_signals(&mut self, config: &Config, signals: Vec<Signal>, summary: &mut ReplaySummary) -> anyhow::Result<()> {
+        for signal in signals {
+            let (sink, counter) = match &signal {
+                Signal::Trend(_) => (&mut self.trends, &mut summary.trend_snapshots),
+                Signal::Anomaly(_) => (&mut self.anomalies, &mut summary.anomalies),
+                Signal::Alert(_) => (&mut self.alerts, &mut summary.alerts),
+            };
+            *counter += 1;
+            sink.write_all(&signal_record(&config.topics, &signal).payload)?;
+            sink.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+
+    /// A dead letter as a JSON line: the reason, where it came from, and the original line.
+    fn dead_letter(
+        &mut self,
+        path: &Path,
+        line_no: u64,
+        payload: &[u8],
+        rejection: &Rejection,
+        summary: &mut ReplaySummary,
+    ) -> anyhow::Result<()> {
+        summary.rejected += 1;
+        let letter = serde_json::json!({
+            "reason": rejection.reason.as_str(),
+            "detail": rejection.detail,
+            "source_file": path.display().to_string(),
+            "source_line": line_no,
+            "payload": String::from_utf8_lossy(payload),
+        });
+        serde_json::to_writer(&mut self.dlq, &letter)?;
+        self.dlq.write_all(b"\n")?;
+        Ok(())
+    }
+
+    fn finish(mut self) -> anyhow::Result<()> {
+        for sink in [&mut self.trends, &mut self.anomalies, &mut self.alerts, &mut self.dlq] {
+            sink.flush()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,390 @@
+//! `dynsig run`: the pipeline over Kafka, as three tokio stages joined by bounded channels.
+//!
+//! ```text
+//! source (consumer) --Consumed--> transform (Processor) --Batch--> sink (producer, offsets)
+//! ```
+//! At-least-once: the transform stage hands the sink, with each batch of output records,
+//! the input offsets that become safe once those records are acknowledged (an offset is
+//! safe when no open window still holds it). The sink stores those offsets only after
+//! every record of the batch is acknowledged; librdkafka commits stored offsets
+//! periodically and once more at shutdown. A restart re-reads from the commit point and
+//! rebuilds the open windows. Bounded channels give backpressure: a slow broker slows
+//! consumption instead of growing memory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use dynsig_core::decode::InputKind;
+use dynsig_core::model::Origin;
+use futures::future::join_all;
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::PrometheusHandle;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{Config, TopicsConfig};
+use crate::http;
+use crate::kafka::{self, Health, TrackingContext};
+use crate::output::{self, Content, OutRecord, SourcePosition};
+use crate::processor::{Processor, RawInput};
+use crate::telemetry::names;
+
+/// Records read but not yet processed. Small enough to bound memory, large enough to keep
+/// the transform stage busy while the consumer fetches.
+const INPUT_QUEUE: usize = 4096;
+/// Batches waiting for the producer: when the broker is slow, the transform stage waits.
+const BATCH_QUEUE: usize = 8;
+/// Inputs per batch at the most; a batch also closes at every tick.
+const BATCH_INPUTS: usize = 2048;
+/// How often idle time is advanced and pending outputs are flushed.
+const TICK: Duration = Duration::from_millis(200);
+/// How long shutdown may take to flush and commit.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+
+type InputConsumer = StreamConsumer<TrackingContext>;
+
+/// A record read from an input topic, owned so that it can cross the channel.
+struct Consumed {
+    kind: InputKind,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    content_type: Option<Vec<u8>>,
+}
+
+/// Output records, and the input offsets that are safe once they are acknowledged.
+#[derive(Default)]
+struct Batch {
+    records: Vec<OutRecord>,
+    /// (input kind, partition) → next offset to consume.
+    offsets: Vec<(InputKind, i32, i64)>,
+}
+
+/// Runs the service until `shutdown` turns true, then stops consuming, publishes what is
+/// pending, commits, and returns.
+pub async fn run(
+    config: Config,
+    prometheus: PrometheusHandle,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let topics = Arc::new(config.topics.clone());
+    if config.kafka.create_topics {
+        let mut all: Vec<&str> = topics.inputs().to_vec();
+        all.extend(topics.outputs());
+        kafka::ensure_topics(&config.kafka, &all).await?;
+    }
+    let health = Arc::new(Health::default());
+    let http = tokio::spawn(http::serve(config.http.addr, prometheus, health.clone(), shutdown.clone()));
+
+    let consumer: Arc<InputConsumer> = Arc::new(
+        kafka::consumer_config(&config.kafka)
+            .create_with_context(TrackingContext { health: health.clone() })
+            .context("creating the Kafka consumer")?,
+    );
+    consumer.subscribe(&topics.inputs()).context("subscribing to the input topics")?;
+    let producer: FutureProducer =
+        kafka::producer_config(&config.kafka).create().context("creating the Kafka producer")?;
+    let processor = Processor::new(&config)?;
+    tracing::info!(brokers = %config.kafka.brokers, group = %config.kafka.group_id, "dynsig running");
+
+    let watch_broker = tokio::spawn(watch_broker(producer.clone(), health.clone(), shutdown.clone()));
+    let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
+    let (batch_tx, batch_rx) = mpsc::channel(BATCH_QUEUE);
+    let source = tokio::spawn(source(consumer.clone(), topics.clone(), input_tx, shutdown.clone()));
+    let transform = tokio::spawn(transform(processor, topics.clone(), input_rx, batch_tx));
+    let sink = tokio::spawn(sink(producer.clone(), consumer.clone(), topics.clone(), batch_rx));
+
+    // The source stops on shutdown; the transform and sink stages end when their input
+    // channel closes, after finishing what is queued.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+    tracing::info!("shutting down: flushing outputs and committing offsets");
+    let drained = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
+        source.await?;
+        transform.await?;
+        sink.await?;
+        anyhow::Ok(())
+    })
+    .await;
+    match drained {
+        Ok(result) => result?,
+        Err(_) => anyhow::bail!("shutdown did not finish within {SHUTDOWN_DEADLINE:?}"),
+    }
+    producer.flush(Timeout::After(SHUTDOWN_DEADLINE)).context("flushing the producer")?;
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => {}
+        // Nothing stored since the last automatic commit.
+        Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => return Err(error).context("committing offsets at shutdown"),
+    }
+    watch_broker.await?;
+    http.await??;
+    tracing::info!("dynsig stopped");
+    Ok(())
+}
+
+/// Reads input records until shutdown.
+async fn source(
+    consumer: Arc<InputConsumer>,
+    topics: Arc<TopicsConfig>,
+    tx: mpsc::Sender<Consumed>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            message = consumer.recv() => message,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                // Transient (broker down, rebalance in progress): librdkafka reconnects.
+                tracing::warn!(%error, "consume error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let kind = if message.topic() == topics.posts { InputKind::Post } else { InputKind::Event };
+        counter!(names::EVENTS_CONSUMED, "topic" => kind_label(kind)).increment(1);
+        let content_type = message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key.eq_ignore_ascii_case("content-type"))
+                .and_then(|h| h.value.map(<[u8]>::to_vec))
+        });
+        let record = Consumed {
+            kind,
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            content_type,
+        };
+        if tx.send(record).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Decodes, aggregates and batches outputs with the offsets they make safe.
+async fn transform(
+    mut processor: Processor,
+    topics: Arc<TopicsConfig>,
+    mut rx: mpsc::Receiver<Consumed>,
+    tx: mpsc::Sender<Batch>,
+) {
+    let mut ticker = tokio::time::interval(TICK);
+    let mut state = TransformState::default();
+    loop {
+        tokio::select! {
+            record = rx.recv() => match record {
+                Some(record) => {
+                    state.handle(&mut processor, &topics, record);
+                    if state.inputs_in_batch >= BATCH_INPUTS
+                        && tx.send(state.flush(&mut processor, &topics, None)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                None => break,
+            },
+            _ = ticker.tick() => {
+                let batch = state.flush(&mut processor, &topics, Some(wall_now_ms()));
+                if !batch.records.is_empty() || !batch.offsets.is_empty() {
+                    if tx.send(batch).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    let _ = tx.send(state.flush(&mut processor, &topics, None)).await;
+}
+
+#[derive(Default)]
+struct TransformState {
+    batch: Batch,
+    inputs_in_batch: usize,
+    /// Next offset to process per input partition; anything below it was processed.
+    next_offsets: HashMap<(InputKind, i32), i64>,
+    /// Offsets already handed to the sink, so unchanged ones are not sent again.
+    safe_offsets_sent: HashMap<(InputKind, i32), i64>,
+}
+
+impl TransformState {
+    fn handle(&mut self, processor: &mut Processor, topics: &TopicsConfig, record: Consumed) {
+        let partition_key = (record.kind, record.partition);
+        // After a rebalance that gives a partition back, librdkafka re-delivers from the
+        // committed offset; those records are already counted in the open windows.
+        if let Some(&next) = self.next_offsets.get(&partition_key) {
+            if record.offset < next {
+                counter!(names::REDELIVERED_SKIPPED).increment(1);
+                return;
+            }
+        }
+        self.next_offsets.insert(partition_key, record.offset + 1);
+        self.inputs_in_batch += 1;
+        let input = RawInput {
+            kind: record.kind,
+            payload: &record.payload,
+            content_type: record.content_type.as_deref(),
+            origin: Some(Origin { partition: partition_index(partition_key), offset: record.offset }),
+        };
+        if let Err(rejection) = processor.process(input) {
+            let from = SourcePosition {
+                topic: topic_name(topics, record.kind),
+                partition: record.partition,
+                offset: record.offset,
+            };
+            tracing::debug!(reason = rejection.reason.as_str(), detail = %rejection.detail, "dead letter");
+            self.batch.records.push(output::dead_letter(
+                topics,
+                from,
+                record.key.as_deref(),
+                &record.payload,
+                &rejection,
+            ));
+        }
+    }
+
+    /// Closes what the watermark allows and returns the batch with its safe offsets.
+    fn flush(&mut self, processor: &mut Processor, topics: &TopicsConfig, wall_now: Option<i64>) -> Batch {
+        for signal in processor.poll(wall_now) {
+            self.batch.records.push(output::signal_record(topics, &signal));
+        }
+        gauge!(names::OPEN_WINDOWS).set(processor.engine().open_windows() as f64);
+        for (&key, &next) in &self.next_offsets {
+            let held = processor.engine().held_offset(partition_index(key));
+            let safe = held.map_or(next, |held| held.min(next));
+            if self.safe_offsets_sent.get(&key) != Some(&safe) {
+                self.safe_offsets_sent.insert(key, safe);
+                self.batch.offsets.push((key.0, key.1, safe));
+            }
+        }
+        self.inputs_in_batch = 0;
+        std::mem::take(&mut self.batch)
+    }
+}
+
+/// Publishes each batch, then stores the offsets it made safe.
+async fn sink(
+    producer: FutureProducer,
+    consumer: Arc<InputConsumer>,
+    topics: Arc<TopicsConfig>,
+    mut rx: mpsc::Receiver<Batch>,
+) {
+    while let Some(batch) = rx.recv().await {
+        join_all(batch.records.iter().map(|record| publish(&producer, record))).await;
+        let now = wall_now_ms();
+        for record in &batch.records {
+            count_published(record.content, now);
+        }
+        if batch.offsets.is_empty() {
+            continue;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for &(kind, partition, offset) in &batch.offsets {
+            if let Err(error) =
+                tpl.add_partition_offset(topic_name(&topics, kind), partition, Offset::Offset(offset))
+            {
+                tracing::warn!(%error, "bad offset");
+            }
+        }
+        // Fails for partitions revoked meanwhile: their new owner re-reads from the last
+        // commit, which is the at-least-once side of the trade.
+        if let Err(error) = consumer.store_offsets(&tpl) {
+            tracing::debug!(%error, "could not store offsets");
+        }
+    }
+}
+
+/// Sends one record and waits for the broker's acknowledgement, retrying on failure:
+/// a signal is never dropped (the producer itself retries without a deadline, so an error
+/// here is rare, e.g. a fatal idempotence error).
+async fn publish(producer: &FutureProducer, record: &OutRecord) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (key, value) in &record.headers {
+            headers = headers.insert(Header { key, value: Some(value) });
+        }
+        let mut future_record =
+            FutureRecord::<[u8], [u8]>::to(&record.topic).payload(&record.payload).headers(headers);
+        if let Some(key) = &record.key {
+            future_record = future_record.key(key);
+        }
+        match producer.send(future_record, Timeout::Never).await {
+            Ok(_) => return,
+            Err((error, _)) => {
+                counter!(names::PUBLISH_ERRORS).increment(1);
+                tracing::error!(%error, topic = %record.topic, "publish failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn count_published(content: Content, wall_now: i64) {
+    match content {
+        Content::Signal { kind, window_end } => {
+            counter!(names::SIGNALS_PUBLISHED, "kind" => kind).increment(1);
+            histogram!(names::EVENT_TIME_TO_PUBLISH).record((wall_now - window_end) as f64 / 1000.0);
+        }
+        Content::DeadLetter { reason } => {
+            counter!(names::DLQ_RECORDS, "reason" => reason.as_str()).increment(1);
+        }
+    }
+}
+
+/// Keeps `/readyz` honest about the cluster: a metadata request every few seconds.
+async fn watch_broker(producer: FutureProducer, health: Arc<Health>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let client = producer.clone();
+        let up = tokio::task::spawn_blocking(move || {
+            client.client().fetch_metadata(None, Duration::from_secs(3)).is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        health.set_broker_up(up);
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+fn topic_name(topics: &TopicsConfig, kind: InputKind) -> &str {
+    match kind {
+        InputKind::Post => &topics.posts,
+        InputKind::Event => &topics.events,
+    }
+}
+
+fn kind_label(kind: InputKind) -> &'static str {
+    match kind {
+        InputKind::Post => "posts",
+        InputKind::Event => "events",
+    }
+}
+
+/// The engine's opaque partition index: input kind in the high bits, partition below.
+fn partition_index((kind, partition): (InputKind, i32)) -> u32 {
+    let kind_bit = match kind {
+        InputKind::Post => 0,
+        InputKind::Event => 1 << 31,
+    };
+    kind_bit | partition as u32
+}
+
+pub fn wall_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,75 @@
+//! Logs and metrics: the `tracing` subscriber (text or JSON, level from `RUST_LOG` or
+//! `--log-level`) and the Prometheus recorder behind `/metrics`. Metric names live here so
+//! that every stage uses the same ones, and none carries an unbounded label.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+pub mod names {
+    pub const EVENTS_CONSUMED: &str = "dynsig_events_consumed_total";
+    pub const EVENTS_REJECTED: &str = "dynsig_events_rejected_total";
+    pub const DLQ_RECORDS: &str = "dynsig_dlq_records_total";
+    pub const REDELIVERED_SKIPPED: &str = "dynsig_redelivered_skipped_total";
+    pub const WINDOWS_CLOSED: &str = "dynsig_windows_closed_total";
+    pub const SIGNALS_PUBLISHED: &str = "dynsig_signals_published_total";
+    pub const PUBLISH_ERRORS: &str = "dynsig_publish_errors_total";
+    pub const EVENT_TIME_TO_PUBLISH: &str = "dynsig_event_time_to_publish_seconds";
+    pub const ASSIGNED_PARTITIONS: &str = "dynsig_assigned_partitions";
+    pub const REBALANCES: &str = "dynsig_rebalances_total";
+    pub const BROKER_UP: &str = "dynsig_broker_up";
+    pub const OPEN_WINDOWS: &str = "dynsig_open_windows";
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global `tracing` subscriber. `RUST_LOG` wins over `default_level`.
+pub fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second init (tests calling main twice) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Installs the Prometheus recorder and describes every metric.
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(names::EVENT_TIME_TO_PUBLISH.into()),
+            &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0],
+        )?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use names::*;
+    describe_counter!(EVENTS_CONSUMED, "Input records read from Kafka, by topic.");
+    describe_counter!(EVENTS_REJECTED, "Input records rejected (undecodable, invalid or late), by reason.");
+    describe_counter!(DLQ_RECORDS, "Records written to the dead-letter topic, by reason.");
+    describe_counter!(
+        REDELIVERED_SKIPPED,
+        "Records skipped because they were already processed (redelivery after a rebalance)."
+    );
+    describe_counter!(WINDOWS_CLOSED, "Event-time windows closed.");
+    describe_counter!(SIGNALS_PUBLISHED, "Signals acknowledged by the broker, by kind.");
+    describe_counter!(PUBLISH_ERRORS, "Output records the broker failed to acknowledge (retried).");
+    describe_histogram!(
+        EVENT_TIME_TO_PUBLISH,
+        Unit::Seconds,
+        "From the end of a window (event time) to the broker's acknowledgement of its signals (wall time)."
+    );
+    describe_gauge!(ASSIGNED_PARTITIONS, "Input partitions assigned to this instance.");
+    describe_counter!(REBALANCES, "Consumer group rebalances seen by this instance.");
+    describe_gauge!(BROKER_UP, "1 when the last metadata request to the cluster succeeded.");
+    describe_gauge!(OPEN_WINDOWS, "Event-time windows currently open.");
+}
