@@ -1,1 +1,337 @@
-//! placeholder
+//! Post text → terms: lowercase words, `#hashtags`, `$cashtags` and `@mentions`.
+//!
+//! One pass over the characters, no regex: the tokenizer sits on the hottest path of the
+//! service (every post), so it lowercases into a caller-owned scratch buffer and hands out
+//! borrowed `&str`s ([`Tokenizer::for_each_term`]); the owning [`Tokenizer::tokenize`] is
+//! a convenience on top of it.
+//!
+//! Rules, in the order they apply at each position:
+//! - URLs (`http://`, `https://`, `www.`) are skipped up to the next whitespace: links are
+//!   unique per post and would only pollute the vocabulary.
+//! - `#`, `@`, `$` start a tag only at a token boundary (not glued to a preceding word,
+//!   so `bob@example.com` and `C#` are not tags). A hashtag needs at least one letter
+//!   (`#1` is not a hashtag); a cashtag is `$` + letters (`$5` is not a cashtag). Tags are
+//!   never dropped for length or as stopwords: they are deliberate.
+//! - A word is a run of letters and digits (any script; combining accents stay attached),
+//!   with apostrophes allowed between letters (`aujourd'hui`, `don't`). French elisions
+//!   whose prefix is a stopword are stripped (`l'avion` → `avion`), as is the English
+//!   possessive `'s`. Words that are stopwords or shorter than `min_word_chars` are dropped.
+//! - Everything else (punctuation, emoji, symbols) separates tokens and is dropped.
+//!
+//! CJK text has no spaces; a run of ideographs stays one word (no segmentation).
+
+use std::collections::HashSet;
+
+use crate::config::TokenizerConfig;
+use crate::model::{Term, TermKind};
+use crate::stopwords::{self, UnknownLanguage};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("tokenizer.stopwords: {0}")]
+    Stopwords(#[from] UnknownLanguage),
+}
+
+/// A configured tokenizer. Immutable after construction, so it can be shared.
+#[derive(Debug, Clone)]
+pub struct Tokenizer {
+    stopwords: HashSet<String>,
+    min_word_chars: usize,
+}
+
+impl Tokenizer {
+    pub fn new(config: &TokenizerConfig) -> Result<Tokenizer, TokenizerError> {
+        Ok(Tokenizer {
+            stopwords: stopwords::stopword_set(&config.stopwords, &config.extra_stopwords)?,
+            min_word_chars: config.min_word_chars,
+        })
+    }
+
+    /// Replaces the contents of `out` with the terms of `text`, in text order.
+    pub fn tokenize(&self, text: &str, out: &mut Vec<Term>) {
+        out.clear();
+        let mut scratch = String::new();
+        self.for_each_term(text, &mut scratch, |kind, term| out.push(Term { kind, text: term.to_owned() }));
+    }
+
+    /// Calls `emit` with each term of `text`, in text order. `scratch` is a reusable
+    /// buffer (its contents are overwritten); keeping it across calls makes tokenizing
+    /// allocation-free once it has grown to the longest token.
+    pub fn for_each_term(&self, text: &str, scratch: &mut String, mut emit: impl FnMut(TermKind, &str)) {
+        let mut cursor = Cursor { rest: text };
+        // Whether the previous character belonged to a word or tag: sigils glued to a
+        // word (`bob@example.com`, `C#`) are punctuation, not tags.
+        let mut glued = false;
+        while let Some(c) = cursor.peek() {
+            match c {
+                'h' | 'H' | 'w' | 'W' if !glued && starts_url(cursor.rest) => {
+                    cursor.skip_while(|c| !c.is_whitespace());
+                }
+                '#' | '@' if !glued => {
+                    cursor.bump();
+                    let kind = if c == '#' { TermKind::Hashtag } else { TermKind::Mention };
+                    let has_letter = read_tag(&mut cursor, scratch, c, is_handle_char);
+                    // A lone sigil or a numeric hashtag (`#1`) is not a tag.
+                    if scratch.len() > 1 && (kind == TermKind::Mention || has_letter) {
+                        emit(kind, scratch);
+                    }
+                    glued = scratch.len() > 1;
+                }
+                '$' if !glued => {
+                    cursor.bump();
+                    read_tag(&mut cursor, scratch, c, char::is_alphabetic);
+                    if scratch.len() > 1 {
+                        emit(TermKind::Cashtag, scratch);
+                    }
+                    glued = scratch.len() > 1;
+                }
+                c if c.is_alphanumeric() => {
+                    read_word(&mut cursor, scratch);
+                    if let Some(word) = self.keep_word(scratch) {
+                        emit(TermKind::Word, word);
+                    }
+                    glued = true;
+                }
+                _ => {
+                    cursor.bump();
+                    glued = false;
+                }
+            }
+        }
+    }
+
+    /// The word to count for a lowercased raw word, or `None` when it is to be dropped.
+    fn keep_word<'w>(&self, raw: &'w str) -> Option<&'w str> {
+        let mut word = raw;
+        // Most words have no apostrophe: they pay for exactly one stopword lookup.
+        if word.contains('\'') {
+            if self.stopwords.contains(word) {
+                return None;
+            }
+            while let Some(apostrophe) = word.find('\'') {
+                if !self.stopwords.contains(&word[..=apostrophe]) {
+                    break;
+                }
+                word = &word[apostrophe + 1..];
+            }
+            word = word.strip_suffix("'s").unwrap_or(word);
+        }
+        let long_enough = word.chars().nth(self.min_word_chars.saturating_sub(1)).is_some();
+        (long_enough && !word.is_empty() && !self.stopwords.contains(word)).then_some(word)
+    }
+}
+
+/// Reads a tag body after its sigil into `scratch` (sigil included, lowercased).
+/// Returns whether the body contains a letter.
+fn read_tag(cursor: &mut Cursor<'_>, scratch: &mut String, sigil: char, body: fn(char) -> bool) -> bool {
+    scratch.clear();
+    scratch.push(sigil);
+    let mut has_letter = false;
+    while let Some(c) = cursor.peek().filter(|&c| body(c) || (scratch.len() > 1 && is_combining_mark(c))) {
+        has_letter |= c.is_alphabetic();
+        push_lowercase(scratch, c);
+        cursor.bump();
+    }
+    has_letter
+}
+
+/// Reads a word (starting at an alphanumeric character) into `scratch`, lowercased, with
+/// inner apostrophes folded to `'`.
+fn read_word(cursor: &mut Cursor<'_>, scratch: &mut String) {
+    scratch.clear();
+    while let Some(c) = cursor.peek() {
+        if c.is_alphanumeric() || is_combining_mark(c) {
+            push_lowercase(scratch, c);
+        } else if is_apostrophe(c) && cursor.peek_second().is_some_and(char::is_alphanumeric) {
+            scratch.push('\'');
+        } else {
+            break;
+        }
+        cursor.bump();
+    }
+}
+
+/// Characters of a hashtag or mention body (Twitter-style handles allow `_`).
+fn is_handle_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+fn is_apostrophe(c: char) -> bool {
+    c == '\'' || c == '’'
+}
+
+/// Combining diacritics (decomposed accents like `e` + U+0301) continue a word; Rust's
+/// `is_alphanumeric` does not cover them (Indic vowel signs it does cover).
+fn is_combining_mark(c: char) -> bool {
+    matches!(c, '\u{0300}'..='\u{036F}' | '\u{1AB0}'..='\u{1AFF}' | '\u{1DC0}'..='\u{1DFF}' | '\u{20D0}'..='\u{20FF}' | '\u{FE20}'..='\u{FE2F}')
+}
+
+fn push_lowercase(out: &mut String, c: char) {
+    if c.is_ascii() {
+        out.push(c.to_ascii_lowercase());
+    } else {
+        out.extend(c.to_lowercase());
+    }
+}
+
+fn starts_url(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    ["http://", "https://", "www."]
+        .iter()
+        .any(|prefix| bytes.len() >= prefix.len() && bytes[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes()))
+}
+
+/// A forward-only position in the text.
+struct Cursor<'a> {
+    rest: &'a str,
+}
+
+impl Cursor<'_> {
+    fn peek(&self) -> Option<char> {
+        self.rest.chars().next()
+    }
+
+    fn peek_second(&self) -> Option<char> {
+        self.rest.chars().nth(1)
+    }
+
+    fn bump(&mut self) {
+        if let Some(c) = self.peek() {
+            self.rest = &self.rest[c.len_utf8()..];
+        }
+    }
+
+    fn skip_while(&mut self, keep_going: impl Fn(char) -> bool) {
+        let end = self.rest.find(|c| !keep_going(c)).unwrap_or(self.rest.len());
+        self.rest = &self.rest[end..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer(stopwords: &[&str], min_word_chars: usize) -> Tokenizer {
+        Tokenizer::new(&TokenizerConfig {
+            stopwords: stopwords.iter().map(|s| (*s).to_owned()).collect(),
+            extra_stopwords: Vec::new(),
+            min_word_chars,
+        })
+        .unwrap()
+    }
+
+    fn terms(t: &Tokenizer, text: &str) -> Vec<(TermKind, String)> {
+        let mut out = Vec::new();
+        t.tokenize(text, &mut out);
+        out.into_iter().map(|t| (t.kind, t.text)).collect()
+    }
+
+    fn texts(t: &Tokenizer, text: &str) -> Vec<String> {
+        terms(t, text).into_iter().map(|(_, text)| text).collect()
+    }
+
+    #[test]
+    fn words_are_lowercased_and_stopwords_dropped() {
+        let t = tokenizer(&["en"], 2);
+        assert_eq!(texts(&t, "The ACME rocket is on FIRE, again!"), ["acme", "rocket", "fire"]);
+    }
+
+    #[test]
+    fn tags_keep_their_sigil_and_kind() {
+        let t = tokenizer(&["en"], 2);
+        assert_eq!(
+            terms(&t, "#AcmeFire at @Acme_Corp: $ACME down, #a #1 $5 @ #"),
+            [
+                (TermKind::Hashtag, "#acmefire".to_owned()),
+                (TermKind::Mention, "@acme_corp".to_owned()),
+                (TermKind::Cashtag, "$acme".to_owned()),
+                (TermKind::Word, "down".to_owned()),
+                (TermKind::Hashtag, "#a".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn glued_sigils_are_not_tags() {
+        let t = tokenizer(&[], 2);
+        assert_eq!(texts(&t, "mail bob@example.com about C# and AT&T"), ["mail", "bob", "example", "com", "about", "and", "at"]);
+    }
+
+    #[test]
+    fn urls_are_dropped_entirely() {
+        let t = tokenizer(&[], 2);
+        assert_eq!(
+            texts(&t, "see https://acme.com/fire?x=1 and HTTP://x.io www.acme.com/#tag ok wwwx"),
+            ["see", "and", "ok", "wwwx"]
+        );
+    }
+
+    #[test]
+    fn emoji_and_punctuation_separate_and_vanish() {
+        let t = tokenizer(&[], 2);
+        assert_eq!(texts(&t, "fire🔥🔥rocket!!! «launch»—now…"), ["fire", "rocket", "launch", "now"]);
+    }
+
+    #[test]
+    fn short_words_are_dropped_but_tags_are_not() {
+        let t = tokenizer(&[], 3);
+        assert_eq!(texts(&t, "go to #ai lab @x"), ["#ai", "lab", "@x"]);
+        assert_eq!(texts(&tokenizer(&[], 0), "a b"), ["a", "b"]);
+    }
+
+    #[test]
+    fn french_elisions_are_stripped_when_the_prefix_is_a_stopword() {
+        let t = tokenizer(&["fr"], 2);
+        assert_eq!(
+            texts(&t, "L'avion d’Acme qu'il a vu aujourd'hui jusqu'à l'été"),
+            ["avion", "acme", "vu", "aujourd'hui"]
+        );
+        // Without French stopwords the elision stays part of the word.
+        assert_eq!(texts(&tokenizer(&[], 2), "l'avion"), ["l'avion"]);
+    }
+
+    #[test]
+    fn english_contractions_and_possessives() {
+        let t = tokenizer(&["en"], 2);
+        assert_eq!(texts(&t, "Don't buy ACME's rocket, it's the dogs' toy"), ["buy", "acme", "rocket", "dogs", "toy"]);
+    }
+
+    #[test]
+    fn unicode_words_accents_and_scripts() {
+        let t = tokenizer(&["fr"], 2);
+        assert_eq!(
+            texts(&t, "Écoutez: ÉTÉ café cafe\u{301} Straße Москва 東京タワー #東京 數字123"),
+            ["écoutez", "café", "cafe\u{301}", "straße", "москва", "東京タワー", "#東京", "數字123"]
+        );
+    }
+
+    #[test]
+    fn extra_stopwords_apply() {
+        let t = Tokenizer::new(&TokenizerConfig {
+            stopwords: Vec::new(),
+            extra_stopwords: vec!["ACME".into()],
+            min_word_chars: 1,
+        })
+        .unwrap();
+        assert_eq!(texts(&t, "Acme #acme"), ["#acme"]);
+    }
+
+    #[test]
+    fn unknown_language_fails() {
+        let err = Tokenizer::new(&TokenizerConfig { stopwords: vec!["xx".into()], ..TokenizerConfig::default() }).unwrap_err();
+        assert!(err.to_string().contains("tokenizer.stopwords") && err.to_string().contains("xx"), "{err}");
+    }
+
+    #[test]
+    fn callback_form_matches_and_output_is_reused() {
+        let t = tokenizer(&["en"], 2);
+        let mut out = vec![Term { kind: TermKind::Word, text: "stale".into() }];
+        t.tokenize("#one two", &mut out);
+        assert_eq!(out.len(), 2);
+        let mut scratch = String::new();
+        let mut seen = Vec::new();
+        t.for_each_term("#one two", &mut scratch, |kind, text| seen.push(Term { kind, text: text.to_owned() }));
+        assert_eq!(seen, out);
+        assert!(terms(&t, "").is_empty());
+    }
+}

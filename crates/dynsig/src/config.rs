@@ -197,21 +197,30 @@ impl Config {
 
 /// `WINDOW__SIZE_MS=10000` → `table.window.size_ms = 10000`. The value is read as a TOML
 /// value when it parses as one (numbers, booleans, arrays), else as a string.
+/// librdkafka property names are dotted, which environment names cannot be: under
+/// `KAFKA__CLIENT__`, `_` stands for `.` (`KAFKA__CLIENT__SASL_PASSWORD` → `sasl.password`),
+/// and values stay strings.
 fn apply_env_override(
     table: &mut toml::Table,
     var: &str,
     key_path: &str,
     value: &str,
 ) -> Result<(), ConfigError> {
-    let keys: Vec<String> = key_path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+    let mut keys: Vec<String> = key_path.split("__").map(|k| k.to_ascii_lowercase()).collect();
     if keys.iter().any(|k| k.is_empty()) {
         return Err(ConfigError::Env { var: var.into(), reason: "empty key segment".into() });
     }
-    let parsed = format!("v = {value}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.into()));
+    let client_property = keys.len() == 3 && keys[0] == "kafka" && keys[1] == "client";
+    let parsed = if client_property {
+        keys[2] = keys[2].replace('_', ".");
+        toml::Value::String(value.into())
+    } else {
+        format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.into()))
+    };
     let (last, parents) = keys.split_last().expect("split yields at least one key");
     let mut node = table;
     for key in parents {
@@ -267,6 +276,12 @@ mod tests {
     fn client_properties_pass_through() {
         let config = load_str("[kafka.client]\n\"security.protocol\" = \"SASL_SSL\"\n", &[]).unwrap();
         assert_eq!(config.kafka.client["security.protocol"], "SASL_SSL");
+    }
+
+    #[test]
+    fn env_sets_dotted_client_properties() {
+        let config = load_str("", &[("DYNSIG_KAFKA__CLIENT__SASL_PASSWORD", "s3cret")]).unwrap();
+        assert_eq!(config.kafka.client["sasl.password"], "s3cret");
     }
 
     #[test]
