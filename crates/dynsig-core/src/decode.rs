@@ -134,7 +134,10 @@ pub struct Rejection {
 }
 
 fn reject(reason: RejectReason, detail: impl Into<String>) -> Rejection {
-    Rejection { reason, detail: detail.into() }
+    Rejection {
+        reason,
+        detail: detail.into(),
+    }
 }
 
 /// Size limits, checked before any parsing work is spent on a record.
@@ -149,7 +152,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_message_bytes: 1_000_000, max_text_bytes: 64 * 1024 }
+        Self {
+            max_message_bytes: 1_000_000,
+            max_text_bytes: 64 * 1024,
+        }
     }
 }
 
@@ -174,7 +180,11 @@ pub fn decode(
     if bytes.len() > limits.max_message_bytes {
         return Err(reject(
             RejectReason::TooLarge,
-            format!("message is {} bytes, limit is {}", bytes.len(), limits.max_message_bytes),
+            format!(
+                "message is {} bytes, limit is {}",
+                bytes.len(),
+                limits.max_message_bytes
+            ),
         ));
     }
     let input = match format {
@@ -194,13 +204,18 @@ fn validate(input: &Input, limits: &Limits) -> Result<(), Rejection> {
     match input {
         Input::Post(post) if post.text.len() > limits.max_text_bytes => Err(reject(
             RejectReason::TooLarge,
-            format!("text is {} bytes, limit is {}", post.text.len(), limits.max_text_bytes),
+            format!(
+                "text is {} bytes, limit is {}",
+                post.text.len(),
+                limits.max_text_bytes
+            ),
         )),
         // An empty kind is reported as missing in both formats: protobuf cannot tell an
         // empty string from an absent one, and the same record must get the same reason.
-        Input::Event(event) if event.kind.is_empty() => {
-            Err(reject(RejectReason::MissingField, "kind: required, must not be empty"))
-        }
+        Input::Event(event) if event.kind.is_empty() => Err(reject(
+            RejectReason::MissingField,
+            "kind: required, must not be empty",
+        )),
         Input::Event(event) if !event.value.is_finite() => Err(reject(
             RejectReason::InvalidField,
             format!("value: {} is not a finite number", event.value),
@@ -312,13 +327,22 @@ fn decode_json(kind: InputKind, bytes: &[u8]) -> Result<Input, Rejection> {
 }
 
 fn required<T>(value: Option<T>, field: &str) -> Result<T, Rejection> {
-    value.ok_or_else(|| reject(RejectReason::MissingField, format!("{field}: required field is missing")))
+    value.ok_or_else(|| {
+        reject(
+            RejectReason::MissingField,
+            format!("{field}: required field is missing"),
+        )
+    })
 }
 
 /// Turns a failed fast parse into a precise rejection. serde's messages do not name the
 /// field at fault, so the (rare) failing record is parsed again as a generic
 /// [`Value`] and its fields are checked against `fields`.
-fn explain_json_error(text: &str, error: &serde_json::Error, fields: &[(&str, JsonType)]) -> Rejection {
+fn explain_json_error(
+    text: &str,
+    error: &serde_json::Error,
+    fields: &[(&str, JsonType)],
+) -> Rejection {
     let document: Value = match serde_json::from_str(text) {
         Ok(document) => document,
         Err(syntax_error) => return reject(RejectReason::InvalidJson, syntax_error.to_string()),
@@ -339,22 +363,34 @@ fn explain_json_error(text: &str, error: &serde_json::Error, fields: &[(&str, Js
 
 /// The detail of a field whose value does not have the expected type, if it does not.
 fn type_mismatch(name: &str, expected: JsonType, found: &Value) -> Option<String> {
-    let mismatch = |wanted: &str| Some(format!("{name}: expected {wanted}, got {}", describe(found)));
+    let mismatch = |wanted: &str| {
+        Some(format!(
+            "{name}: expected {wanted}, got {}",
+            describe(found)
+        ))
+    };
     match (expected, found) {
         // null means absent for every field, as in the fast path.
-        (_, Value::Null) | (JsonType::String, Value::String(_)) | (JsonType::Number, Value::Number(_)) => {
-            None
-        }
+        (_, Value::Null)
+        | (JsonType::String, Value::String(_))
+        | (JsonType::Number, Value::Number(_)) => None,
         (JsonType::Timestamp, Value::Number(number)) if number.is_i64() => None,
         // An integer, just too large for i64: out of range rather than mistyped.
-        (JsonType::Timestamp, Value::Number(number)) if number.is_u64() => Some(ts_out_of_range(number)),
+        (JsonType::Timestamp, Value::Number(number)) if number.is_u64() => {
+            Some(ts_out_of_range(number))
+        }
         (JsonType::Timestamp, _) => mismatch("an integer"),
         (JsonType::Number, _) => mismatch("a number"),
         (JsonType::String, _) => mismatch("a string"),
         (JsonType::StringMap, Value::Object(map)) => map
             .iter()
             .find(|(_, value)| !value.is_string())
-            .map(|(key, value)| format!("{name}.{key}: expected a string, got {}", describe(value))),
+            .map(|(key, value)| {
+                format!(
+                    "{name}.{key:.64}: expected a string, got {}",
+                    describe(value)
+                )
+            }),
         (JsonType::StringMap, _) => mismatch("an object of strings"),
     }
 }
@@ -407,7 +443,10 @@ fn decode_protobuf(kind: InputKind, bytes: &[u8]) -> Result<Input, Rejection> {
 /// reported as missing rather than as 1970.
 fn present_ts(ts: EpochMs) -> Result<EpochMs, Rejection> {
     if ts == 0 {
-        Err(reject(RejectReason::MissingField, "ts: required (0, the protobuf default, means unset)"))
+        Err(reject(
+            RejectReason::MissingField,
+            "ts: required (0, the protobuf default, means unset)",
+        ))
     } else {
         Ok(ts)
     }
@@ -506,14 +545,20 @@ mod tests {
     fn json_post_round_trips() {
         let post = sample_post();
         let bytes = serde_json::to_vec(&post).unwrap();
-        assert_eq!(decode(InputKind::Post, Format::Json, &bytes, &limits()), Ok(Input::Post(post)));
+        assert_eq!(
+            decode(InputKind::Post, Format::Json, &bytes, &limits()),
+            Ok(Input::Post(post))
+        );
     }
 
     #[test]
     fn json_event_round_trips() {
         let event = sample_event();
         let bytes = serde_json::to_vec(&event).unwrap();
-        assert_eq!(decode(InputKind::Event, Format::Json, &bytes, &limits()), Ok(Input::Event(event)));
+        assert_eq!(
+            decode(InputKind::Event, Format::Json, &bytes, &limits()),
+            Ok(Input::Event(event))
+        );
     }
 
     #[test]
@@ -532,24 +577,51 @@ mod tests {
 
     #[test]
     fn minimal_records_get_defaults_in_both_formats() {
-        let post = Post { ts: TS, ..Post::default() };
-        assert_eq!(json_post(&format!(r#"{{"ts":{TS},"text":""}}"#)), Ok(Input::Post(post.clone())));
-        let bytes = v1::Post { ts: TS, ..Default::default() }.encode_to_vec();
+        let post = Post {
+            ts: TS,
+            ..Post::default()
+        };
+        assert_eq!(
+            json_post(&format!(r#"{{"ts":{TS},"text":""}}"#)),
+            Ok(Input::Post(post.clone()))
+        );
+        let bytes = v1::Post {
+            ts: TS,
+            ..Default::default()
+        }
+        .encode_to_vec();
         assert_eq!(protobuf(InputKind::Post, &bytes), Ok(Input::Post(post)));
 
-        let event = InternalEvent { ts: TS, kind: "order".into(), value: 1.0, ..InternalEvent::default() };
-        assert_eq!(json_event(&format!(r#"{{"ts":{TS},"kind":"order"}}"#)), Ok(Input::Event(event.clone())));
+        let event = InternalEvent {
+            ts: TS,
+            kind: "order".into(),
+            value: 1.0,
+            ..InternalEvent::default()
+        };
         assert_eq!(
-            json_event(&format!(r#"{{"ts":{TS},"kind":"order","value":null,"key":null}}"#)),
+            json_event(&format!(r#"{{"ts":{TS},"kind":"order"}}"#)),
             Ok(Input::Event(event.clone()))
         );
-        let bytes = v1::InternalEvent { ts: TS, kind: "order".into(), ..Default::default() }.encode_to_vec();
+        assert_eq!(
+            json_event(&format!(
+                r#"{{"ts":{TS},"kind":"order","value":null,"key":null}}"#
+            )),
+            Ok(Input::Event(event.clone()))
+        );
+        let bytes = v1::InternalEvent {
+            ts: TS,
+            kind: "order".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
         assert_eq!(protobuf(InputKind::Event, &bytes), Ok(Input::Event(event)));
     }
 
     #[test]
     fn json_integer_value_is_accepted_as_number() {
-        let Ok(Input::Event(event)) = json_event(&format!(r#"{{"ts":{TS},"kind":"order","value":42}}"#)) else {
+        let Ok(Input::Event(event)) =
+            json_event(&format!(r#"{{"ts":{TS},"kind":"order","value":42}}"#))
+        else {
             panic!("event should decode");
         };
         assert_eq!(event.value, 42.0);
@@ -560,16 +632,26 @@ mod tests {
         let body = format!(
             r#"{{"ts":{TS},"text":"hi","future":{{"nested":[1,2,{{"x":null}}]}},"score":1.5,"flag":true}}"#
         );
-        let Ok(Input::Post(post)) = json_post(&body) else { panic!("post should decode") };
+        let Ok(Input::Post(post)) = json_post(&body) else {
+            panic!("post should decode")
+        };
         assert_eq!(post.text, "hi");
     }
 
     #[test]
     fn emoji_and_right_to_left_text_are_accepted() {
         let text = "🔥🔥 Acme שריפה במפעל حريق في المصنع 👩‍🚒";
-        let post = Post { ts: TS, text: text.into(), lang: "he".into(), ..Post::default() };
+        let post = Post {
+            ts: TS,
+            text: text.into(),
+            lang: "he".into(),
+            ..Post::default()
+        };
         let json = serde_json::to_vec(&post).unwrap();
-        assert_eq!(decode(InputKind::Post, Format::Json, &json, &limits()), Ok(Input::Post(post.clone())));
+        assert_eq!(
+            decode(InputKind::Post, Format::Json, &json, &limits()),
+            Ok(Input::Post(post.clone()))
+        );
         let bytes = proto_post(&post).encode_to_vec();
         assert_eq!(protobuf(InputKind::Post, &bytes), Ok(Input::Post(post)));
     }
@@ -577,7 +659,9 @@ mod tests {
     #[test]
     fn escaped_json_strings_are_unescaped() {
         let body = format!(r#"{{"ts":{TS},"text":"caf\u00e9 \"quoted\" \ud83d\udd25"}}"#);
-        let Ok(Input::Post(post)) = json_post(&body) else { panic!("post should decode") };
+        let Ok(Input::Post(post)) = json_post(&body) else {
+            panic!("post should decode")
+        };
         assert_eq!(post.text, "café \"quoted\" 🔥");
     }
 
@@ -586,15 +670,29 @@ mod tests {
         for body in ["[1,2]", r#""x""#, "42", "null", "true"] {
             let rejection = rejected(json_post(body));
             assert_eq!(rejection.reason, RejectReason::InvalidJson, "{body}");
-            assert!(rejection.detail.starts_with("expected a JSON object"), "{body}: {rejection}");
+            assert!(
+                rejection.detail.starts_with("expected a JSON object"),
+                "{body}: {rejection}"
+            );
         }
     }
 
     #[test]
     fn malformed_json_is_invalid_json() {
         let truncated = format!(r#"{{"ts":{TS},"text":"hel"#);
-        for body in ["", "not json", "{", &truncated, r#"{"ts":1,}"#, "{} trailing"] {
-            assert_eq!(rejected(json_post(body)).reason, RejectReason::InvalidJson, "{body}");
+        for body in [
+            "",
+            "not json",
+            "{",
+            &truncated,
+            r#"{"ts":1,}"#,
+            "{} trailing",
+        ] {
+            assert_eq!(
+                rejected(json_post(body)).reason,
+                RejectReason::InvalidJson,
+                "{body}"
+            );
         }
     }
 
@@ -652,23 +750,46 @@ mod tests {
         for (result, field) in cases {
             let rejection = rejected(result);
             assert_eq!(rejection.reason, RejectReason::MissingField, "{rejection}");
-            assert!(rejection.detail.starts_with(&format!("{field}:")), "{rejection}");
+            assert!(
+                rejection.detail.starts_with(&format!("{field}:")),
+                "{rejection}"
+            );
         }
     }
 
     #[test]
     fn mistyped_json_fields_are_named() {
         let cases = [
-            (json_post(r#"{"ts":"1735689600000","text":"hi"}"#), "ts: expected an integer, got string"),
-            (json_post(r#"{"ts":1735689600000.5,"text":"hi"}"#), "ts: expected an integer, got number 1735689600000.5"),
-            (json_post(&format!(r#"{{"ts":{TS},"text":7}}"#)), "text: expected a string, got number 7"),
             (
-                json_post(&format!(r#"{{"ts":{TS},"text":"","metadata":{{"a":"b","n":1}}}}"#)),
+                json_post(r#"{"ts":"1735689600000","text":"hi"}"#),
+                "ts: expected an integer, got string",
+            ),
+            (
+                json_post(r#"{"ts":1735689600000.5,"text":"hi"}"#),
+                "ts: expected an integer, got number 1735689600000.5",
+            ),
+            (
+                json_post(&format!(r#"{{"ts":{TS},"text":7}}"#)),
+                "text: expected a string, got number 7",
+            ),
+            (
+                json_post(&format!(
+                    r#"{{"ts":{TS},"text":"","metadata":{{"a":"b","n":1}}}}"#
+                )),
                 "metadata.n: expected a string, got number 1",
             ),
-            (json_post(&format!(r#"{{"ts":{TS},"text":"","metadata":[]}}"#)), "metadata: expected an object of strings, got array"),
-            (json_event(&format!(r#"{{"ts":{TS},"kind":"order","value":"3"}}"#)), "value: expected a number, got string"),
-            (json_event(&format!(r#"{{"ts":{TS},"kind":["order"]}}"#)), "kind: expected a string, got array"),
+            (
+                json_post(&format!(r#"{{"ts":{TS},"text":"","metadata":[]}}"#)),
+                "metadata: expected an object of strings, got array",
+            ),
+            (
+                json_event(&format!(r#"{{"ts":{TS},"kind":"order","value":"3"}}"#)),
+                "value: expected a number, got string",
+            ),
+            (
+                json_event(&format!(r#"{{"ts":{TS},"kind":["order"]}}"#)),
+                "kind: expected a string, got array",
+            ),
         ];
         for (result, detail) in cases {
             assert_eq!(rejected(result), reject(RejectReason::InvalidField, detail));
@@ -681,17 +802,25 @@ mod tests {
         // checks that POST_FIELDS/EVENT_FIELDS cover the serde structs.
         let valid_post = serde_json::to_value(sample_post()).unwrap();
         let valid_event = serde_json::to_value(sample_event()).unwrap();
-        for (kind, valid, fields) in
-            [(InputKind::Post, valid_post, POST_FIELDS), (InputKind::Event, valid_event, EVENT_FIELDS)]
-        {
-            assert_eq!(valid.as_object().unwrap().len(), fields.len(), "field table out of date");
+        for (kind, valid, fields) in [
+            (InputKind::Post, valid_post, POST_FIELDS),
+            (InputKind::Event, valid_event, EVENT_FIELDS),
+        ] {
+            assert_eq!(
+                valid.as_object().unwrap().len(),
+                fields.len(),
+                "field table out of date"
+            );
             for &(name, _) in fields {
                 let mut document = valid.clone();
                 document[name] = Value::Bool(true);
                 let bytes = serde_json::to_vec(&document).unwrap();
                 let rejection = rejected(decode(kind, Format::Json, &bytes, &limits()));
                 assert_eq!(rejection.reason, RejectReason::InvalidField, "{rejection}");
-                assert!(rejection.detail.starts_with(&format!("{name}: expected")), "{rejection}");
+                assert!(
+                    rejection.detail.starts_with(&format!("{name}: expected")),
+                    "{rejection}"
+                );
             }
         }
     }
@@ -700,29 +829,66 @@ mod tests {
     fn ts_outside_2000_to_2100_is_invalid_field() {
         let start_2000 = 946_684_800_000;
         let start_2100 = 4_102_444_800_000;
-        for ts in [0, 1_000, TS / 1000, -TS, start_2000 - 1, start_2100, TS * 1000] {
+        for ts in [
+            0,
+            1_000,
+            TS / 1000,
+            -TS,
+            start_2000 - 1,
+            start_2100,
+            TS * 1000,
+        ] {
             let rejection = rejected(json_post(&format!(r#"{{"ts":{ts},"text":""}}"#)));
             assert_eq!(rejection.reason, RejectReason::InvalidField, "{ts}");
             assert!(rejection.detail.contains("out of range"), "{rejection}");
         }
         let beyond_i64 = rejected(json_post(r#"{"ts":18446744073709551615,"text":""}"#));
         assert_eq!(beyond_i64.reason, RejectReason::InvalidField);
-        assert!(beyond_i64.detail.starts_with("ts: 18446744073709551615 is out of range"), "{beyond_i64}");
+        assert!(
+            beyond_i64
+                .detail
+                .starts_with("ts: 18446744073709551615 is out of range"),
+            "{beyond_i64}"
+        );
 
         for ts in [start_2000, start_2100 - 1] {
-            assert!(json_post(&format!(r#"{{"ts":{ts},"text":""}}"#)).is_ok(), "{ts}");
+            assert!(
+                json_post(&format!(r#"{{"ts":{ts},"text":""}}"#)).is_ok(),
+                "{ts}"
+            );
         }
-        let bytes = v1::Post { ts: 1_000, ..Default::default() }.encode_to_vec();
-        assert_eq!(rejected(protobuf(InputKind::Post, &bytes)).reason, RejectReason::InvalidField);
+        let bytes = v1::Post {
+            ts: 1_000,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert_eq!(
+            rejected(protobuf(InputKind::Post, &bytes)).reason,
+            RejectReason::InvalidField
+        );
     }
 
     #[test]
     fn protobuf_unset_ts_and_kind_are_missing_field() {
-        let post = v1::Post { text: "hi".into(), ..Default::default() }.encode_to_vec();
-        assert_eq!(rejected(protobuf(InputKind::Post, &post)).reason, RejectReason::MissingField);
-        assert_eq!(rejected(protobuf(InputKind::Post, &[])).reason, RejectReason::MissingField);
+        let post = v1::Post {
+            text: "hi".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert_eq!(
+            rejected(protobuf(InputKind::Post, &post)).reason,
+            RejectReason::MissingField
+        );
+        assert_eq!(
+            rejected(protobuf(InputKind::Post, &[])).reason,
+            RejectReason::MissingField
+        );
 
-        let event = v1::InternalEvent { ts: TS, ..Default::default() }.encode_to_vec();
+        let event = v1::InternalEvent {
+            ts: TS,
+            ..Default::default()
+        }
+        .encode_to_vec();
         let rejection = rejected(protobuf(InputKind::Event, &event));
         assert_eq!(rejection.reason, RejectReason::MissingField);
         assert!(rejection.detail.starts_with("kind:"), "{rejection}");
@@ -733,18 +899,31 @@ mod tests {
         let encoded = proto_post(&sample_post()).encode_to_vec();
         let truncated = &encoded[..encoded.len() / 2];
         for bytes in [truncated, &[0xff; 8], &[0x0a, 0x05, b'a'], &[0x00]] {
-            assert_eq!(rejected(protobuf(InputKind::Post, bytes)).reason, RejectReason::InvalidProtobuf, "{bytes:?}");
+            assert_eq!(
+                rejected(protobuf(InputKind::Post, bytes)).reason,
+                RejectReason::InvalidProtobuf,
+                "{bytes:?}"
+            );
         }
         // JSON sent on a protobuf topic.
         let json = serde_json::to_vec(&sample_event()).unwrap();
-        assert_eq!(rejected(protobuf(InputKind::Event, &json)).reason, RejectReason::InvalidProtobuf);
+        assert_eq!(
+            rejected(protobuf(InputKind::Event, &json)).reason,
+            RejectReason::InvalidProtobuf
+        );
     }
 
     #[test]
     fn protobuf_string_with_invalid_utf8_is_invalid_utf8() {
         // Field 5 (text), length-delimited, 3 bytes that are not UTF-8; then ts.
         let mut bytes = vec![0x2a, 0x03, 0xff, 0xfe, 0xfd];
-        bytes.extend(v1::Post { ts: TS, ..Default::default() }.encode_to_vec());
+        bytes.extend(
+            v1::Post {
+                ts: TS,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
         let rejection = rejected(protobuf(InputKind::Post, &bytes));
         assert_eq!(rejection.reason, RejectReason::InvalidUtf8, "{rejection}");
         assert!(rejection.detail.contains("Post.text"), "{rejection}");
@@ -753,7 +932,12 @@ mod tests {
     #[test]
     fn non_finite_value_is_invalid_field() {
         for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
-            let event = v1::InternalEvent { ts: TS, kind: "error".into(), value: Some(value), ..Default::default() };
+            let event = v1::InternalEvent {
+                ts: TS,
+                kind: "error".into(),
+                value: Some(value),
+                ..Default::default()
+            };
             let rejection = rejected(protobuf(InputKind::Event, &event.encode_to_vec()));
             assert_eq!(rejection.reason, RejectReason::InvalidField);
             assert!(rejection.detail.starts_with("value:"), "{rejection}");
@@ -762,9 +946,20 @@ mod tests {
 
     #[test]
     fn oversized_message_and_text_are_too_large() {
-        let small = Limits { max_message_bytes: 200, max_text_bytes: 10 };
-        let long_text = Post { ts: TS, text: "x".repeat(11), ..Post::default() };
-        let huge = Post { ts: TS, text: "y".repeat(500), ..Post::default() };
+        let small = Limits {
+            max_message_bytes: 200,
+            max_text_bytes: 10,
+        };
+        let long_text = Post {
+            ts: TS,
+            text: "x".repeat(11),
+            ..Post::default()
+        };
+        let huge = Post {
+            ts: TS,
+            text: "y".repeat(500),
+            ..Post::default()
+        };
         for post in [long_text, huge] {
             let json = serde_json::to_vec(&post).unwrap();
             let proto = proto_post(&post).encode_to_vec();
@@ -775,11 +970,20 @@ mod tests {
         }
         // Size is checked before parsing: oversized garbage is too large, not invalid.
         let rejection = rejected(decode(InputKind::Post, Format::Json, &[0xff; 201], &small));
-        assert_eq!(rejection, reject(RejectReason::TooLarge, "message is 201 bytes, limit is 200"));
+        assert_eq!(
+            rejection,
+            reject(RejectReason::TooLarge, "message is 201 bytes, limit is 200")
+        );
         // The text limit counts UTF-8 bytes, not characters: 3 × 4 bytes > 10.
         let emoji = format!(r#"{{"ts":{TS},"text":"🔥🔥🔥"}}"#);
         assert_eq!(
-            rejected(decode(InputKind::Post, Format::Json, emoji.as_bytes(), &small)).reason,
+            rejected(decode(
+                InputKind::Post,
+                Format::Json,
+                emoji.as_bytes(),
+                &small
+            ))
+            .reason,
             RejectReason::TooLarge
         );
     }
@@ -792,9 +996,15 @@ mod tests {
             (b"  application/json ;charset=UTF-8", Some(Format::Json)),
             (b"text/json", Some(Format::Json)),
             (b"application/vnd.dynsig.post+json", Some(Format::Json)),
-            (b"application/problem+JSON; charset=utf-8", Some(Format::Json)),
+            (
+                b"application/problem+JSON; charset=utf-8",
+                Some(Format::Json),
+            ),
             (b"application/x-protobuf", Some(Format::Protobuf)),
-            (b"application/x-protobuf; messageType=dynsig.v1.Post", Some(Format::Protobuf)),
+            (
+                b"application/x-protobuf; messageType=dynsig.v1.Post",
+                Some(Format::Protobuf),
+            ),
             (b"application/protobuf", Some(Format::Protobuf)),
             (b"APPLICATION/VND.GOOGLE.PROTOBUF", Some(Format::Protobuf)),
             (b"application/octet-stream", None),
@@ -806,13 +1016,21 @@ mod tests {
             (b"\xff\xfe", None),
         ];
         for (value, format) in cases {
-            assert_eq!(Format::from_content_type(value), format, "{:?}", String::from_utf8_lossy(value));
+            assert_eq!(
+                Format::from_content_type(value),
+                format,
+                "{:?}",
+                String::from_utf8_lossy(value)
+            );
         }
     }
 
     #[test]
     fn reason_codes_are_stable_snake_case() {
-        let codes: Vec<&str> = RejectReason::ALL.iter().map(|reason| reason.as_str()).collect();
+        let codes: Vec<&str> = RejectReason::ALL
+            .iter()
+            .map(|reason| reason.as_str())
+            .collect();
         assert_eq!(
             codes,
             [
@@ -838,8 +1056,20 @@ mod tests {
     #[test]
     fn limits_deserialize_with_defaults_and_reject_unknown_keys() {
         let limits: Limits = serde_json::from_str(r#"{"max_text_bytes":100}"#).unwrap();
-        assert_eq!(limits, Limits { max_text_bytes: 100, ..Limits::default() });
-        assert_eq!(Limits::default(), Limits { max_message_bytes: 1_000_000, max_text_bytes: 65_536 });
+        assert_eq!(
+            limits,
+            Limits {
+                max_text_bytes: 100,
+                ..Limits::default()
+            }
+        );
+        assert_eq!(
+            Limits::default(),
+            Limits {
+                max_message_bytes: 1_000_000,
+                max_text_bytes: 65_536
+            }
+        );
         assert!(serde_json::from_str::<Limits>(r#"{"max_txt_bytes":100}"#).is_err());
     }
 }

@@ -126,7 +126,7 @@ async fn feed(
     synth_config.posts_per_sec = posts_per_sec;
     let mut produced = 0u64;
     let mut payload = Vec::with_capacity(512);
-    for input in Synth::new(synth_config) {
+    for input in Synth::new(&synth_config)? {
         let wait = input.ts() - wall_now_ms();
         if wait > 0 {
             tokio::select! {

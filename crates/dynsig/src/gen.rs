@@ -63,7 +63,7 @@ pub fn gen(args: GenArgs) -> anyhow::Result<()> {
     if let Some(rate) = args.events_per_sec {
         synth_config.events_per_sec = rate;
     }
-    let synth = Synth::new(synth_config);
+    let synth = Synth::new(&synth_config)?;
     if let Some(path) = &args.truth {
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
         serde_json::to_writer_pretty(file, synth.truth())?;

@@ -86,24 +86,23 @@ impl Processor {
         if let Some(now) = wall_now {
             self.engine.tick(now);
         }
-        self.count_closed(self.engine.poll_closed())
+        count_closed(self.engine.poll_closed())
     }
 
     /// End of a finite input: closes every open window.
     pub fn finish(&mut self) -> Vec<Signal> {
-        let signals = self.engine.finish();
-        self.count_closed(signals)
+        count_closed(self.engine.finish())
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
+}
 
-    fn count_closed(&self, signals: Vec<Signal>) -> Vec<Signal> {
-        let windows = signals.iter().filter(|s| matches!(s, Signal::Trend(_))).count();
-        counter!(names::WINDOWS_CLOSED).increment(windows as u64);
-        signals
-    }
+fn count_closed(signals: Vec<Signal>) -> Vec<Signal> {
+    let windows = signals.iter().filter(|s| matches!(s, Signal::Trend(_))).count();
+    counter!(names::WINDOWS_CLOSED).increment(windows as u64);
+    signals
 }
 
 fn count_rejection(rejection: &Rejection) {
