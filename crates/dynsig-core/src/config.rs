@@ -31,7 +31,11 @@ pub struct WindowConfig {
 
 impl Default for WindowConfig {
     fn default() -> Self {
-        Self { size_ms: 60_000, allowed_lateness_ms: 5_000, idle_timeout_ms: 10_000 }
+        Self {
+            size_ms: 60_000,
+            allowed_lateness_ms: 5_000,
+            idle_timeout_ms: 10_000,
+        }
     }
 }
 
@@ -49,7 +53,11 @@ pub struct TokenizerConfig {
 
 impl Default for TokenizerConfig {
     fn default() -> Self {
-        Self { stopwords: vec!["en".into(), "fr".into()], extra_stopwords: Vec::new(), min_word_chars: 2 }
+        Self {
+            stopwords: vec!["en".into(), "fr".into()],
+            extra_stopwords: Vec::new(),
+            min_word_chars: 2,
+        }
     }
 }
 
@@ -67,11 +75,22 @@ pub struct TrendConfig {
     pub new_term_prior: f64,
     /// A trend entry at or above this score fires a trend alert.
     pub alert_score: f64,
+    /// Windows closed before trends are ranked. Meanwhile baselines are learned, with new
+    /// terms starting at their count: at startup every term is new, and ranking them all
+    /// against `new_term_prior` would report the whole vocabulary as trending.
+    pub warmup_windows: u32,
 }
 
 impl Default for TrendConfig {
     fn default() -> Self {
-        Self { top_k: 20, min_count: 5, baseline_alpha: 0.3, new_term_prior: 1.0, alert_score: 8.0 }
+        Self {
+            top_k: 20,
+            min_count: 5,
+            baseline_alpha: 0.3,
+            new_term_prior: 1.0,
+            alert_score: 8.0,
+            warmup_windows: 2,
+        }
     }
 }
 
@@ -86,11 +105,22 @@ pub struct AnomalyConfig {
     /// Terms (as written in text: `acme`, `#outage`, `@acme`, `$acme`) whose per-window
     /// counts are watched as series `terms.term=<term>`.
     pub watch_terms: Vec<String>,
+    /// Scored series at or above this score are published as anomaly signals (0..1).
+    pub publish_score: f64,
+    /// A series that stayed at 0 for this many consecutive closed windows is forgotten,
+    /// so memory follows the series that are alive.
+    pub forget_after_zero_windows: u32,
 }
 
 impl Default for AnomalyConfig {
     fn default() -> Self {
-        Self { alpha: 0.2, warmup_windows: 3, watch_terms: Vec::new() }
+        Self {
+            alpha: 0.2,
+            warmup_windows: 3,
+            watch_terms: Vec::new(),
+            publish_score: 0.95,
+            forget_after_zero_windows: 60,
+        }
     }
 }
 
@@ -108,6 +138,10 @@ pub struct AlertConfig {
 
 impl Default for AlertConfig {
     fn default() -> Self {
-        Self { anomaly_fire: 0.99, anomaly_resolve: 0.9, critical_score: 0.999 }
+        Self {
+            anomaly_fire: 0.99,
+            anomaly_resolve: 0.9,
+            critical_score: 0.999,
+        }
     }
 }

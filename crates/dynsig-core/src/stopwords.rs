@@ -15,6 +15,7 @@ pub struct UnknownLanguage(pub String);
 
 /// English function words, including the contractions tweets are full of, plus a few
 /// social-media fillers (`rt`, `amp` from an escaped `&amp;`, `via`).
+#[rustfmt::skip]
 pub const ENGLISH: &[&str] = &[
     "a", "about", "above", "across", "after", "again", "against", "all", "almost", "along",
     "also", "am", "among", "amp", "an", "and", "any", "are", "aren't", "around", "as", "at",
@@ -42,27 +43,28 @@ pub const ENGLISH: &[&str] = &[
 
 /// French function words: articles, pronouns, prepositions, conjunctions, the conjugated
 /// forms of `être` and `avoir`, and the elided forms (`l'`, `d'`, `qu'`, `jusqu'`, ...).
+#[rustfmt::skip]
 pub const FRENCH: &[&str] = &[
-    "a", "à", "afin", "ai", "aie", "aient", "aies", "ainsi", "ait", "alors", "as", "au", "aucun",
-    "aucune", "aura", "aurai", "auraient", "aurais", "aurait", "auras", "aurez", "auriez",
-    "aurions", "aurons", "auront", "aussi", "autre", "autres", "aux", "avaient", "avais",
-    "avait", "avant", "avec", "avez", "aviez", "avions", "avoir", "avons", "ayant", "ayez",
-    "ayons", "bien", "c", "c'", "ça", "car", "ce", "ceci", "cela", "celle", "celles", "celui",
-    "cependant", "ces", "cet", "cette", "ceux", "chez", "comme", "comment", "d", "d'", "dans",
-    "de", "depuis", "des", "déjà", "donc", "dont", "du", "elle", "elles", "en", "encore",
-    "entre", "es", "est", "et", "étaient", "étais", "était", "étant", "été", "êtes", "étiez",
-    "étions", "être", "eu", "eue", "eues", "eurent", "eus", "eut", "eux", "fait", "furent",
-    "fut", "ici", "il", "ils", "j", "j'", "jamais", "je", "jusqu'", "l", "l'", "la", "là",
-    "le", "les", "leur", "leurs", "lors", "lorsqu'", "lui", "m", "m'", "ma", "mais", "me",
-    "même", "mêmes", "mes", "moi", "moins", "mon", "n", "n'", "ne", "ni", "non", "nos",
-    "notre", "nous", "on", "ont", "ou", "où", "oui", "par", "parce", "pas", "pendant", "peu",
-    "plus", "pour", "pourquoi", "puis", "puisqu'", "qu", "qu'", "quand", "que", "quel",
-    "quelle", "quelles", "quels", "qui", "quoi", "quoiqu'", "s", "s'", "sa", "sans", "se",
-    "sera", "serai", "seraient", "serais", "serait", "seras", "serez", "seriez", "serions",
-    "serons", "seront", "ses", "si", "soi", "soient", "sois", "soit", "sommes", "son", "sont",
-    "sous", "soyez", "soyons", "suis", "sur", "t", "t'", "ta", "tant", "te", "tes", "toi",
-    "ton", "tous", "tout", "toute", "toutes", "très", "tu", "un", "une", "vers", "voici",
-    "voilà", "vos", "votre", "vous", "y",
+    "a", "à", "afin", "ai", "aie", "aient", "aies", "ainsi", "ait", "alors", "as", "au",
+    "aucun", "aucune", "aura", "aurai", "auraient", "aurais", "aurait", "auras", "aurez",
+    "auriez", "aurions", "aurons", "auront", "aussi", "autre", "autres", "aux", "avaient",
+    "avais", "avait", "avant", "avec", "avez", "aviez", "avions", "avoir", "avons", "ayant",
+    "ayez", "ayons", "bien", "c", "c'", "ça", "car", "ce", "ceci", "cela", "celle", "celles",
+    "celui", "cependant", "ces", "cet", "cette", "ceux", "chez", "comme", "comment", "d", "d'",
+    "dans", "de", "depuis", "des", "déjà", "donc", "dont", "du", "elle", "elles", "en",
+    "encore", "entre", "es", "est", "et", "étaient", "étais", "était", "étant", "été", "êtes",
+    "étiez", "étions", "être", "eu", "eue", "eues", "eurent", "eus", "eut", "eux", "fait",
+    "furent", "fut", "ici", "il", "ils", "j", "j'", "jamais", "je", "jusqu'", "l", "l'", "la",
+    "là", "le", "les", "leur", "leurs", "lors", "lorsqu'", "lui", "m", "m'", "ma", "mais", "me",
+    "même", "mêmes", "mes", "moi", "moins", "mon", "n", "n'", "ne", "ni", "non", "nos", "notre",
+    "nous", "on", "ont", "ou", "où", "oui", "par", "parce", "pas", "pendant", "peu", "plus",
+    "pour", "pourquoi", "puis", "puisqu'", "qu", "qu'", "quand", "que", "quel", "quelle",
+    "quelles", "quels", "qui", "quoi", "quoiqu'", "s", "s'", "sa", "sans", "se", "sera",
+    "serai", "seraient", "serais", "serait", "seras", "serez", "seriez", "serions", "serons",
+    "seront", "ses", "si", "soi", "soient", "sois", "soit", "sommes", "son", "sont", "sous",
+    "soyez", "soyons", "suis", "sur", "t", "t'", "ta", "tant", "te", "tes", "toi", "ton",
+    "tous", "tout", "toute", "toutes", "très", "tu", "un", "une", "vers", "voici", "voilà",
+    "vos", "votre", "vous", "y",
 ];
 
 /// The built-in list for a language code (`en`, `fr`; case-insensitive).
@@ -76,12 +78,19 @@ pub fn builtin(lang: &str) -> Option<&'static [&'static str]> {
 
 /// Folds a word the way the tokenizer folds text: lowercase, typographic apostrophe → `'`.
 pub fn normalize(word: &str) -> String {
-    word.trim().chars().flat_map(char::to_lowercase).map(|c| if c == '’' { '\'' } else { c }).collect()
+    word.trim()
+        .chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| if c == '’' { '\'' } else { c })
+        .collect()
 }
 
 /// The union of the built-in lists of `langs` and the `extra` words (normalized).
 /// Fails on the first language without a built-in list.
-pub fn stopword_set(langs: &[String], extra: &[String]) -> Result<HashSet<String>, UnknownLanguage> {
+pub fn stopword_set(
+    langs: &[String],
+    extra: &[String],
+) -> Result<HashSet<String>, UnknownLanguage> {
     let mut set = HashSet::new();
     for lang in langs {
         let words = builtin(lang).ok_or_else(|| UnknownLanguage(lang.clone()))?;
@@ -102,7 +111,11 @@ mod tests {
     #[test]
     fn lists_are_normalized_unique_and_sized() {
         for list in [ENGLISH, FRENCH] {
-            assert!((150..=260).contains(&list.len()), "list has {} words", list.len());
+            assert!(
+                (150..=260).contains(&list.len()),
+                "list has {} words",
+                list.len()
+            );
             for w in list {
                 assert_eq!(*w, normalize(w), "{w:?} is not normalized");
             }

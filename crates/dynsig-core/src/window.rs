@@ -45,7 +45,10 @@ impl<S: Default> Windows<S> {
     /// `size_ms` must be positive (the engine validates its config before).
     pub fn new(size_ms: i64) -> Self {
         assert!(size_ms > 0, "window size must be positive, got {size_ms}");
-        Windows { size_ms, open: BTreeMap::new() }
+        Windows {
+            size_ms,
+            open: BTreeMap::new(),
+        }
     }
 
     /// `(start, end)` of the window containing `ts`.
@@ -63,7 +66,10 @@ impl<S: Default> Windows<S> {
     /// The state of the window starting at `start` (as returned by [`Self::bounds`]),
     /// opening it if needed, and records `origin`'s offset as held by it.
     pub fn state_mut(&mut self, start: EpochMs, origin: Option<Origin>) -> &mut S {
-        let window = self.open.entry(start).or_insert_with(|| OpenWindow { state: S::default(), min_offsets: Vec::new() });
+        let window = self.open.entry(start).or_insert_with(|| OpenWindow {
+            state: S::default(),
+            min_offsets: Vec::new(),
+        });
         if let Some(Origin { partition, offset }) = origin {
             match window.min_offsets.iter_mut().find(|(p, _)| *p == partition) {
                 Some((_, held)) => *held = (*held).min(offset),
@@ -78,7 +84,11 @@ impl<S: Default> Windows<S> {
         let entry = self.open.first_entry()?;
         let start = *entry.key();
         let end = start.saturating_add(self.size_ms);
-        (end <= limit).then(|| ClosedWindow { start, end, state: entry.remove().state })
+        (end <= limit).then(|| ClosedWindow {
+            start,
+            end,
+            state: entry.remove().state,
+        })
     }
 
     /// Smallest offset of `partition` that contributed to a still-open window.
@@ -141,7 +151,9 @@ impl Watermark {
 
     /// Advances with an accepted event's time.
     pub fn observe(&mut self, event_time: EpochMs) {
-        let newest = self.max_event_time.map_or(event_time, |max| max.max(event_time));
+        let newest = self
+            .max_event_time
+            .map_or(event_time, |max| max.max(event_time));
         self.max_event_time = Some(newest);
         self.raise_to(newest.saturating_sub(self.allowed_lateness_ms));
     }
@@ -160,10 +172,15 @@ impl Watermark {
             self.last_input_wall = Some(wall_now);
             return;
         }
-        let (Some(since), Some(max)) = (self.last_input_wall, self.max_event_time) else { return };
+        let (Some(since), Some(max)) = (self.last_input_wall, self.max_event_time) else {
+            return;
+        };
         let idle = wall_now.saturating_sub(since);
         if self.idle_timeout_ms > 0 && idle > self.idle_timeout_ms {
-            self.raise_to(max.saturating_sub(self.allowed_lateness_ms).saturating_add(idle));
+            self.raise_to(
+                max.saturating_sub(self.allowed_lateness_ms)
+                    .saturating_add(idle),
+            );
         }
     }
 }
@@ -187,7 +204,11 @@ mod tests {
         let windows = Windows::<u32>::new(10);
         assert_eq!(windows.bounds(25), (20, 30));
         assert_eq!(windows.index(-10), -1);
-        assert_eq!(window_start(i64::MIN, 60_000), i64::MIN, "saturates instead of overflowing");
+        assert_eq!(
+            window_start(i64::MIN, 60_000),
+            i64::MIN,
+            "saturates instead of overflowing"
+        );
     }
 
     #[test]
@@ -251,13 +272,25 @@ mod tests {
         wm.observe(10_000);
         wm.tick(500_000); // input since the previous tick: idleness starts now
         wm.tick(500_900);
-        assert_eq!(wm.value(), Some(9_995), "not idle for longer than the timeout yet");
+        assert_eq!(
+            wm.value(),
+            Some(9_995),
+            "not idle for longer than the timeout yet"
+        );
         wm.tick(501_000);
-        assert_eq!(wm.value(), Some(9_995), "exactly the timeout is not longer than it");
+        assert_eq!(
+            wm.value(),
+            Some(9_995),
+            "exactly the timeout is not longer than it"
+        );
         wm.tick(501_200);
         assert_eq!(wm.value(), Some(9_995 + 1_200));
         wm.tick(501_400);
-        assert_eq!(wm.value(), Some(9_995 + 1_400), "does not compound across ticks");
+        assert_eq!(
+            wm.value(),
+            Some(9_995 + 1_400),
+            "does not compound across ticks"
+        );
         // New input resets idleness; the watermark keeps what it gained.
         wm.note_input();
         wm.observe(10_100);
