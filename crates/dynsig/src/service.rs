@@ -196,10 +196,9 @@ async fn transform(
             },
             _ = ticker.tick() => {
                 let batch = state.flush(&mut processor, &topics, Some(wall_now_ms()));
-                if !batch.records.is_empty() || !batch.offsets.is_empty() {
-                    if tx.send(batch).await.is_err() {
-                        return;
-                    }
+                let has_news = !batch.records.is_empty() || !batch.offsets.is_empty();
+                if has_news && tx.send(batch).await.is_err() {
+                    return;
                 }
             }
         }

@@ -2,6 +2,8 @@
 //! `--log-level`) and the Prometheus recorder behind `/metrics`. Metric names live here so
 //! that every stage uses the same ones, and none carries an unbounded label.
 
+use std::io::IsTerminal;
+
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
@@ -31,7 +33,10 @@ pub enum LogFormat {
 /// Installs the global `tracing` subscriber. `RUST_LOG` wins over `default_level`.
 pub fn init_logging(format: LogFormat, default_level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     // A second init (tests calling main twice) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
