@@ -92,3 +92,50 @@ pub fn dead_letter(
         content: Content::DeadLetter { reason: rejection.reason },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dynsig_core::model::{Alert, AlertStatus, Severity};
+
+    #[test]
+    fn dead_letter_keeps_bytes_and_says_why_and_where() {
+        let topics = TopicsConfig::default();
+        let rejection = Rejection { reason: RejectReason::InvalidJson, detail: "expected value".into() };
+        let from = SourcePosition { topic: "posts", partition: 2, offset: 41 };
+        let letter = dead_letter(&topics, from, Some(b"k"), b"\xff{oops", &rejection);
+        assert_eq!(letter.topic, "dynsig.dlq");
+        assert_eq!(letter.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(letter.payload, b"\xff{oops");
+        let header = |name: &str| {
+            let (_, value) = letter.headers.iter().find(|(k, _)| *k == name).expect(name);
+            String::from_utf8(value.clone()).unwrap()
+        };
+        assert_eq!(header(dlq_headers::REASON), "invalid_json");
+        assert_eq!(header(dlq_headers::DETAIL), "expected value");
+        assert_eq!(header(dlq_headers::SOURCE_TOPIC), "posts");
+        assert_eq!(header(dlq_headers::SOURCE_PARTITION), "2");
+        assert_eq!(header(dlq_headers::SOURCE_OFFSET), "41");
+    }
+
+    #[test]
+    fn alerts_are_keyed_by_id_as_json() {
+        let alert = Alert {
+            id: "trend:hashtag:#x".into(),
+            status: AlertStatus::Firing,
+            severity: Severity::Warning,
+            title: "t".into(),
+            summary: "s".into(),
+            cause: "trend".into(),
+            labels: Default::default(),
+            starts_at: 10,
+            updated_at: 20,
+        };
+        let record = signal_record(&TopicsConfig::default(), &Signal::Alert(alert));
+        assert_eq!(record.topic, "signals.alerts");
+        assert_eq!(record.key.as_deref(), Some(&b"trend:hashtag:#x"[..]));
+        let json: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
+        assert_eq!(json["status"], "firing");
+        assert_eq!(record.content, Content::Signal { kind: "alert", window_end: 20 });
+    }
+}

@@ -108,3 +108,44 @@ fn count_closed(signals: Vec<Signal>) -> Vec<Signal> {
 fn count_rejection(rejection: &Rejection) {
     counter!(names::EVENTS_REJECTED, "reason" => rejection.reason.as_str()).increment(1);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+
+    fn processor() -> Processor {
+        Processor::new(&Config::default()).unwrap()
+    }
+
+    fn raw<'a>(payload: &'a [u8], content_type: Option<&'a [u8]>) -> RawInput<'a> {
+        RawInput { kind: InputKind::Post, payload, content_type, origin: None }
+    }
+
+    #[test]
+    fn content_type_header_overrides_the_topic_format() {
+        let post = dynsig_proto::v1::Post {
+            ts: 1_800_000_000_000,
+            text: "hello".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut processor = processor();
+        assert!(processor.process(raw(&post, Some(b"application/x-protobuf"))).is_ok());
+        let as_json = processor.process(raw(&post, None)).unwrap_err();
+        assert_ne!(as_json.reason, RejectReason::UnknownContentType);
+        let unknown = processor.process(raw(b"a,b", Some(b"text/csv"))).unwrap_err();
+        assert_eq!(unknown.reason, RejectReason::UnknownContentType);
+    }
+
+    #[test]
+    fn input_behind_the_watermark_is_rejected_as_late() {
+        let mut processor = processor();
+        let post = |ts: i64| format!(r#"{{"ts":{ts},"text":"x"}}"#);
+        processor.process(raw(post(1_800_000_000_000).as_bytes(), None)).unwrap();
+        processor.process(raw(post(1_800_000_600_000).as_bytes(), None)).unwrap();
+        assert!(!processor.poll(None).is_empty(), "the first window closed");
+        let late = processor.process(raw(post(1_800_000_000_500).as_bytes(), None)).unwrap_err();
+        assert_eq!(late.reason, RejectReason::Late);
+    }
+}
