@@ -11,7 +11,10 @@ const START_MS: i64 = 1_800_000_000_000;
 const WINDOW_MS: i64 = 60_000;
 
 fn dynsig(args: &[&str]) {
-    let output = Command::new(env!("CARGO_BIN_EXE_dynsig")).args(args).output().expect("run dynsig");
+    let output = Command::new(env!("CARGO_BIN_EXE_dynsig"))
+        .args(args)
+        .output()
+        .expect("run dynsig");
     assert!(
         output.status.success(),
         "dynsig {args:?} failed: {}",
@@ -37,26 +40,45 @@ fn read_jsonl(path: &Path) -> Vec<Value> {
 #[test]
 fn replay_reports_every_planted_burst_and_incident() {
     let dir = scratch_dir("planted");
-    let (posts, events, truth, out) =
-        (dir.join("posts.jsonl"), dir.join("events.jsonl"), dir.join("truth.json"), dir.join("out"));
+    let (posts, events, truth, out) = (
+        dir.join("posts.jsonl"),
+        dir.join("events.jsonl"),
+        dir.join("truth.json"),
+        dir.join("out"),
+    );
     let start = START_MS.to_string();
     dynsig(&[
-        "gen", "--duration", "10m", "--start", &start,
-        "--posts", posts.to_str().unwrap(),
-        "--events", events.to_str().unwrap(),
-        "--truth", truth.to_str().unwrap(),
+        "gen",
+        "--duration",
+        "10m",
+        "--start",
+        &start,
+        "--posts",
+        posts.to_str().unwrap(),
+        "--events",
+        events.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
     ]);
     dynsig(&[
         "replay",
-        "--posts", posts.to_str().unwrap(),
-        "--events", events.to_str().unwrap(),
-        "--output", out.to_str().unwrap(),
+        "--posts",
+        posts.to_str().unwrap(),
+        "--events",
+        events.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
     ]);
 
-    let truth: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&truth).unwrap()).unwrap();
+    let truth: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&truth).unwrap()).unwrap();
     let alerts = read_jsonl(&out.join("signals.alerts.jsonl"));
     let trends = read_jsonl(&out.join("signals.trends.jsonl"));
-    assert_eq!(trends.len(), 10, "one snapshot per minute of a 10-minute feed");
+    assert_eq!(
+        trends.len(),
+        10,
+        "one snapshot per minute of a 10-minute feed"
+    );
     assert!(!truth.is_empty());
 
     for planted in &truth {
@@ -79,7 +101,10 @@ fn replay_reports_every_planted_burst_and_incident() {
             ),
             other => panic!("unknown planted signal {other}"),
         };
-        let (start, end) = (planted["start_ms"].as_i64().unwrap(), planted["end_ms"].as_i64().unwrap());
+        let (start, end) = (
+            planted["start_ms"].as_i64().unwrap(),
+            planted["end_ms"].as_i64().unwrap(),
+        );
         let fired = alerts.iter().any(|alert| {
             let at = alert["starts_at"].as_i64().unwrap();
             alert["id"] == expected_id.as_str()
@@ -89,7 +114,10 @@ fn replay_reports_every_planted_burst_and_incident() {
                 && at <= (start / WINDOW_MS + 2) * WINDOW_MS
                 && at <= end + WINDOW_MS
         });
-        assert!(fired, "no firing alert {expected_id} for {planted}; alerts: {alerts:#?}");
+        assert!(
+            fired,
+            "no firing alert {expected_id} for {planted}; alerts: {alerts:#?}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -109,17 +137,38 @@ fn replay_dead_letters_bad_lines_and_keeps_going() {
     ];
     std::fs::write(&posts, lines.join("\n")).unwrap();
     let out = dir.join("out");
-    dynsig(&["replay", "--posts", posts.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    dynsig(&[
+        "replay",
+        "--posts",
+        posts.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
 
     let letters = read_jsonl(&out.join("dynsig.dlq.jsonl"));
     let reasons: Vec<(&str, i64)> = letters
         .iter()
-        .map(|l| (l["reason"].as_str().unwrap(), l["source_line"].as_i64().unwrap()))
+        .map(|l| {
+            (
+                l["reason"].as_str().unwrap(),
+                l["source_line"].as_i64().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(reasons, [("invalid_json", 2), ("missing_field", 3), ("late", 5)]);
-    assert_eq!(letters[2]["payload"], lines[4].as_str(), "a dead letter keeps the original line");
+    assert_eq!(
+        reasons,
+        [("invalid_json", 2), ("missing_field", 3), ("late", 5)]
+    );
+    assert_eq!(
+        letters[2]["payload"],
+        lines[4].as_str(),
+        "a dead letter keeps the original line"
+    );
     let trends = read_jsonl(&out.join("signals.trends.jsonl"));
     let counted: u64 = trends.iter().map(|t| t["events"].as_u64().unwrap()).sum();
-    assert_eq!(counted, 2, "both good posts are counted, the late one is not");
+    assert_eq!(
+        counted, 2,
+        "both good posts are counted, the late one is not"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -57,7 +57,10 @@ impl TestDir {
     pub fn new(label: &str) -> TestDir {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
         let path = std::env::temp_dir()
             .join("dynsig-tests")
             .join(format!("{label}-{}-{n}-{nanos}", std::process::id()));
@@ -73,7 +76,8 @@ impl TestDir {
     /// Writes `contents` to `name` in this directory and returns the file's path.
     pub fn write(&self, name: &str, contents: &str) -> PathBuf {
         let p = self.path.join(name);
-        std::fs::write(&p, contents).unwrap_or_else(|e| panic!("cannot write {}: {e}", p.display()));
+        std::fs::write(&p, contents)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", p.display()));
         p
     }
 }
@@ -99,7 +103,10 @@ pub fn free_port() -> u16 {
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{prefix}-{}-{n}-{nanos}", std::process::id())
 }
 
@@ -126,7 +133,10 @@ fn terminate_child(child: &mut Child, grace: Duration) -> ExitStatus {
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    eprintln!("pid {} did not exit within {grace:?} of SIGTERM: killing it", child.id());
+    eprintln!(
+        "pid {} did not exit within {grace:?} of SIGTERM: killing it",
+        child.id()
+    );
     let _ = child.kill();
     child.wait().expect("wait for killed child")
 }
@@ -220,11 +230,15 @@ impl TestBroker {
                 }
                 Err(e) => {
                     terminate_child(&mut child, Duration::from_secs(2));
-                    last_error = format!("attempt {attempt} on port {port}: {e}\n{}", read_log(&log));
+                    last_error =
+                        format!("attempt {attempt} on port {port}: {e}\n{}", read_log(&log));
                 }
             }
         }
-        panic!("the test broker ({}) did not become ready: {last_error}", bin.display());
+        panic!(
+            "the test broker ({}) did not become ready: {last_error}",
+            bin.display()
+        );
     }
 
     /// The bootstrap address, `host:port`.
@@ -258,12 +272,17 @@ impl TestBroker {
     pub async fn create_topics(&self, topics: &[(&str, i32)]) {
         let admin: AdminClient<DefaultClientContext> =
             self.client_config().create().expect("create admin client");
-        let new: Vec<NewTopic> =
-            topics.iter().map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1))).collect();
+        let new: Vec<NewTopic> = topics
+            .iter()
+            .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
+            .collect();
         let opts = AdminOptions::new()
             .operation_timeout(Some(METADATA_TIMEOUT))
             .request_timeout(Some(METADATA_TIMEOUT));
-        let results = admin.create_topics(&new, &opts).await.expect("create_topics request");
+        let results = admin
+            .create_topics(&new, &opts)
+            .await
+            .expect("create_topics request");
         for r in results {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -284,7 +303,10 @@ impl TestBroker {
     /// partition count, or None after `timeout`. Asks for all topics rather than this one, so
     /// that the request cannot auto-create it.
     pub async fn wait_for_topic(&self, topic: &str, timeout: Duration) -> Option<i32> {
-        let client: BaseConsumer = self.client_config().create().expect("create metadata client");
+        let client: BaseConsumer = self
+            .client_config()
+            .create()
+            .expect("create metadata client");
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(md) = client.fetch_metadata(None, Duration::from_secs(2)) {
@@ -323,10 +345,14 @@ impl TestBroker {
         for (i, r) in records.iter().enumerate() {
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
             for (k, v) in &r.headers {
-                headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v.as_slice()),
+                });
             }
-            let mut fr: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(topic).payload(r.payload.as_slice()).headers(headers);
+            let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+                .payload(r.payload.as_slice())
+                .headers(headers);
             if let Some(k) = &r.key {
                 fr = fr.key(k.as_slice());
             }
@@ -355,7 +381,10 @@ impl TestBroker {
         let mut delivered = Vec::with_capacity(pending.len());
         for (i, f) in pending {
             match f.await {
-                Ok(Ok(d)) => delivered.push(Delivered { partition: d.partition, offset: d.offset }),
+                Ok(Ok(d)) => delivered.push(Delivered {
+                    partition: d.partition,
+                    offset: d.offset,
+                }),
                 Ok(Err((e, _))) => panic!("record {i} to {topic} not delivered: {e}"),
                 Err(_) => panic!("record {i} to {topic}: producer dropped before delivery"),
             }
@@ -380,10 +409,15 @@ impl TestBroker {
         // tansu), and the reader sees all partitions from their first offset.
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {
-            tpl.add_partition_offset(topic, p, Offset::Beginning).expect("add partition");
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("add partition");
         }
         consumer.assign(&tpl).expect("assign partitions");
-        Some(TopicReader { topic: topic.to_string(), consumer, records: Vec::new() })
+        Some(TopicReader {
+            topic: topic.to_string(),
+            consumer,
+            records: Vec::new(),
+        })
     }
 
     /// Reads `topic` from the start until `done(records read so far)` is true or `timeout`
@@ -410,7 +444,9 @@ impl TestBroker {
     /// was read.
     pub async fn consume_all(&self, topic: &str, stop: Stop, timeout: Duration) -> Vec<Record> {
         let deadline = Instant::now() + timeout;
-        let Some(mut r) = self.reader(topic, timeout).await else { return Vec::new() };
+        let Some(mut r) = self.reader(topic, timeout).await else {
+            return Vec::new();
+        };
         match stop {
             Stop::Count(n) => {
                 r.read_until(deadline, |recs| recs.len() >= n).await;
@@ -425,6 +461,9 @@ impl TestBroker {
 
 impl Drop for TestBroker {
     fn drop(&mut self) {
+        // Close our own connections first: tansu waits for open connections before it exits
+        // on SIGTERM (seen: > 5 s with the producer still connected).
+        drop(self.producer.take());
         if let Some(child) = self.child.as_mut() {
             terminate_child(child, Duration::from_secs(5));
         }
@@ -452,7 +491,11 @@ fn find_tansu() -> PathBuf {
 
 /// Waits until a TCP connect to `bootstrap` succeeds, then until a metadata request returns at
 /// least one broker. With `child`, gives up as soon as that process exits.
-fn wait_for_metadata(bootstrap: &str, timeout: Duration, mut child: Option<&mut Child>) -> Result<(), String> {
+fn wait_for_metadata(
+    bootstrap: &str,
+    timeout: Duration,
+    mut child: Option<&mut Child>,
+) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let exited = |child: &mut Option<&mut Child>| -> Option<String> {
         match child.as_mut().map(|c| c.try_wait()) {
@@ -476,7 +519,9 @@ fn wait_for_metadata(bootstrap: &str, timeout: Duration, mut child: Option<&mut 
             break;
         }
         if Instant::now() >= deadline {
-            return Err(format!("nothing accepts connections on {bootstrap} after {timeout:?}"));
+            return Err(format!(
+                "nothing accepts connections on {bootstrap} after {timeout:?}"
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -484,7 +529,7 @@ fn wait_for_metadata(bootstrap: &str, timeout: Duration, mut child: Option<&mut 
         .set("bootstrap.servers", bootstrap)
         .create()
         .map_err(|e| format!("create metadata client: {e}"))?;
-    let mut last = String::from("no answer");
+    let mut last;
     loop {
         if let Some(e) = exited(&mut child) {
             return Err(e);
@@ -495,7 +540,9 @@ fn wait_for_metadata(bootstrap: &str, timeout: Duration, mut child: Option<&mut 
             Err(e) => last = e.to_string(),
         }
         if Instant::now() >= deadline {
-            return Err(format!("no metadata from {bootstrap} after {timeout:?}: {last}"));
+            return Err(format!(
+                "no metadata from {bootstrap} after {timeout:?}: {last}"
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -513,7 +560,10 @@ pub struct OutRecord {
 
 impl OutRecord {
     pub fn new(payload: impl Into<Vec<u8>>) -> OutRecord {
-        OutRecord { payload: payload.into(), ..OutRecord::default() }
+        OutRecord {
+            payload: payload.into(),
+            ..OutRecord::default()
+        }
     }
     pub fn key(mut self, key: impl Into<Vec<u8>>) -> OutRecord {
         self.key = Some(key.into());
@@ -550,16 +600,22 @@ pub struct Record {
 impl Record {
     /// The value of the first header called `name`.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
     }
 
     /// The header as text (lossy), for comparisons and messages.
     pub fn header_str(&self, name: &str) -> Option<String> {
-        self.header(name).map(|v| String::from_utf8_lossy(v).into_owned())
+        self.header(name)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
     pub fn key_str(&self) -> Option<String> {
-        self.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned())
+        self.key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
     }
 
     /// The payload parsed as JSON; panics with the payload when it is not JSON (outputs of the
@@ -615,7 +671,9 @@ impl TopicReader {
                 let headers = m
                     .headers()
                     .map(|h| {
-                        h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect()
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
                     })
                     .unwrap_or_default();
                 self.records.push(Record {
@@ -640,7 +698,11 @@ impl TopicReader {
 
     /// Reads until `done(all records so far)` is true or `deadline` passes; returns whether
     /// `done` became true. `done` is called after every record and at least every 250 ms.
-    pub async fn read_until(&mut self, deadline: Instant, mut done: impl FnMut(&[Record]) -> bool) -> bool {
+    pub async fn read_until(
+        &mut self,
+        deadline: Instant,
+        mut done: impl FnMut(&[Record]) -> bool,
+    ) -> bool {
         loop {
             if done(&self.records) {
                 return true;
@@ -703,12 +765,21 @@ pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> 
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Error::new(ErrorKind::InvalidData, format!("bad status line {status_line:?}")))?;
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidData,
+                format!("bad status line {status_line:?}"),
+            )
+        })?;
     let chunked = lines.any(|l| {
         let l = l.to_ascii_lowercase();
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
-    let body = if chunked { dechunk(body) } else { body.to_vec() };
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_vec()
+    };
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
@@ -716,7 +787,8 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(eol) = body.windows(2).position(|w| w == b"\r\n") {
         let size_text = String::from_utf8_lossy(&body[..eol]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or(0);
         body = &body[eol + 2..];
         if size == 0 || size > body.len() {
             break;
@@ -736,12 +808,18 @@ pub fn metric_sum(metrics_text: &str, name: &str) -> Option<f64> {
         if line.starts_with('#') {
             continue;
         }
-        let Some(rest) = line.strip_prefix(name) else { continue };
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
         if !(rest.starts_with('{') || rest.starts_with(' ')) {
             continue; // a longer name with the same prefix
         }
         let value = rest.rsplit_once('}').map(|(_, v)| v).unwrap_or(rest);
-        if let Some(v) = value.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) {
+        if let Some(v) = value
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        {
             *found.get_or_insert(0.0) += v;
         }
     }
@@ -779,8 +857,14 @@ impl DynsigProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        DynsigProcess { child: Some(child), log, _dir: dir }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        DynsigProcess {
+            child: Some(child),
+            log,
+            _dir: dir,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -794,7 +878,9 @@ impl DynsigProcess {
 
     /// The exit status if it has exited.
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Its stdout and stderr so far.
@@ -839,5 +925,9 @@ where
 
 /// Distinct values, sorted, for compact failure messages.
 pub fn distinct<T: Ord + Clone>(items: impl IntoIterator<Item = T>) -> Vec<T> {
-    items.into_iter().collect::<BTreeSet<_>>().into_iter().collect()
+    items
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }

@@ -18,7 +18,8 @@ use crate::config::EngineConfig;
 use crate::model::{Anomaly, EpochMs, Input, Origin, Signal, Term, TrendSnapshot};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::trend::{TermCounts, TrendDetector};
-use crate::window::{ClosedWindow, Watermark, Windows};
+use crate::watermark::{Watermark, UNPARTITIONED};
+use crate::window::{ClosedWindow, Windows};
 
 /// An input whose window had already closed when it arrived.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -97,7 +98,6 @@ impl Engine {
     /// Adds one input. Err(Late) when its window has already closed (end <= watermark):
     /// the caller dead-letters it with reason `late`; nothing is counted.
     pub fn ingest(&mut self, input: &Input, origin: Option<Origin>) -> Result<(), Late> {
-        self.watermark.note_input();
         let ts = input.ts();
         let (start, end) = self.windows.bounds(ts);
         if let Some(watermark) = self.watermark.value().filter(|&watermark| end <= watermark) {
@@ -106,7 +106,8 @@ impl Engine {
                 watermark,
             });
         }
-        self.watermark.observe(ts);
+        self.watermark
+            .observe(origin.map_or(UNPARTITIONED, |o| o.partition), ts);
         let counts = self.windows.state_mut(start, origin);
         let key = &mut self.series_scratch;
         key.clear();
@@ -136,6 +137,14 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The input partitions (as in [`Origin::partition`]) this instance reads now, after
+    /// each rebalance: the watermark is the minimum over them, and one that has delivered
+    /// nothing holds it until it delivers or goes idle. Inputs from other partitions are
+    /// still accepted (and then tracked).
+    pub fn assign_partitions(&mut self, partitions: &[u32]) {
+        self.watermark.assign(partitions);
     }
 
     /// Wall-clock tick (the service calls it ~every 200 ms, replay never). If no input was

@@ -6,7 +6,8 @@
 //! these pieces to Kafka and HTTP.
 //!
 //! Flow: bytes --[`decode`]--> [`model::Input`] --[`engine::Engine`]--> [`model::Signal`]s.
-//! Inside the engine: [`tokenizer`] → [`window`] (event-time windows, watermark) →
+//! Inside the engine: [`tokenizer`] → [`window`] (event-time windows closed by the
+//! per-partition [`watermark`]) →
 //! [`trend`] and [`anomaly`] detectors on each closed window → [`alert`] lifecycle.
 
 pub mod alert;
@@ -19,4 +20,5 @@ pub mod stopwords;
 pub mod synth;
 pub mod tokenizer;
 pub mod trend;
+pub mod watermark;
 pub mod window;

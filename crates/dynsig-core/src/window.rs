@@ -1,4 +1,5 @@
-//! Event-time tumbling windows: assignment, the watermark, and the set of open windows.
+//! Event-time tumbling windows: assignment and the set of open windows (the watermark that
+//! closes them is in [`crate::watermark`]).
 //!
 //! A window `[start, start + size)` is open from its first input until the watermark
 //! reaches its end; then it is closed (oldest first) and handed to the detectors. Each
@@ -110,81 +111,6 @@ impl<S: Default> Windows<S> {
     }
 }
 
-/// The event-time watermark: the newest event time seen minus the allowed lateness,
-/// never moving backwards. When input stops (wall clock idle for longer than the idle
-/// timeout), it also advances with the wall clock, so that the last windows of a quiet
-/// stream still close instead of waiting for the next event forever.
-#[derive(Debug, Clone)]
-pub struct Watermark {
-    allowed_lateness_ms: i64,
-    idle_timeout_ms: i64,
-    max_event_time: Option<EpochMs>,
-    value: Option<EpochMs>,
-    input_since_tick: bool,
-    /// Wall time of the first tick that followed the latest input (ticks, not inputs,
-    /// carry wall time; the error is at most one tick period).
-    last_input_wall: Option<EpochMs>,
-}
-
-impl Watermark {
-    /// `idle_timeout_ms == 0` disables idle advance.
-    pub fn new(allowed_lateness_ms: i64, idle_timeout_ms: i64) -> Self {
-        Watermark {
-            allowed_lateness_ms,
-            idle_timeout_ms,
-            max_event_time: None,
-            value: None,
-            input_since_tick: false,
-            last_input_wall: None,
-        }
-    }
-
-    /// `None` until the first event.
-    pub fn value(&self) -> Option<EpochMs> {
-        self.value
-    }
-
-    /// Notes that an input arrived (counted or not): the stream is not idle.
-    pub fn note_input(&mut self) {
-        self.input_since_tick = true;
-    }
-
-    /// Advances with an accepted event's time.
-    pub fn observe(&mut self, event_time: EpochMs) {
-        let newest = self
-            .max_event_time
-            .map_or(event_time, |max| max.max(event_time));
-        self.max_event_time = Some(newest);
-        self.raise_to(newest.saturating_sub(self.allowed_lateness_ms));
-    }
-
-    /// Moves the watermark to `value` if that is later (never backwards).
-    pub fn raise_to(&mut self, value: EpochMs) {
-        self.value = Some(self.value.map_or(value, |current| current.max(value)));
-    }
-
-    /// Wall-clock tick: once no input has arrived for longer than the idle timeout, the
-    /// watermark is `max event time − lateness + wall time idle`. Computed from the idle
-    /// start each time, so frequent ticks do not compound.
-    pub fn tick(&mut self, wall_now: EpochMs) {
-        if self.input_since_tick || self.last_input_wall.is_none() {
-            self.input_since_tick = false;
-            self.last_input_wall = Some(wall_now);
-            return;
-        }
-        let (Some(since), Some(max)) = (self.last_input_wall, self.max_event_time) else {
-            return;
-        };
-        let idle = wall_now.saturating_sub(since);
-        if self.idle_timeout_ms > 0 && idle > self.idle_timeout_ms {
-            self.raise_to(
-                max.saturating_sub(self.allowed_lateness_ms)
-                    .saturating_add(idle),
-            );
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,67 +175,5 @@ mod tests {
         assert_eq!(windows.held_offset(0), Some(130));
         windows.pop_ended_by(30);
         assert_eq!(windows.held_offset(0), None);
-    }
-
-    #[test]
-    fn watermark_trails_the_newest_event_and_never_regresses() {
-        let mut wm = Watermark::new(5, 0);
-        assert_eq!(wm.value(), None);
-        wm.observe(100);
-        assert_eq!(wm.value(), Some(95));
-        wm.observe(50);
-        assert_eq!(wm.value(), Some(95));
-        wm.observe(120);
-        assert_eq!(wm.value(), Some(115));
-        wm.raise_to(10);
-        assert_eq!(wm.value(), Some(115));
-    }
-
-    #[test]
-    fn idle_stream_advances_with_the_wall_clock() {
-        let mut wm = Watermark::new(5, 1_000);
-        wm.note_input();
-        wm.observe(10_000);
-        wm.tick(500_000); // input since the previous tick: idleness starts now
-        wm.tick(500_900);
-        assert_eq!(
-            wm.value(),
-            Some(9_995),
-            "not idle for longer than the timeout yet"
-        );
-        wm.tick(501_000);
-        assert_eq!(
-            wm.value(),
-            Some(9_995),
-            "exactly the timeout is not longer than it"
-        );
-        wm.tick(501_200);
-        assert_eq!(wm.value(), Some(9_995 + 1_200));
-        wm.tick(501_400);
-        assert_eq!(
-            wm.value(),
-            Some(9_995 + 1_400),
-            "does not compound across ticks"
-        );
-        // New input resets idleness; the watermark keeps what it gained.
-        wm.note_input();
-        wm.observe(10_100);
-        wm.tick(501_600);
-        assert_eq!(wm.value(), Some(9_995 + 1_400));
-        wm.tick(502_000);
-        assert_eq!(wm.value(), Some(9_995 + 1_400));
-    }
-
-    #[test]
-    fn idle_advance_can_be_disabled_and_needs_an_event() {
-        let mut quiet = Watermark::new(5, 1_000);
-        quiet.tick(0);
-        quiet.tick(60_000);
-        assert_eq!(quiet.value(), None, "no event, nothing to advance from");
-        let mut disabled = Watermark::new(5, 0);
-        disabled.observe(100);
-        disabled.tick(0);
-        disabled.tick(60_000);
-        assert_eq!(disabled.value(), Some(95));
     }
 }

@@ -20,7 +20,10 @@ const ENV_PREFIX: &str = "DYNSIG_";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid config: {0}")]
     Parse(#[from] toml::de::Error),
     #[error("invalid config: environment variable {var}: {reason}")]
@@ -123,7 +126,9 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { addr: SocketAddr::from(([127, 0, 0, 1], 8686)) }
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8686)),
+        }
     }
 }
 
@@ -146,8 +151,10 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         let text = match path {
-            Some(path) => std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?,
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?,
             None => String::new(),
         };
         let mut table: toml::Table = text.parse()?;
@@ -162,7 +169,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, reason: &str| Err(ConfigError::Invalid { field, reason: reason.into() });
+        let invalid = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.into(),
+            })
+        };
         if self.kafka.brokers.trim().is_empty() {
             return invalid("kafka.brokers", "must not be empty");
         }
@@ -189,8 +201,10 @@ impl Config {
             return invalid("topics.events", "must differ from topics.posts");
         }
         // The engine validates its own sections (window size, stopword languages...).
-        dynsig_core::engine::Engine::new(self.engine())
-            .map_err(|e| ConfigError::Invalid { field: "engine", reason: e.to_string() })?;
+        dynsig_core::engine::Engine::new(self.engine()).map_err(|e| ConfigError::Invalid {
+            field: "engine",
+            reason: e.to_string(),
+        })?;
         Ok(())
     }
 }
@@ -206,9 +220,15 @@ fn apply_env_override(
     key_path: &str,
     value: &str,
 ) -> Result<(), ConfigError> {
-    let mut keys: Vec<String> = key_path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+    let mut keys: Vec<String> = key_path
+        .split("__")
+        .map(|k| k.to_ascii_lowercase())
+        .collect();
     if keys.iter().any(|k| k.is_empty()) {
-        return Err(ConfigError::Env { var: var.into(), reason: "empty key segment".into() });
+        return Err(ConfigError::Env {
+            var: var.into(),
+            reason: "empty key segment".into(),
+        });
     }
     let client_property = keys.len() == 3 && keys[0] == "kafka" && keys[1] == "client";
     let parsed = if client_property {
@@ -224,7 +244,9 @@ fn apply_env_override(
     let (last, parents) = keys.split_last().expect("split yields at least one key");
     let mut node = table;
     for key in parents {
-        let entry = node.entry(key.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
+        let entry = node
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
         node = entry.as_table_mut().ok_or_else(|| ConfigError::Env {
             var: var.into(),
             reason: format!("{key} is not a section"),
@@ -257,7 +279,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = load_str("[window]\nsize_msec = 5\n", &[]).unwrap_err().to_string();
+        let err = load_str("[window]\nsize_msec = 5\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("size_msec"), "{err}");
     }
 
@@ -265,7 +289,11 @@ mod tests {
     fn env_overrides_file() {
         let config = load_str(
             "[window]\nsize_ms = 5000\n",
-            &[("DYNSIG_WINDOW__SIZE_MS", "7000"), ("DYNSIG_TOPICS__POSTS", "social"), ("OTHER", "x")],
+            &[
+                ("DYNSIG_WINDOW__SIZE_MS", "7000"),
+                ("DYNSIG_TOPICS__POSTS", "social"),
+                ("OTHER", "x"),
+            ],
         )
         .unwrap();
         assert_eq!(config.window.size_ms, 7000);
@@ -274,7 +302,11 @@ mod tests {
 
     #[test]
     fn client_properties_pass_through() {
-        let config = load_str("[kafka.client]\n\"security.protocol\" = \"SASL_SSL\"\n", &[]).unwrap();
+        let config = load_str(
+            "[kafka.client]\n\"security.protocol\" = \"SASL_SSL\"\n",
+            &[],
+        )
+        .unwrap();
         assert_eq!(config.kafka.client["security.protocol"], "SASL_SSL");
     }
 
@@ -286,9 +318,13 @@ mod tests {
 
     #[test]
     fn invalid_values_name_the_field() {
-        let err = load_str("[kafka]\npartitions = 0\n", &[]).unwrap_err().to_string();
+        let err = load_str("[kafka]\npartitions = 0\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("kafka.partitions"), "{err}");
-        let err = load_str("[topics]\nposts_format = \"xml\"\n", &[]).unwrap_err().to_string();
+        let err = load_str("[topics]\nposts_format = \"xml\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("xml"), "{err}");
     }
 }

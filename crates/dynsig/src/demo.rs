@@ -55,7 +55,9 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         (config.topics.alerts.as_str(), 1),
         (config.topics.dlq.as_str(), 1),
     ] {
-        cluster.create_topic(topic, partitions, 1).with_context(|| format!("creating topic {topic}"))?;
+        cluster
+            .create_topic(topic, partitions, 1)
+            .with_context(|| format!("creating topic {topic}"))?;
     }
     config.kafka.create_topics = false;
     println!("dynsig demo: embedded Kafka-protocol broker at {bootstrap}");
@@ -73,8 +75,19 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let prometheus = telemetry::install_metrics()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let service = tokio::spawn(service::run(config.clone(), prometheus, stop_rx.clone()));
-    let feeder = tokio::spawn(feed(bootstrap.clone(), config.clone(), args.posts_per_sec, args.duration, stop_rx.clone()));
-    let view = tokio::spawn(view::live(bootstrap.clone(), config.topics.clone(), args.duration, stop_rx.clone()));
+    let feeder = tokio::spawn(feed(
+        bootstrap.clone(),
+        config.clone(),
+        args.posts_per_sec,
+        args.duration,
+        stop_rx.clone(),
+    ));
+    let view = tokio::spawn(view::live(
+        bootstrap.clone(),
+        config.topics.clone(),
+        args.duration,
+        stop_rx.clone(),
+    ));
 
     let interrupted = tokio::select! {
         _ = tokio::time::sleep(args.duration) => false,
@@ -86,7 +99,11 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     service.await??;
     println!(
         "\ndemo {}: {produced} records produced; {summary}",
-        if interrupted { "interrupted" } else { "finished" }
+        if interrupted {
+            "interrupted"
+        } else {
+            "finished"
+        }
     );
     drop(cluster);
     Ok(())
@@ -97,14 +114,20 @@ fn demo_config(bootstrap: &str, args: &DemoArgs) -> anyhow::Result<Config> {
     config.kafka.brokers = bootstrap.to_string();
     config.kafka.group_id = "dynsig-demo".into();
     // Joins take about half the session timeout: keep the demo's start quick.
-    config.kafka.client.insert("session.timeout.ms".into(), "6000".into());
+    config
+        .kafka
+        .client
+        .insert("session.timeout.ms".into(), "6000".into());
     config.http.addr = args.http_addr;
     config.window.size_ms = args.window.as_millis() as i64;
     config.window.allowed_lateness_ms = 1_000;
     config.window.idle_timeout_ms = 3_000;
     config.trends.top_k = 10;
     config.anomaly.warmup_windows = 3;
-    anyhow::ensure!(config.window.size_ms >= 1_000, "--window must be at least 1s");
+    anyhow::ensure!(
+        config.window.size_ms >= 1_000,
+        "--window must be at least 1s"
+    );
     Ok(config)
 }
 

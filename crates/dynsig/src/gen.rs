@@ -10,10 +10,10 @@ use anyhow::Context as _;
 use clap::Args;
 use dynsig_core::decode::InputKind;
 use dynsig_core::model::Input;
-use rdkafka::error::KafkaError;
-use rdkafka::types::RDKafkaErrorCode;
 use dynsig_core::synth::{Synth, SynthConfig};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
 #[derive(Args)]
@@ -51,10 +51,16 @@ pub struct GenArgs {
 }
 
 pub fn gen(args: GenArgs) -> anyhow::Result<()> {
-    if args.posts.is_none() && args.events.is_none() && args.brokers.is_none() && args.truth.is_none() {
+    if args.posts.is_none()
+        && args.events.is_none()
+        && args.brokers.is_none()
+        && args.truth.is_none()
+    {
         anyhow::bail!("nothing to write: give --posts, --events, --truth and/or --brokers");
     }
-    let start = args.start.unwrap_or_else(|| crate::service::wall_now_ms() / 60_000 * 60_000);
+    let start = args
+        .start
+        .unwrap_or_else(|| crate::service::wall_now_ms() / 60_000 * 60_000);
     let mut synth_config = SynthConfig::demo(start, args.duration.as_millis() as i64);
     synth_config.seed = args.seed;
     if let Some(rate) = args.posts_per_sec {
@@ -70,7 +76,11 @@ pub fn gen(args: GenArgs) -> anyhow::Result<()> {
     }
     let open = |path: &Option<PathBuf>| -> anyhow::Result<Option<BufWriter<File>>> {
         path.as_ref()
-            .map(|p| File::create(p).map(BufWriter::new).with_context(|| format!("creating {}", p.display())))
+            .map(|p| {
+                File::create(p)
+                    .map(BufWriter::new)
+                    .with_context(|| format!("creating {}", p.display()))
+            })
             .transpose()
     };
     let mut posts_out = open(&args.posts)?;
@@ -110,11 +120,16 @@ pub fn gen(args: GenArgs) -> anyhow::Result<()> {
             out.write_all(b"\n")?;
         }
     }
-    for out in [posts_out.as_mut(), events_out.as_mut()].into_iter().flatten() {
+    for out in [posts_out.as_mut(), events_out.as_mut()]
+        .into_iter()
+        .flatten()
+    {
         out.flush()?;
     }
     if let Some(producer) = &producer {
-        producer.flush(Timeout::Never).context("flushing the producer")?;
+        producer
+            .flush(Timeout::Never)
+            .context("flushing the producer")?;
     }
     eprintln!("generated {posts} posts and {events} internal events");
     Ok(())

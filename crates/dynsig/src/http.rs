@@ -33,8 +33,9 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(AppState { prometheus, health });
-    let listener =
-        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding HTTP on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding HTTP on {addr}"))?;
     tracing::info!(%addr, "HTTP listening (/metrics, /healthz, /readyz)");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -47,13 +48,19 @@ pub async fn serve(
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     // The exporter aggregates histograms lazily; rendering also runs its upkeep.
     state.prometheus.run_upkeep();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.prometheus.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.prometheus.render(),
+    )
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.health.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no partitions assigned or broker unreachable\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no partitions assigned or broker unreachable\n",
+        )
     }
 }

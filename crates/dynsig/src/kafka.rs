@@ -2,8 +2,8 @@
 //! topic creation, and the consumer context that tracks partition assignment for
 //! `/readyz`. The stages that use these clients live in `service.rs`.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -28,7 +28,8 @@ pub struct Health {
 impl Health {
     /// Ready when this instance owns input partitions and the cluster answers.
     pub fn is_ready(&self) -> bool {
-        self.assigned_partitions.load(Ordering::Relaxed) > 0 && self.broker_up.load(Ordering::Relaxed)
+        self.assigned_partitions.load(Ordering::Relaxed) > 0
+            && self.broker_up.load(Ordering::Relaxed)
     }
 
     pub fn set_broker_up(&self, up: bool) {
@@ -42,9 +43,39 @@ impl Health {
     }
 }
 
+/// The input partitions currently assigned, as (topic, partition), with a generation
+/// number that changes at each rebalance so that readers notice cheaply.
+#[derive(Debug, Default)]
+pub struct Assignment {
+    generation: AtomicU64,
+    partitions: Mutex<Vec<(String, i32)>>,
+}
+
+impl Assignment {
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn partitions(&self) -> Vec<(String, i32)> {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn set(&self, partitions: Vec<(String, i32)>) {
+        *self
+            .partitions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = partitions;
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+}
+
 /// Consumer callbacks: records the assignment after each rebalance.
 pub struct TrackingContext {
     pub health: Arc<Health>,
+    pub assignment: Arc<Assignment>,
 }
 
 impl ClientContext for TrackingContext {
@@ -60,10 +91,17 @@ impl ConsumerContext for TrackingContext {
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
                 self.health.set_assigned(tpl.count());
+                let partitions = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                self.assignment.set(partitions);
             }
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
                 self.health.set_assigned(0);
+                self.assignment.set(Vec::new());
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
         }
@@ -117,24 +155,37 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
 
 /// Creates the topics among `names` that do not exist yet.
 pub async fn ensure_topics(kafka: &KafkaConfig, names: &[&str]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        base_config(kafka).create().context("creating the Kafka admin client")?;
+    let admin: AdminClient<DefaultClientContext> = base_config(kafka)
+        .create()
+        .context("creating the Kafka admin client")?;
     let metadata = admin
         .inner()
         .fetch_metadata(None, Duration::from_secs(10))
         .context("fetching cluster metadata")?;
     let missing: Vec<NewTopic<'_>> = names
         .iter()
-        .filter(|name| !metadata.topics().iter().any(|t| t.name() == **name && t.error().is_none()))
+        .filter(|name| {
+            !metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == **name && t.error().is_none())
+        })
         .map(|name| {
-            NewTopic::new(name, kafka.partitions, TopicReplication::Fixed(kafka.replication_factor))
+            NewTopic::new(
+                name,
+                kafka.partitions,
+                TopicReplication::Fixed(kafka.replication_factor),
+            )
         })
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
     let results = admin
-        .create_topics(&missing, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .create_topics(
+            &missing,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
         .await
         .context("creating topics")?;
     for result in results {

@@ -25,7 +25,11 @@ use crate::config::Config;
 use crate::telemetry::LogFormat;
 
 #[derive(Parser)]
-#[command(name = "dynsig", version, about = "Dynamic Signal: trends, anomalies and alerts from Kafka streams of posts and internal events.")]
+#[command(
+    name = "dynsig",
+    version,
+    about = "Dynamic Signal: trends, anomalies and alerts from Kafka streams of posts and internal events."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -103,7 +107,8 @@ fn main() -> anyhow::Result<()> {
         Command::Replay(args) => {
             let config = Config::load(args.config.as_deref(), std::env::vars())?;
             let started = std::time::Instant::now();
-            let summary = replay::replay(&config, &args.posts, args.events.as_deref(), &args.output)?;
+            let summary =
+                replay::replay(&config, &args.posts, args.events.as_deref(), &args.output)?;
             eprintln!(
                 "replayed {} inputs in {:.2}s: {} rejected, {} trend snapshots, {} anomalies, {} alerts -> {}",
                 summary.inputs,

@@ -29,8 +29,13 @@ pub struct OutRecord {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Content {
     /// A signal of a window that ended at `window_end` (event time).
-    Signal { kind: &'static str, window_end: i64 },
-    DeadLetter { reason: RejectReason },
+    Signal {
+        kind: &'static str,
+        window_end: i64,
+    },
+    DeadLetter {
+        reason: RejectReason,
+    },
 }
 
 /// Where an input record came from, for its dead letter.
@@ -55,9 +60,24 @@ pub fn signal_kind(signal: &Signal) -> &'static str {
 /// (a compacted topic keeps each alert's current state).
 pub fn signal_record(topics: &TopicsConfig, signal: &Signal) -> OutRecord {
     let (topic, key, window_end, payload) = match signal {
-        Signal::Trend(t) => (&topics.trends, t.window_start.to_string(), t.window_end, serde_json::to_vec(t)),
-        Signal::Anomaly(a) => (&topics.anomalies, a.series.clone(), a.window_end, serde_json::to_vec(a)),
-        Signal::Alert(a) => (&topics.alerts, a.id.clone(), a.updated_at, serde_json::to_vec(a)),
+        Signal::Trend(t) => (
+            &topics.trends,
+            t.window_start.to_string(),
+            t.window_end,
+            serde_json::to_vec(t),
+        ),
+        Signal::Anomaly(a) => (
+            &topics.anomalies,
+            a.series.clone(),
+            a.window_end,
+            serde_json::to_vec(a),
+        ),
+        Signal::Alert(a) => (
+            &topics.alerts,
+            a.id.clone(),
+            a.updated_at,
+            serde_json::to_vec(a),
+        ),
     };
     OutRecord {
         topic: topic.clone(),
@@ -65,7 +85,10 @@ pub fn signal_record(topics: &TopicsConfig, signal: &Signal) -> OutRecord {
         // Serializing plain structs of strings and numbers cannot fail.
         payload: payload.expect("signals serialize to JSON"),
         headers: vec![("content-type", b"application/json".to_vec())],
-        content: Content::Signal { kind: signal_kind(signal), window_end },
+        content: Content::Signal {
+            kind: signal_kind(signal),
+            window_end,
+        },
     }
 }
 
@@ -89,7 +112,9 @@ pub fn dead_letter(
             (SOURCE_PARTITION, from.partition.to_string().into_bytes()),
             (SOURCE_OFFSET, from.offset.to_string().into_bytes()),
         ],
-        content: Content::DeadLetter { reason: rejection.reason },
+        content: Content::DeadLetter {
+            reason: rejection.reason,
+        },
     }
 }
 
@@ -101,8 +126,15 @@ mod tests {
     #[test]
     fn dead_letter_keeps_bytes_and_says_why_and_where() {
         let topics = TopicsConfig::default();
-        let rejection = Rejection { reason: RejectReason::InvalidJson, detail: "expected value".into() };
-        let from = SourcePosition { topic: "posts", partition: 2, offset: 41 };
+        let rejection = Rejection {
+            reason: RejectReason::InvalidJson,
+            detail: "expected value".into(),
+        };
+        let from = SourcePosition {
+            topic: "posts",
+            partition: 2,
+            offset: 41,
+        };
         let letter = dead_letter(&topics, from, Some(b"k"), b"\xff{oops", &rejection);
         assert_eq!(letter.topic, "dynsig.dlq");
         assert_eq!(letter.key.as_deref(), Some(&b"k"[..]));
@@ -136,6 +168,12 @@ mod tests {
         assert_eq!(record.key.as_deref(), Some(&b"trend:hashtag:#x"[..]));
         let json: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
         assert_eq!(json["status"], "firing");
-        assert_eq!(record.content, Content::Signal { kind: "alert", window_end: 20 });
+        assert_eq!(
+            record.content,
+            Content::Signal {
+                kind: "alert",
+                window_end: 20
+            }
+        );
     }
 }

@@ -80,6 +80,11 @@ impl Processor {
         decode::decode(input.kind, format, input.payload, &self.limits)
     }
 
+    /// The input partitions read now (see [`Engine::assign_partitions`]).
+    pub fn assign_partitions(&mut self, partitions: &[u32]) {
+        self.engine.assign_partitions(partitions);
+    }
+
     /// Advances idle time (see [`Engine::tick`]) and returns the signals of every window
     /// that closed.
     pub fn poll(&mut self, wall_now: Option<i64>) -> Vec<Signal> {
@@ -100,7 +105,10 @@ impl Processor {
 }
 
 fn count_closed(signals: Vec<Signal>) -> Vec<Signal> {
-    let windows = signals.iter().filter(|s| matches!(s, Signal::Trend(_))).count();
+    let windows = signals
+        .iter()
+        .filter(|s| matches!(s, Signal::Trend(_)))
+        .count();
     counter!(names::WINDOWS_CLOSED).increment(windows as u64);
     signals
 }
@@ -119,7 +127,12 @@ mod tests {
     }
 
     fn raw<'a>(payload: &'a [u8], content_type: Option<&'a [u8]>) -> RawInput<'a> {
-        RawInput { kind: InputKind::Post, payload, content_type, origin: None }
+        RawInput {
+            kind: InputKind::Post,
+            payload,
+            content_type,
+            origin: None,
+        }
     }
 
     #[test]
@@ -131,10 +144,14 @@ mod tests {
         }
         .encode_to_vec();
         let mut processor = processor();
-        assert!(processor.process(raw(&post, Some(b"application/x-protobuf"))).is_ok());
+        assert!(processor
+            .process(raw(&post, Some(b"application/x-protobuf")))
+            .is_ok());
         let as_json = processor.process(raw(&post, None)).unwrap_err();
         assert_ne!(as_json.reason, RejectReason::UnknownContentType);
-        let unknown = processor.process(raw(b"a,b", Some(b"text/csv"))).unwrap_err();
+        let unknown = processor
+            .process(raw(b"a,b", Some(b"text/csv")))
+            .unwrap_err();
         assert_eq!(unknown.reason, RejectReason::UnknownContentType);
     }
 
@@ -142,10 +159,16 @@ mod tests {
     fn input_behind_the_watermark_is_rejected_as_late() {
         let mut processor = processor();
         let post = |ts: i64| format!(r#"{{"ts":{ts},"text":"x"}}"#);
-        processor.process(raw(post(1_800_000_000_000).as_bytes(), None)).unwrap();
-        processor.process(raw(post(1_800_000_600_000).as_bytes(), None)).unwrap();
+        processor
+            .process(raw(post(1_800_000_000_000).as_bytes(), None))
+            .unwrap();
+        processor
+            .process(raw(post(1_800_000_600_000).as_bytes(), None))
+            .unwrap();
         assert!(!processor.poll(None).is_empty(), "the first window closed");
-        let late = processor.process(raw(post(1_800_000_000_500).as_bytes(), None)).unwrap_err();
+        let late = processor
+            .process(raw(post(1_800_000_000_500).as_bytes(), None))
+            .unwrap_err();
         assert_eq!(late.reason, RejectReason::Late);
     }
 }

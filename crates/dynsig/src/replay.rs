@@ -27,7 +27,12 @@ pub struct ReplaySummary {
 
 /// Runs the pipeline over `posts` (and `events`) and writes `<topic>.jsonl` files for the
 /// trends, anomalies, alerts and dead-letter topics into `out_dir`.
-pub fn replay(config: &Config, posts: &Path, events: Option<&Path>, out_dir: &Path) -> anyhow::Result<ReplaySummary> {
+pub fn replay(
+    config: &Config,
+    posts: &Path,
+    events: Option<&Path>,
+    out_dir: &Path,
+) -> anyhow::Result<ReplaySummary> {
     let mut processor = Processor::new(config)?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let mut sinks = Sinks::create(config, out_dir)?;
@@ -54,7 +59,10 @@ pub fn replay(config: &Config, posts: &Path, events: Option<&Path>, out_dir: &Pa
         let (record, source) = if take_post {
             (next_post.take(), &mut post_lines)
         } else {
-            (next_event.take(), event_lines.as_mut().expect("an event was read"))
+            (
+                next_event.take(),
+                event_lines.as_mut().expect("an event was read"),
+            )
         };
         let record = record.expect("the chosen side has a record");
         if let Err(rejection) = processor.ingest(&record, None) {
@@ -118,17 +126,27 @@ impl LineSource {
                 continue;
             }
             summary.inputs += 1;
-            let input = RawInput { kind: self.kind, payload: line, content_type: None, origin: None };
+            let input = RawInput {
+                kind: self.kind,
+                payload: line,
+                content_type: None,
+                origin: None,
+            };
             match processor.decode(input) {
                 Ok(record) => return Ok(Some(record)),
-                Err(rejection) => sinks.dead_letter(&self.path, self.line_no, line, &rejection, summary)?,
+                Err(rejection) => {
+                    sinks.dead_letter(&self.path, self.line_no, line, &rejection, summary)?
+                }
             }
         }
     }
 }
 
 fn trim_line_end(line: &[u8]) -> &[u8] {
-    let end = line.iter().rposition(|b| *b != b'\n' && *b != b'\r').map_or(0, |i| i + 1);
+    let end = line
+        .iter()
+        .rposition(|b| *b != b'\n' && *b != b'\r')
+        .map_or(0, |i| i + 1);
     &line[..end]
 }
 
@@ -144,7 +162,8 @@ impl Sinks {
     fn create(config: &Config, dir: &Path) -> anyhow::Result<Self> {
         let open = |topic: &str| -> anyhow::Result<BufWriter<File>> {
             let path = dir.join(format!("{topic}.jsonl"));
-            let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            let file =
+                File::create(&path).with_context(|| format!("creating {}", path.display()))?;
             Ok(BufWriter::new(file))
         };
         Ok(Self {
@@ -155,7 +174,12 @@ impl Sinks {
         })
     }
 
-    fn write_signals(&mut self, config: &Config, signals: Vec<Signal>, summary: &mut ReplaySummary) -> anyhow::Result<()> {
+    fn write_signals(
+        &mut self,
+        config: &Config,
+        signals: Vec<Signal>,
+        summary: &mut ReplaySummary,
+    ) -> anyhow::Result<()> {
         for signal in signals {
             let (sink, counter) = match &signal {
                 Signal::Trend(_) => (&mut self.trends, &mut summary.trend_snapshots),
@@ -192,7 +216,12 @@ impl Sinks {
     }
 
     fn finish(mut self) -> anyhow::Result<()> {
-        for sink in [&mut self.trends, &mut self.anomalies, &mut self.alerts, &mut self.dlq] {
+        for sink in [
+            &mut self.trends,
+            &mut self.anomalies,
+            &mut self.alerts,
+            &mut self.dlq,
+        ] {
             sink.flush()?;
         }
         Ok(())

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, TopicsConfig};
 use crate::http;
-use crate::kafka::{self, Health, TrackingContext};
+use crate::kafka::{self, Assignment, Health, TrackingContext};
 use crate::output::{self, Content, OutRecord, SourcePosition};
 use crate::processor::{Processor, RawInput};
 use crate::telemetry::names;
@@ -81,25 +81,57 @@ pub async fn run(
         kafka::ensure_topics(&config.kafka, &all).await?;
     }
     let health = Arc::new(Health::default());
-    let http = tokio::spawn(http::serve(config.http.addr, prometheus, health.clone(), shutdown.clone()));
+    let assignment = Arc::new(Assignment::default());
+    let http = tokio::spawn(http::serve(
+        config.http.addr,
+        prometheus,
+        health.clone(),
+        shutdown.clone(),
+    ));
 
     let consumer: Arc<InputConsumer> = Arc::new(
         kafka::consumer_config(&config.kafka)
-            .create_with_context(TrackingContext { health: health.clone() })
+            .create_with_context(TrackingContext {
+                health: health.clone(),
+                assignment: assignment.clone(),
+            })
             .context("creating the Kafka consumer")?,
     );
-    consumer.subscribe(&topics.inputs()).context("subscribing to the input topics")?;
-    let producer: FutureProducer =
-        kafka::producer_config(&config.kafka).create().context("creating the Kafka producer")?;
+    consumer
+        .subscribe(&topics.inputs())
+        .context("subscribing to the input topics")?;
+    let producer: FutureProducer = kafka::producer_config(&config.kafka)
+        .create()
+        .context("creating the Kafka producer")?;
     let processor = Processor::new(&config)?;
     tracing::info!(brokers = %config.kafka.brokers, group = %config.kafka.group_id, "dynsig running");
 
-    let watch_broker = tokio::spawn(watch_broker(producer.clone(), health.clone(), shutdown.clone()));
+    let watch_broker = tokio::spawn(watch_broker(
+        producer.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
     let (batch_tx, batch_rx) = mpsc::channel(BATCH_QUEUE);
-    let source = tokio::spawn(source(consumer.clone(), topics.clone(), input_tx, shutdown.clone()));
-    let transform = tokio::spawn(transform(processor, topics.clone(), input_rx, batch_tx));
-    let sink = tokio::spawn(sink(producer.clone(), consumer.clone(), topics.clone(), batch_rx));
+    let source = tokio::spawn(source(
+        consumer.clone(),
+        topics.clone(),
+        input_tx,
+        shutdown.clone(),
+    ));
+    let transform = tokio::spawn(transform(
+        processor,
+        topics.clone(),
+        assignment,
+        input_rx,
+        batch_tx,
+    ));
+    let sink = tokio::spawn(sink(
+        producer.clone(),
+        consumer.clone(),
+        topics.clone(),
+        batch_rx,
+    ));
 
     // The source stops on shutdown; the transform and sink stages end when their input
     // channel closes, after finishing what is queued.
@@ -116,11 +148,15 @@ pub async fn run(
         Ok(result) => result?,
         Err(_) => anyhow::bail!("shutdown did not finish within {SHUTDOWN_DEADLINE:?}"),
     }
-    producer.flush(Timeout::After(SHUTDOWN_DEADLINE)).context("flushing the producer")?;
+    producer
+        .flush(Timeout::After(SHUTDOWN_DEADLINE))
+        .context("flushing the producer")?;
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => {}
         // Nothing stored since the last automatic commit.
-        Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => {}
         Err(error) => return Err(error).context("committing offsets at shutdown"),
     }
     watch_broker.await?;
@@ -150,7 +186,11 @@ async fn source(
                 continue;
             }
         };
-        let kind = if message.topic() == topics.posts { InputKind::Post } else { InputKind::Event };
+        let kind = if message.topic() == topics.posts {
+            InputKind::Post
+        } else {
+            InputKind::Event
+        };
         counter!(names::EVENTS_CONSUMED, "topic" => kind_label(kind)).increment(1);
         let content_type = message.headers().and_then(|headers| {
             headers
@@ -176,12 +216,20 @@ async fn source(
 async fn transform(
     mut processor: Processor,
     topics: Arc<TopicsConfig>,
+    assignment: Arc<Assignment>,
     mut rx: mpsc::Receiver<Consumed>,
     tx: mpsc::Sender<Batch>,
 ) {
     let mut ticker = tokio::time::interval(TICK);
     let mut state = TransformState::default();
+    let mut seen_generation = 0;
     loop {
+        // Records of a new assignment are fetched after the rebalance callback ran, so
+        // checking before each record keeps the watermark's partition set current.
+        if assignment.generation() != seen_generation {
+            seen_generation = assignment.generation();
+            processor.assign_partitions(&assigned_indexes(&topics, &assignment));
+        }
         tokio::select! {
             record = rx.recv() => match record {
                 Some(record) => {
@@ -233,7 +281,10 @@ impl TransformState {
             kind: record.kind,
             payload: &record.payload,
             content_type: record.content_type.as_deref(),
-            origin: Some(Origin { partition: partition_index(partition_key), offset: record.offset }),
+            origin: Some(Origin {
+                partition: partition_index(partition_key),
+                offset: record.offset,
+            }),
         };
         if let Err(rejection) = processor.process(input) {
             let from = SourcePosition {
@@ -253,9 +304,16 @@ impl TransformState {
     }
 
     /// Closes what the watermark allows and returns the batch with its safe offsets.
-    fn flush(&mut self, processor: &mut Processor, topics: &TopicsConfig, wall_now: Option<i64>) -> Batch {
+    fn flush(
+        &mut self,
+        processor: &mut Processor,
+        topics: &TopicsConfig,
+        wall_now: Option<i64>,
+    ) -> Batch {
         for signal in processor.poll(wall_now) {
-            self.batch.records.push(output::signal_record(topics, &signal));
+            self.batch
+                .records
+                .push(output::signal_record(topics, &signal));
         }
         gauge!(names::OPEN_WINDOWS).set(processor.engine().open_windows() as f64);
         for (&key, &next) in &self.next_offsets {
@@ -279,7 +337,13 @@ async fn sink(
     mut rx: mpsc::Receiver<Batch>,
 ) {
     while let Some(batch) = rx.recv().await {
-        join_all(batch.records.iter().map(|record| publish(&producer, record))).await;
+        join_all(
+            batch
+                .records
+                .iter()
+                .map(|record| publish(&producer, record)),
+        )
+        .await;
         let now = wall_now_ms();
         for record in &batch.records {
             count_published(record.content, now);
@@ -289,9 +353,11 @@ async fn sink(
         }
         let mut tpl = TopicPartitionList::new();
         for &(kind, partition, offset) in &batch.offsets {
-            if let Err(error) =
-                tpl.add_partition_offset(topic_name(&topics, kind), partition, Offset::Offset(offset))
-            {
+            if let Err(error) = tpl.add_partition_offset(
+                topic_name(&topics, kind),
+                partition,
+                Offset::Offset(offset),
+            ) {
                 tracing::warn!(%error, "bad offset");
             }
         }
@@ -311,10 +377,14 @@ async fn publish(producer: &FutureProducer, record: &OutRecord) {
     loop {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (key, value) in &record.headers {
-            headers = headers.insert(Header { key, value: Some(value) });
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
         }
-        let mut future_record =
-            FutureRecord::<[u8], [u8]>::to(&record.topic).payload(&record.payload).headers(headers);
+        let mut future_record = FutureRecord::<[u8], [u8]>::to(&record.topic)
+            .payload(&record.payload)
+            .headers(headers);
         if let Some(key) = &record.key {
             future_record = future_record.key(key);
         }
@@ -334,7 +404,8 @@ fn count_published(content: Content, wall_now: i64) {
     match content {
         Content::Signal { kind, window_end } => {
             counter!(names::SIGNALS_PUBLISHED, "kind" => kind).increment(1);
-            histogram!(names::EVENT_TIME_TO_PUBLISH).record((wall_now - window_end) as f64 / 1000.0);
+            histogram!(names::EVENT_TIME_TO_PUBLISH)
+                .record((wall_now - window_end) as f64 / 1000.0);
         }
         Content::DeadLetter { reason } => {
             counter!(names::DLQ_RECORDS, "reason" => reason.as_str()).increment(1);
@@ -343,11 +414,18 @@ fn count_published(content: Content, wall_now: i64) {
 }
 
 /// Keeps `/readyz` honest about the cluster: a metadata request every few seconds.
-async fn watch_broker(producer: FutureProducer, health: Arc<Health>, mut shutdown: watch::Receiver<bool>) {
+async fn watch_broker(
+    producer: FutureProducer,
+    health: Arc<Health>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let client = producer.clone();
         let up = tokio::task::spawn_blocking(move || {
-            client.client().fetch_metadata(None, Duration::from_secs(3)).is_ok()
+            client
+                .client()
+                .fetch_metadata(None, Duration::from_secs(3))
+                .is_ok()
         })
         .await
         .unwrap_or(false);
@@ -357,6 +435,24 @@ async fn watch_broker(producer: FutureProducer, health: Arc<Health>, mut shutdow
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
+}
+
+/// The engine's partition indexes of the current assignment.
+fn assigned_indexes(topics: &TopicsConfig, assignment: &Assignment) -> Vec<u32> {
+    assignment
+        .partitions()
+        .into_iter()
+        .filter_map(|(topic, partition)| {
+            let kind = if topic == topics.posts {
+                InputKind::Post
+            } else if topic == topics.events {
+                InputKind::Event
+            } else {
+                return None;
+            };
+            Some(partition_index((kind, partition)))
+        })
+        .collect()
 }
 
 fn topic_name(topics: &TopicsConfig, kind: InputKind) -> &str {

@@ -32,7 +32,8 @@ pub enum LogFormat {
 
 /// Installs the global `tracing` subscriber. `RUST_LOG` wins over `default_level`.
 pub fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -49,7 +50,9 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(names::EVENT_TIME_TO_PUBLISH.into()),
-            &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0],
+            &[
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
+            ],
         )?
         .install_recorder()?;
     describe();
@@ -59,22 +62,43 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 fn describe() {
     use names::*;
     describe_counter!(EVENTS_CONSUMED, "Input records read from Kafka, by topic.");
-    describe_counter!(EVENTS_REJECTED, "Input records rejected (undecodable, invalid or late), by reason.");
-    describe_counter!(DLQ_RECORDS, "Records written to the dead-letter topic, by reason.");
+    describe_counter!(
+        EVENTS_REJECTED,
+        "Input records rejected (undecodable, invalid or late), by reason."
+    );
+    describe_counter!(
+        DLQ_RECORDS,
+        "Records written to the dead-letter topic, by reason."
+    );
     describe_counter!(
         REDELIVERED_SKIPPED,
         "Records skipped because they were already processed (redelivery after a rebalance)."
     );
     describe_counter!(WINDOWS_CLOSED, "Event-time windows closed.");
-    describe_counter!(SIGNALS_PUBLISHED, "Signals acknowledged by the broker, by kind.");
-    describe_counter!(PUBLISH_ERRORS, "Output records the broker failed to acknowledge (retried).");
+    describe_counter!(
+        SIGNALS_PUBLISHED,
+        "Signals acknowledged by the broker, by kind."
+    );
+    describe_counter!(
+        PUBLISH_ERRORS,
+        "Output records the broker failed to acknowledge (retried)."
+    );
     describe_histogram!(
         EVENT_TIME_TO_PUBLISH,
         Unit::Seconds,
         "From the end of a window (event time) to the broker's acknowledgement of its signals (wall time)."
     );
-    describe_gauge!(ASSIGNED_PARTITIONS, "Input partitions assigned to this instance.");
-    describe_counter!(REBALANCES, "Consumer group rebalances seen by this instance.");
-    describe_gauge!(BROKER_UP, "1 when the last metadata request to the cluster succeeded.");
+    describe_gauge!(
+        ASSIGNED_PARTITIONS,
+        "Input partitions assigned to this instance."
+    );
+    describe_counter!(
+        REBALANCES,
+        "Consumer group rebalances seen by this instance."
+    );
+    describe_gauge!(
+        BROKER_UP,
+        "1 when the last metadata request to the cluster succeeded."
+    );
     describe_gauge!(OPEN_WINDOWS, "Event-time windows currently open.");
 }

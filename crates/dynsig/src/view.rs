@@ -114,7 +114,11 @@ fn render(state: &ViewState, elapsed: Duration, duration: Duration) -> String {
                 clock(snapshot.window_end),
                 snapshot.events
             );
-            let _ = writeln!(out, "  {:>2}  {:<24} {:<8} {:>6} {:>9} {:>7}", "#", "term", "kind", "count", "baseline", "score");
+            let _ = writeln!(
+                out,
+                "  {:>2}  {:<24} {:<8} {:>6} {:>9} {:>7}",
+                "#", "term", "kind", "count", "baseline", "score"
+            );
             for (rank, entry) in snapshot.entries.iter().enumerate() {
                 let _ = writeln!(
                     out,
@@ -131,7 +135,13 @@ fn render(state: &ViewState, elapsed: Duration, duration: Duration) -> String {
     }
     let _ = writeln!(out, "\nActive alerts ({})", state.active.len());
     for alert in state.active.values() {
-        let _ = writeln!(out, "  {:<8} {}  {}", format!("{:?}", alert.severity).to_uppercase(), alert.title, alert.summary);
+        let _ = writeln!(
+            out,
+            "  {:<8} {}  {}",
+            format!("{:?}", alert.severity).to_uppercase(),
+            alert.title,
+            alert.summary
+        );
     }
     out
 }
