@@ -306,67 +306,60 @@ impl Enc {
     }
 }
 
+impl Enc {
+    /// The record in this encoding, keyed by `id`.
+    fn record(self, id: &str, json: Value, protobuf: impl FnOnce() -> Vec<u8>) -> OutRecord {
+        let rec = match self {
+            Enc::Json => OutRecord::new(json.to_string()),
+            Enc::LabelledJson => {
+                OutRecord::new(json.to_string()).header("content-type", "application/json")
+            }
+            Enc::Protobuf => OutRecord::new(protobuf()).header("content-type", PROTOBUF),
+        };
+        rec.key(id)
+    }
+}
+
 /// A post keyed by its id (so the producer spreads posts over the partitions by key).
 fn post(id: &str, ts: i64, source: &str, author: &str, text: &str, enc: Enc) -> OutRecord {
-    let rec = match enc {
-        Enc::Json | Enc::LabelledJson => OutRecord::new(
-            json!({"id": id, "ts": ts, "source": source, "author": author, "text": text, "lang": "en",
-                   "url": format!("https://example.com/{id}"), "metadata": {"seq": id}})
-            .to_string(),
-        ),
-        Enc::Protobuf => OutRecord::new(
-            dynsig_proto::v1::Post {
-                id: id.into(),
-                ts,
-                source: source.into(),
-                author: author.into(),
-                text: text.into(),
-                lang: "en".into(),
-                url: format!("https://example.com/{id}"),
-                metadata: [("seq".to_string(), id.to_string())].into(),
-            }
-            .encode_to_vec(),
-        )
-        .header("content-type", PROTOBUF),
-    };
-    let rec = match enc {
-        Enc::LabelledJson => rec.header("content-type", "application/json"),
-        _ => rec,
-    };
-    rec.key(id)
+    let url = format!("https://example.com/{id}");
+    let json = json!({"id": id, "ts": ts, "source": source, "author": author, "text": text,
+                      "lang": "en", "url": url, "metadata": {"seq": id}});
+    enc.record(id, json, || {
+        dynsig_proto::v1::Post {
+            id: id.into(),
+            ts,
+            source: source.into(),
+            author: author.into(),
+            text: text.into(),
+            lang: "en".into(),
+            url: url.clone(),
+            metadata: [("seq".to_string(), id.to_string())].into(),
+        }
+        .encode_to_vec()
+    })
 }
 
 /// An internal event keyed by its id. `value` is left out on some records, which must then
 /// count as 1 like the others.
 fn event(id: &str, ts: i64, kind: &str, key: &str, enc: Enc, with_value: bool) -> OutRecord {
-    let rec = match enc {
-        Enc::Json | Enc::LabelledJson => {
-            let mut v = json!({"id": id, "ts": ts, "source": "shop-backend", "kind": kind, "key": key,
-                               "attributes": {"region": "eu"}});
-            if with_value {
-                v["value"] = json!(1.0);
-            }
-            OutRecord::new(v.to_string())
+    let mut json = json!({"id": id, "ts": ts, "source": "shop-backend", "kind": kind, "key": key,
+                          "attributes": {"region": "eu"}});
+    if with_value {
+        json["value"] = json!(1.0);
+    }
+    enc.record(id, json, || {
+        dynsig_proto::v1::InternalEvent {
+            id: id.into(),
+            ts,
+            source: "shop-backend".into(),
+            kind: kind.into(),
+            key: key.into(),
+            value: with_value.then_some(1.0),
+            attributes: [("region".to_string(), "eu".to_string())].into(),
         }
-        Enc::Protobuf => OutRecord::new(
-            dynsig_proto::v1::InternalEvent {
-                id: id.into(),
-                ts,
-                source: "shop-backend".into(),
-                kind: kind.into(),
-                key: key.into(),
-                value: with_value.then_some(1.0),
-                attributes: [("region".to_string(), "eu".to_string())].into(),
-            }
-            .encode_to_vec(),
-        )
-        .header("content-type", PROTOBUF),
-    };
-    let rec = match enc {
-        Enc::LabelledJson => rec.header("content-type", "application/json"),
-        _ => rec,
-    };
-    rec.key(id)
+        .encode_to_vec()
+    })
 }
 
 /// A record the service must reject, and the reason it must give in the dead-letter topic.

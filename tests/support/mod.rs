@@ -55,15 +55,9 @@ pub struct TestDir {
 
 impl TestDir {
     pub fn new(label: &str) -> TestDir {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
         let path = std::env::temp_dir()
             .join("dynsig-tests")
-            .join(format!("{label}-{}-{n}-{nanos}", std::process::id()));
+            .join(unique_name(label));
         std::fs::create_dir_all(&path)
             .unwrap_or_else(|e| panic!("cannot create test dir {}: {e}", path.display()));
         TestDir { path }

@@ -278,6 +278,20 @@ mod tests {
     }
 
     #[test]
+    fn example_file_documents_the_defaults() {
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/dynsig.example.toml"
+        );
+        let config = Config::load(Some(Path::new(example)), []).unwrap();
+        assert_eq!(
+            config,
+            Config::default(),
+            "deploy/dynsig.example.toml drifted from the defaults"
+        );
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = load_str("[window]\nsize_msec = 5\n", &[])
             .unwrap_err()
