@@ -21,9 +21,16 @@ struct AppState {
     health: Arc<Health>,
 }
 
+/// Binds the HTTP address, so that a port conflict stops the service at start.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding HTTP on {addr}"))
+}
+
 /// Serves until `shutdown` turns true.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     prometheus: PrometheusHandle,
     health: Arc<Health>,
     mut shutdown: watch::Receiver<bool>,
@@ -33,10 +40,9 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(AppState { prometheus, health });
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding HTTP on {addr}"))?;
-    tracing::info!(%addr, "HTTP listening (/metrics, /healthz, /readyz)");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "HTTP listening (/metrics, /healthz, /readyz)");
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|stop| *stop).await;

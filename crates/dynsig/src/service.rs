@@ -82,8 +82,9 @@ pub async fn run(
     }
     let health = Arc::new(Health::default());
     let assignment = Arc::new(Assignment::default());
+    let listener = http::bind(config.http.addr).await?;
     let http = tokio::spawn(http::serve(
-        config.http.addr,
+        listener,
         prometheus,
         health.clone(),
         shutdown.clone(),
