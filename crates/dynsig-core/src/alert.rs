@@ -296,6 +296,7 @@ mod tests {
             observed,
             expected: 52.1,
             score,
+            explanation: "test".into(),
         }]
     }
 

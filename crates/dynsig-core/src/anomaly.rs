@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::config::AnomalyConfig;
+use crate::model::EpochMs;
 
 /// The `detector` name published with anomalies.
 pub const DETECTOR_NAME: &str = "ewma-z";
@@ -25,6 +26,8 @@ pub struct SeriesScore {
     pub expected: f64,
     /// 0..1, higher is more anomalous.
     pub score: f64,
+    /// Which component of the detector fired and why, for humans.
+    pub explanation: String,
 }
 
 /// EWMA state of one series.
@@ -89,7 +92,11 @@ impl AnomalyDetector {
     /// series absent from it observes 0 (a source that goes silent is an anomaly too).
     /// Returns the scores of the series past warmup, ordered by series name. Series that
     /// stayed 0 for `forget_after_zero_windows` windows are then forgotten.
-    pub fn close_window(&mut self, values: &HashMap<String, f64>) -> Vec<SeriesScore> {
+    pub fn close_window(
+        &mut self,
+        _window_start: EpochMs,
+        values: &HashMap<String, f64>,
+    ) -> Vec<SeriesScore> {
         for series in values.keys() {
             if !self.series.contains_key(series) {
                 self.series
@@ -107,6 +114,7 @@ impl AnomalyDetector {
                     observed,
                     expected,
                     score,
+                    explanation: String::new(),
                 });
             }
         }
@@ -251,12 +259,12 @@ mod tests {
         };
         let mut detector = AnomalyDetector::new(&config);
         for _ in 0..6 {
-            detector.close_window(&values(&[
-                ("posts.source=a", 100.0),
-                ("posts.source=b", 20.0),
-            ]));
+            detector.close_window(
+                0,
+                &values(&[("posts.source=a", 100.0), ("posts.source=b", 20.0)]),
+            );
         }
-        let silent = detector.close_window(&values(&[("posts.source=b", 20.0)]));
+        let silent = detector.close_window(0, &values(&[("posts.source=b", 20.0)]));
         let names: Vec<_> = silent.iter().map(|s| s.series.as_str()).collect();
         assert_eq!(
             names,
@@ -271,10 +279,10 @@ mod tests {
         );
         assert!(silent[1].score < 0.5);
         for _ in 0..3 {
-            detector.close_window(&values(&[("posts.source=b", 20.0)]));
+            detector.close_window(0, &values(&[("posts.source=b", 20.0)]));
         }
         assert_eq!(detector.len(), 2);
-        detector.close_window(&values(&[("posts.source=b", 20.0)]));
+        detector.close_window(0, &values(&[("posts.source=b", 20.0)]));
         assert_eq!(detector.len(), 1, "five windows at 0: forgotten");
     }
 }

@@ -2,7 +2,43 @@
 //! embeds [`EngineConfig`] (sections `[window]`, `[tokenizer]`, `[trends]`, `[anomaly]`,
 //! `[alerts]`); unknown keys are rejected so that a typo names its field.
 
+use std::fmt::Display;
+
 use serde::{Deserialize, Serialize};
+
+/// A setting out of its range; `field` is its dotted path, e.g. `window.size_ms`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field} {reason}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+/// `Ok` when `ok`, else an error saying what `field` must be and what it is.
+pub fn require(
+    ok: bool,
+    field: &'static str,
+    requirement: &str,
+    value: impl Display,
+) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            field,
+            reason: format!("must be {requirement}, got {value}"),
+        })
+    }
+}
+
+fn is_unit(x: f64) -> bool {
+    (0.0..=1.0).contains(&x)
+}
+
+/// A smoothing weight: in (0, 1].
+fn is_weight(x: f64) -> bool {
+    x > 0.0 && x <= 1.0
+}
 
 /// All settings of [`crate::engine::Engine`].
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -13,6 +49,16 @@ pub struct EngineConfig {
     pub trends: TrendConfig,
     pub anomaly: AnomalyConfig,
     pub alerts: AlertConfig,
+}
+
+impl EngineConfig {
+    /// Checks every section; the first setting out of range is named in the error.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.window.validate()?;
+        self.trends.validate()?;
+        self.anomaly.validate()?;
+        self.alerts.validate()
+    }
 }
 
 /// Event-time tumbling windows.
@@ -27,6 +73,24 @@ pub struct WindowConfig {
     /// When no input arrives for this long (wall clock), the watermark advances with the
     /// wall clock so that the last windows still close. 0 disables it.
     pub idle_timeout_ms: i64,
+}
+
+impl WindowConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        require(self.size_ms > 0, "window.size_ms", "> 0", self.size_ms)?;
+        require(
+            self.allowed_lateness_ms >= 0,
+            "window.allowed_lateness_ms",
+            ">= 0",
+            self.allowed_lateness_ms,
+        )?;
+        require(
+            self.idle_timeout_ms >= 0,
+            "window.idle_timeout_ms",
+            ">= 0",
+            self.idle_timeout_ms,
+        )
+    }
 }
 
 impl Default for WindowConfig {
@@ -81,6 +145,31 @@ pub struct TrendConfig {
     pub warmup_windows: u32,
 }
 
+impl TrendConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        require(
+            is_weight(self.baseline_alpha),
+            "trends.baseline_alpha",
+            "in (0, 1]",
+            self.baseline_alpha,
+        )?;
+        let prior = self.new_term_prior;
+        require(
+            prior.is_finite() && prior >= 0.0,
+            "trends.new_term_prior",
+            "finite and >= 0",
+            prior,
+        )?;
+        let alert_score = self.alert_score;
+        require(
+            alert_score.is_finite() && alert_score > 0.0,
+            "trends.alert_score",
+            "finite and > 0",
+            alert_score,
+        )
+    }
+}
+
 impl Default for TrendConfig {
     fn default() -> Self {
         Self {
@@ -112,6 +201,30 @@ pub struct AnomalyConfig {
     pub forget_after_zero_windows: u32,
 }
 
+impl AnomalyConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        require(
+            is_weight(self.alpha),
+            "anomaly.alpha",
+            "in (0, 1]",
+            self.alpha,
+        )?;
+        require(
+            is_unit(self.publish_score),
+            "anomaly.publish_score",
+            "in [0, 1]",
+            self.publish_score,
+        )?;
+        let forget = self.forget_after_zero_windows;
+        require(
+            forget > 0,
+            "anomaly.forget_after_zero_windows",
+            "> 0",
+            forget,
+        )
+    }
+}
+
 impl Default for AnomalyConfig {
     fn default() -> Self {
         Self {
@@ -134,6 +247,30 @@ pub struct AlertConfig {
     pub anomaly_resolve: f64,
     /// Anomaly scores at or above this make the alert critical (else warning).
     pub critical_score: f64,
+}
+
+impl AlertConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        require(
+            is_unit(self.anomaly_fire),
+            "alerts.anomaly_fire",
+            "in [0, 1]",
+            self.anomaly_fire,
+        )?;
+        let resolve = self.anomaly_resolve;
+        require(
+            resolve >= 0.0 && resolve <= self.anomaly_fire,
+            "alerts.anomaly_resolve",
+            "in [0, anomaly_fire]",
+            resolve,
+        )?;
+        require(
+            is_unit(self.critical_score),
+            "alerts.critical_score",
+            "in [0, 1]",
+            self.critical_score,
+        )
+    }
 }
 
 impl Default for AlertConfig {

@@ -10,11 +10,11 @@
 //! above `anomaly.publish_score`, and its alert transitions.
 
 use std::collections::HashMap;
-use std::fmt::{Display, Write as _};
+use std::fmt::Write as _;
 
 use crate::alert::{AlertBook, AlertRules, WindowSpan};
 use crate::anomaly::{AnomalyDetector, DETECTOR_NAME};
-use crate::config::EngineConfig;
+use crate::config::{ConfigError, EngineConfig};
 use crate::model::{Anomaly, EpochMs, Input, Origin, Signal, Term, TrendSnapshot};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::trend::{TermCounts, TrendDetector};
@@ -26,6 +26,15 @@ use crate::window::{ClosedWindow, Windows};
 pub struct Late {
     pub window_end: EpochMs,
     pub watermark: EpochMs,
+}
+
+impl From<ConfigError> for EngineError {
+    fn from(e: ConfigError) -> Self {
+        EngineError::InvalidConfig {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +78,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
-        validate(&config)?;
+        config.validate()?;
         let tokenizer = Tokenizer::new(&config.tokenizer)?;
         let watch_terms = config
             .anomaly
@@ -213,7 +222,7 @@ impl Engine {
         let entries = self
             .trends
             .close_window(self.windows.index(start), &counts.terms);
-        let scores = self.anomalies.close_window(&counts.series);
+        let scores = self.anomalies.close_window(start, &counts.series);
 
         let span = WindowSpan { start, end };
         let mut alerts = Vec::new();
@@ -247,6 +256,7 @@ impl Engine {
                         expected: s.expected,
                         score: s.score,
                         detector: DETECTOR_NAME.into(),
+                        explanation: s.explanation,
                     })
                 }),
         );
@@ -287,103 +297,6 @@ fn watch_term(tokenizer: &Tokenizer, raw: &str) -> Result<WatchTerm, EngineError
             ),
         }),
     }
-}
-
-fn require(
-    ok: bool,
-    field: &'static str,
-    requirement: &str,
-    value: impl Display,
-) -> Result<(), EngineError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(EngineError::InvalidConfig {
-            field,
-            reason: format!("must be {requirement}, got {value}"),
-        })
-    }
-}
-
-fn validate(c: &EngineConfig) -> Result<(), EngineError> {
-    let unit = |x: f64| (0.0..=1.0).contains(&x);
-    let weight = |x: f64| x > 0.0 && x <= 1.0;
-    require(
-        c.window.size_ms > 0,
-        "window.size_ms",
-        "> 0",
-        c.window.size_ms,
-    )?;
-    require(
-        c.window.allowed_lateness_ms >= 0,
-        "window.allowed_lateness_ms",
-        ">= 0",
-        c.window.allowed_lateness_ms,
-    )?;
-    require(
-        c.window.idle_timeout_ms >= 0,
-        "window.idle_timeout_ms",
-        ">= 0",
-        c.window.idle_timeout_ms,
-    )?;
-    require(
-        weight(c.trends.baseline_alpha),
-        "trends.baseline_alpha",
-        "in (0, 1]",
-        c.trends.baseline_alpha,
-    )?;
-    let prior = c.trends.new_term_prior;
-    require(
-        prior.is_finite() && prior >= 0.0,
-        "trends.new_term_prior",
-        "finite and >= 0",
-        prior,
-    )?;
-    let alert_score = c.trends.alert_score;
-    require(
-        alert_score.is_finite() && alert_score > 0.0,
-        "trends.alert_score",
-        "finite and > 0",
-        alert_score,
-    )?;
-    require(
-        weight(c.anomaly.alpha),
-        "anomaly.alpha",
-        "in (0, 1]",
-        c.anomaly.alpha,
-    )?;
-    require(
-        unit(c.anomaly.publish_score),
-        "anomaly.publish_score",
-        "in [0, 1]",
-        c.anomaly.publish_score,
-    )?;
-    let forget = c.anomaly.forget_after_zero_windows;
-    require(
-        forget > 0,
-        "anomaly.forget_after_zero_windows",
-        "> 0",
-        forget,
-    )?;
-    require(
-        unit(c.alerts.anomaly_fire),
-        "alerts.anomaly_fire",
-        "in [0, 1]",
-        c.alerts.anomaly_fire,
-    )?;
-    let resolve = c.alerts.anomaly_resolve;
-    require(
-        resolve >= 0.0 && resolve <= c.alerts.anomaly_fire,
-        "alerts.anomaly_resolve",
-        "in [0, anomaly_fire]",
-        resolve,
-    )?;
-    require(
-        unit(c.alerts.critical_score),
-        "alerts.critical_score",
-        "in [0, 1]",
-        c.alerts.critical_score,
-    )
 }
 
 #[cfg(test)]

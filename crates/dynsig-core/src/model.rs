@@ -121,6 +121,8 @@ pub struct Anomaly {
     /// 0..1, higher is more anomalous.
     pub score: f64,
     pub detector: String,
+    /// Which component of the detector fired and why, e.g. "level shift: 3.1σ above the seasonal baseline".
+    pub explanation: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
