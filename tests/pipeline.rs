@@ -26,7 +26,7 @@ use support::{
 };
 
 /// Event-time origin of the backlog test, aligned to the window size.
-const T0: i64 = 1_800_000_000_000;
+const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z: in the past, or it would be refused as future
 const WINDOW_MS: i64 = 10_000;
 /// Windows of background traffic, and the one with the planted burst.
 const BACKGROUND_WINDOWS: i64 = 12;
@@ -645,6 +645,7 @@ struct Topics {
     anomalies: String,
     alerts: String,
     dlq: String,
+    late: String,
 }
 
 impl Topics {
@@ -657,6 +658,7 @@ impl Topics {
             anomalies: t("signals.anomalies"),
             alerts: t("signals.alerts"),
             dlq: t("dynsig.dlq"),
+            late: t("signals.late"),
         }
     }
 }
@@ -684,6 +686,7 @@ trends = "{trends}"
 anomalies = "{anomalies}"
 alerts = "{alerts}"
 dlq = "{dlq}"
+late = "{late}"
 [limits]
 max_message_bytes = {max_message_bytes}
 [window]
@@ -699,6 +702,7 @@ top_k = 10
         anomalies = topics.anomalies,
         alerts = topics.alerts,
         dlq = topics.dlq,
+        late = topics.late,
     )
 }
 
@@ -1062,7 +1066,9 @@ async fn backlog_to_trends_alerts_and_dead_letters() {
         payload: late.payload.clone(),
     });
 
-    // Dead letters: one per malformed record, byte for byte, with its source coordinates.
+    // Dead letters: one per malformed record, byte for byte, with its source coordinates;
+    // late records in their own topic, with the same headers.
+    let is_late = |e: &ExpectedDeadLetter| e.reason == "late";
     let dlq = svc
         .wait_for_records(
             &broker,
@@ -1071,12 +1077,22 @@ async fn backlog_to_trends_alerts_and_dead_letters() {
             |records| {
                 expected
                     .iter()
+                    .filter(|e| !is_late(e))
                     .all(|e| !dead_letters_of(records, &e.topic, e.at).is_empty())
             },
         )
         .await;
+    let late_records = svc
+        .wait_for_records(&broker, &topics.late, "the late record", |records| {
+            expected
+                .iter()
+                .filter(|e| is_late(e))
+                .all(|e| !dead_letters_of(records, &e.topic, e.at).is_empty())
+        })
+        .await;
     for e in &expected {
-        let found = dead_letters_of(&dlq, &e.topic, e.at);
+        let records = if is_late(e) { &late_records } else { &dlq };
+        let found = dead_letters_of(records, &e.topic, e.at);
         svc.check(found.len() == 1, || {
             format!(
                 "{}: expected one dead letter for {}/{}/{}, got {}",
@@ -1193,7 +1209,7 @@ async fn backlog_to_trends_alerts_and_dead_letters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_records_produced_after_start() {
-    const T1: i64 = 1_900_000_000_000;
+    const T1: i64 = T0 + 86_400_000; // a day after the backlog test, still in the past
     let broker = TestBroker::start();
     let topics = Topics::new(&broker, "live.");
     // One partition each: this test is about records produced after the start being picked

@@ -155,12 +155,15 @@ fn replay_dead_letters_bad_lines_and_keeps_going() {
             )
         })
         .collect();
+    assert_eq!(reasons, [("invalid_json", 2), ("missing_field", 3)]);
+    let late = read_jsonl(&out.join("signals.late.jsonl"));
+    assert_eq!(late.len(), 1, "late inputs have their own topic: {late:?}");
     assert_eq!(
-        reasons,
-        [("invalid_json", 2), ("missing_field", 3), ("late", 5)]
+        (late[0]["reason"].as_str(), late[0]["source_line"].as_i64()),
+        (Some("late"), Some(5))
     );
     assert_eq!(
-        letters[2]["payload"],
+        late[0]["payload"],
         lines[4].as_str(),
         "a dead letter keeps the original line"
     );

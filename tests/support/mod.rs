@@ -925,3 +925,39 @@ pub fn distinct<T: Ord + Clone>(items: impl IntoIterator<Item = T>) -> Vec<T> {
         .into_iter()
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// The binary over files
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `dynsig <args>` to completion and panics with its stderr when it fails. `DYNSIG_*`
+/// variables of the test's environment are not passed on: they would override the config the
+/// test chose.
+pub fn run_dynsig(args: &[&str]) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dynsig"));
+    command.args(args);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("DYNSIG_") {
+            command.env_remove(key);
+        }
+    }
+    let output = command.output().expect("run dynsig");
+    assert!(
+        output.status.success(),
+        "dynsig {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The records of a JSONL file, one JSON value a line.
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .lines()
+        .enumerate()
+        .map(|(index, line)| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{} line {}: {e}", path.display(), index + 1))
+        })
+        .collect()
+}

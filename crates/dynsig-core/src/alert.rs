@@ -311,8 +311,12 @@ mod tests {
             term: term.into(),
             kind: TermKind::Hashtag,
             count,
+            authors: count,
             baseline: 1.2,
             score,
+            status: crate::model::TrendStatus::Rising,
+            examples: Vec::new(),
+            count_error: 0,
         }
     }
 

@@ -61,34 +61,158 @@ impl EngineConfig {
     }
 }
 
-/// Event-time tumbling windows.
+/// Event time: the windows, and how late or early an input may be.
+///
+/// The main window (`size_ms`, `hop_ms`) feeds trends, anomalies and alerts; `extra`
+/// windows of other sizes over the same inputs publish their own trend snapshots and
+/// anomalies (alerts come from the main window only).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WindowConfig {
     /// Window length in milliseconds.
     pub size_ms: i64,
-    /// How far behind the newest event time the watermark trails: an event older than
-    /// the watermark when it arrives is late.
+    /// A new window starts every `hop_ms` (hopping windows, overlapping); must divide
+    /// `size_ms`. 0 means `size_ms` (tumbling windows).
+    pub hop_ms: i64,
+    /// More windows over the same inputs, e.g. 15-minute ones beside the 1-minute main.
+    pub extra: Vec<ExtraWindow>,
+    /// How far behind the newest event time the watermark trails: an event whose window
+    /// has closed when it arrives is late.
     pub allowed_lateness_ms: i64,
     /// When no input arrives for this long (wall clock), the watermark advances with the
     /// wall clock so that the last windows still close. 0 disables it.
     pub idle_timeout_ms: i64,
+    /// Inputs stamped further than this ahead of the wall clock are rejected with reason
+    /// `future`: one event from a device with a wrong clock would otherwise push the
+    /// watermark ahead and make everything else late. 0 disables the check. (A replay
+    /// has no wall clock and does not check.)
+    pub max_future_ms: i64,
+    /// `final`: one trend snapshot per window, when it closes. `updates`: also a
+    /// snapshot of each open window every `update_every_ms` of event time, each with
+    /// the next revision number; the closing one is marked final.
+    pub emit: EmitMode,
+    /// Event time between update snapshots (`emit = "updates"`).
+    pub update_every_ms: i64,
+}
+
+/// When trend snapshots are published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmitMode {
+    Final,
+    Updates,
+}
+
+/// The inputs a window counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Posts,
+    Events,
+}
+
+/// A window beside the main one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraWindow {
+    pub size_ms: i64,
+    /// As `window.hop_ms`: 0 means tumbling.
+    #[serde(default)]
+    pub hop_ms: i64,
+    /// Which inputs it counts (default both).
+    #[serde(default = "all_streams")]
+    pub streams: Vec<Stream>,
+}
+
+fn all_streams() -> Vec<Stream> {
+    vec![Stream::Posts, Stream::Events]
+}
+
+/// The hop of a window: `hop_ms`, or its size when 0 (tumbling).
+pub fn effective_hop(size_ms: i64, hop_ms: i64) -> i64 {
+    if hop_ms == 0 {
+        size_ms
+    } else {
+        hop_ms
+    }
+}
+
+/// `1m`, `15m/5m` (size/hop when hopping): the name of a window in its signals.
+pub fn window_name(size_ms: i64, hop_ms: i64) -> String {
+    let hop = effective_hop(size_ms, hop_ms);
+    if hop == size_ms {
+        duration_name(size_ms)
+    } else {
+        format!("{}/{}", duration_name(size_ms), duration_name(hop))
+    }
+}
+
+fn duration_name(ms: i64) -> String {
+    match ms {
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+fn validate_window_shape(
+    size_ms: i64,
+    hop_ms: i64,
+    size_field: &'static str,
+    hop_field: &'static str,
+) -> Result<(), ConfigError> {
+    require(size_ms > 0, size_field, "> 0", size_ms)?;
+    let hop = effective_hop(size_ms, hop_ms);
+    require(
+        hop > 0 && hop <= size_ms && size_ms % hop == 0,
+        hop_field,
+        &format!("0 or a positive divisor of {size_field} ({size_ms})"),
+        hop_ms,
+    )
 }
 
 impl WindowConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        require(self.size_ms > 0, "window.size_ms", "> 0", self.size_ms)?;
+        validate_window_shape(self.size_ms, self.hop_ms, "window.size_ms", "window.hop_ms")?;
+        for extra in &self.extra {
+            validate_window_shape(
+                extra.size_ms,
+                extra.hop_ms,
+                "window.extra.size_ms",
+                "window.extra.hop_ms",
+            )?;
+            require(
+                !extra.streams.is_empty(),
+                "window.extra.streams",
+                "non-empty",
+                "[]",
+            )?;
+        }
+        let mut names: Vec<String> = std::iter::once((self.size_ms, self.hop_ms))
+            .chain(self.extra.iter().map(|e| (e.size_ms, e.hop_ms)))
+            .map(|(size, hop)| window_name(size, hop))
+            .collect();
+        names.sort();
+        let duplicate = names.windows(2).find(|pair| pair[0] == pair[1]);
         require(
-            self.allowed_lateness_ms >= 0,
-            "window.allowed_lateness_ms",
-            ">= 0",
-            self.allowed_lateness_ms,
+            duplicate.is_none(),
+            "window.extra",
+            "windows of distinct sizes or hops",
+            duplicate.map_or(String::new(), |pair| format!("two {}", pair[0])),
         )?;
+        for (value, field) in [
+            (self.allowed_lateness_ms, "window.allowed_lateness_ms"),
+            (self.idle_timeout_ms, "window.idle_timeout_ms"),
+            (self.max_future_ms, "window.max_future_ms"),
+        ] {
+            require(value >= 0, field, ">= 0", value)?;
+        }
         require(
-            self.idle_timeout_ms >= 0,
-            "window.idle_timeout_ms",
-            ">= 0",
-            self.idle_timeout_ms,
+            self.emit == EmitMode::Final || self.update_every_ms > 0,
+            "window.update_every_ms",
+            "> 0 when emit = \"updates\"",
+            self.update_every_ms,
         )
     }
 }
@@ -97,8 +221,13 @@ impl Default for WindowConfig {
     fn default() -> Self {
         Self {
             size_ms: 60_000,
+            hop_ms: 0,
+            extra: Vec::new(),
             allowed_lateness_ms: 5_000,
             idle_timeout_ms: 10_000,
+            max_future_ms: 300_000,
+            emit: EmitMode::Final,
+            update_every_ms: 10_000,
         }
     }
 }
@@ -107,20 +236,35 @@ impl Default for WindowConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TokenizerConfig {
+    /// `words`: lowercase words, tags, stopwords dropped, URLs skipped (see
+    /// [`crate::tokenizer`]). `whitespace`: every whitespace-separated token as it is
+    /// (a tag when it starts with `#`, `$` or `@`); no stopwords, no lowercasing.
+    pub mode: TokenizerMode,
     /// Built-in stopword lists to apply: any of "en", "fr". Empty for none.
     pub stopwords: Vec<String>,
     /// More words to ignore (compared after lowercasing).
     pub extra_stopwords: Vec<String>,
     /// Words shorter than this many characters are dropped (tags are kept whatever their length).
     pub min_word_chars: usize,
+    /// Also count each pair of consecutive words (`battery fire`) as a term.
+    pub bigrams: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerMode {
+    Words,
+    Whitespace,
 }
 
 impl Default for TokenizerConfig {
     fn default() -> Self {
         Self {
+            mode: TokenizerMode::Words,
             stopwords: vec!["en".into(), "fr".into()],
             extra_stopwords: Vec::new(),
             min_word_chars: 2,
+            bigrams: true,
         }
     }
 }
@@ -131,8 +275,17 @@ impl Default for TokenizerConfig {
 pub struct TrendConfig {
     /// Entries per snapshot.
     pub top_k: usize,
+    /// `score`: by trend score (count against the term's baseline), then count.
+    /// `count`: by count (a plain top-k of the window), then term.
+    pub rank_by: RankBy,
     /// A term needs at least this many occurrences in a window to be ranked.
     pub min_count: u64,
+    /// A term needs at least this many distinct authors in a window to be ranked.
+    pub min_authors: u64,
+    /// Posts per author that count toward a term's score in a window: 1 scores distinct
+    /// authors, so that one account cannot make a trend. 0 scores raw occurrences and
+    /// skips counting authors.
+    pub author_cap: u64,
     /// Weight of the newest window in each term's EWMA baseline (0..1].
     pub baseline_alpha: f64,
     /// Baseline assumed for a term never seen before (counts per window).
@@ -143,6 +296,19 @@ pub struct TrendConfig {
     /// terms starting at their count: at startup every term is new, and ranking them all
     /// against `new_term_prior` would report the whole vocabulary as trending.
     pub warmup_windows: u32,
+    /// Distinct terms counted exactly per window; beyond, a SpaceSaving sketch keeps the
+    /// heaviest (each count overestimated by at most posts' terms / capacity, reported
+    /// as `count_error`). Bounds the memory of a window.
+    pub max_terms_per_window: usize,
+    /// Term baselines kept at most; beyond, the lowest levels are forgotten first.
+    pub max_baselines: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RankBy {
+    Score,
+    Count,
 }
 
 impl TrendConfig {
@@ -166,6 +332,18 @@ impl TrendConfig {
             "trends.alert_score",
             "finite and > 0",
             alert_score,
+        )?;
+        require(
+            self.max_terms_per_window > 0,
+            "trends.max_terms_per_window",
+            "> 0",
+            self.max_terms_per_window,
+        )?;
+        require(
+            self.max_baselines > 0,
+            "trends.max_baselines",
+            "> 0",
+            self.max_baselines,
         )
     }
 }
@@ -174,11 +352,16 @@ impl Default for TrendConfig {
     fn default() -> Self {
         Self {
             top_k: 20,
+            rank_by: RankBy::Score,
             min_count: 5,
+            min_authors: 3,
+            author_cap: 1,
             baseline_alpha: 0.3,
             new_term_prior: 1.0,
             alert_score: 8.0,
             warmup_windows: 2,
+            max_terms_per_window: 200_000,
+            max_baselines: 1_000_000,
         }
     }
 }

@@ -90,11 +90,13 @@ pub enum RejectReason {
     UnknownContentType,
     /// Produced by the service: the engine's window for the record already closed.
     Late,
+    /// Produced by the service: the record's time is too far ahead of the wall clock.
+    Future,
 }
 
 impl RejectReason {
     /// Every reason, e.g. to register one metric series per reason up front.
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::InvalidJson,
         RejectReason::InvalidProtobuf,
         RejectReason::InvalidUtf8,
@@ -103,6 +105,7 @@ impl RejectReason {
         RejectReason::TooLarge,
         RejectReason::UnknownContentType,
         RejectReason::Late,
+        RejectReason::Future,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -115,6 +118,7 @@ impl RejectReason {
             RejectReason::TooLarge => "too_large",
             RejectReason::UnknownContentType => "unknown_content_type",
             RejectReason::Late => "late",
+            RejectReason::Future => "future",
         }
     }
 }
@@ -1041,7 +1045,8 @@ mod tests {
                 "invalid_field",
                 "too_large",
                 "unknown_content_type",
-                "late"
+                "late",
+                "future"
             ]
         );
         for reason in RejectReason::ALL {

@@ -2,30 +2,45 @@
 //! trend and anomaly detectors and the alert book together; owns no clock and does no
 //! I/O (the service feeds it inputs and wall-clock ticks and publishes what it returns).
 //!
-//! Per window it counts: posts (`events` of the trend snapshot); every term of every
-//! post; the series `posts.source=<source>` (source "" → `unknown`); the series
-//! `terms.term=<term>` of each watched term; and for internal events the series
-//! `events.kind=<kind>,key=<key>` summing `value` (`,key=` omitted when the key is "").
-//! When a window closes it emits, in this order: its trend snapshot, its anomalies at or
-//! above `anomaly.publish_score`, and its alert transitions.
+//! It keeps one or more *window views*: the main window (`window.size_ms`/`hop_ms`) and
+//! the `window.extra` ones, each with its own open windows, term baselines and series
+//! detectors. Per window a view counts: posts (`events` of the trend snapshot); every
+//! term of every post (with distinct authors and example post ids); the series
+//! `posts.source=<source>` (source "" → `unknown`); the series `terms.term=<term>` of
+//! each watched term; and for internal events the series `events.kind=<kind>,key=<key>`
+//! summing `value` (`,key=` omitted when the key is ""). When a window closes it emits,
+//! in this order: its trend snapshot, its anomalies at or above `anomaly.publish_score`,
+//! and (main view only) its alert transitions. In update mode, open windows also emit
+//! snapshots as they fill, each with the next revision number.
+//!
+//! An input is refused, and not counted anywhere, when it is *late* (the first of its
+//! windows to close has closed) or stamped too far in the *future* of the wall clock.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::alert::{AlertBook, AlertRules, WindowSpan};
 use crate::anomaly::{AnomalyDetector, DETECTOR_NAME};
-use crate::config::{ConfigError, EngineConfig};
-use crate::model::{Anomaly, EpochMs, Input, Origin, Signal, Term, TrendSnapshot};
-use crate::tokenizer::{Tokenizer, TokenizerError};
-use crate::trend::{TermCounts, TrendDetector};
+use crate::authors::author_hash;
+use crate::config::{effective_hop, window_name, ConfigError, EmitMode, EngineConfig, Stream};
+use crate::model::{Anomaly, EpochMs, Input, Origin, Post, Signal, Term, TrendSnapshot};
+use crate::term_key;
+use crate::tokenizer::{Scratch, Tokenizer, TokenizerError};
+use crate::trend::TrendDetector;
 use crate::watermark::{Watermark, UNPARTITIONED};
 use crate::window::{ClosedWindow, Windows};
+use crate::window_terms::WindowTerms;
 
-/// An input whose window had already closed when it arrived.
+/// Why the engine did not count an input.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Late {
-    pub window_end: EpochMs,
-    pub watermark: EpochMs,
+pub enum Refused {
+    /// The first window of the input to close had already closed.
+    Late {
+        window_end: EpochMs,
+        watermark: EpochMs,
+    },
+    /// The input's time is more than `window.max_future_ms` ahead of the wall clock.
+    Future { limit: EpochMs },
 }
 
 impl From<ConfigError> for EngineError {
@@ -46,33 +61,70 @@ pub enum EngineError {
 }
 
 /// What one open window accumulates.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct WindowCounts {
     posts: u64,
-    terms: TermCounts,
+    terms: WindowTerms,
     /// Series name → value in this window.
     series: HashMap<String, f64>,
+    /// Snapshots emitted so far (update mode).
+    revision: u32,
+    /// Counted something since the last snapshot.
+    changed: bool,
 }
 
 /// A configured watch term, normalized the way the tokenizer emits it.
 #[derive(Debug)]
 struct WatchTerm {
-    term: Term,
+    /// As in [`crate::term_key`].
+    key: String,
     series: String,
+}
+
+/// One window size (and hop) over the inputs, with its own detectors.
+struct View {
+    name: String,
+    counts_posts: bool,
+    counts_events: bool,
+    windows: Windows<WindowCounts>,
+    trends: TrendDetector,
+    anomalies: AnomalyDetector,
+}
+
+impl View {
+    fn counts(&self, input: &Input) -> bool {
+        match input {
+            Input::Post(_) => self.counts_posts,
+            Input::Event(_) => self.counts_events,
+        }
+    }
 }
 
 pub struct Engine {
     tokenizer: Tokenizer,
-    windows: Windows<WindowCounts>,
+    /// The main view first: it alone drives alerts.
+    views: Vec<View>,
     watermark: Watermark,
-    trends: TrendDetector,
-    anomalies: AnomalyDetector,
     alerts: AlertBook,
     rules: AlertRules,
     watch_terms: Vec<WatchTerm>,
     publish_score: f64,
+    terms_per_window: usize,
+    count_authors: bool,
+    allowed_lateness_ms: i64,
+    max_future_ms: i64,
+    emit: EmitMode,
+    update_every_ms: i64,
+    /// Event time at which open windows next emit an update (update mode).
+    next_update_at: Option<EpochMs>,
+    /// The latest wall-clock tick: the reference of the future check.
+    wall_now: Option<EpochMs>,
+    /// Numbers posts that have neither author nor id, so that each counts as its own author.
+    anonymous_posts: u64,
     /// Reused buffers: tokenizing and series keys allocate nothing per input once warm.
-    token_scratch: String,
+    scratch: Scratch,
+    term_keys: String,
+    term_ends: Vec<usize>,
     series_scratch: String,
 }
 
@@ -86,63 +138,108 @@ impl Engine {
             .iter()
             .map(|raw| watch_term(&tokenizer, raw))
             .collect::<Result<_, _>>()?;
+        let w = &config.window;
+        let main = (w.size_ms, w.hop_ms, vec![Stream::Posts, Stream::Events]);
+        let extra = w
+            .extra
+            .iter()
+            .map(|e| (e.size_ms, e.hop_ms, e.streams.clone()));
+        let views = std::iter::once(main)
+            .chain(extra)
+            .map(|(size, hop, streams)| View {
+                name: window_name(size, hop),
+                counts_posts: streams.contains(&Stream::Posts),
+                counts_events: streams.contains(&Stream::Events),
+                windows: Windows::new(size, effective_hop(size, hop)),
+                trends: TrendDetector::new(&config.trends),
+                anomalies: AnomalyDetector::new(&config.anomaly),
+            })
+            .collect();
         Ok(Engine {
-            windows: Windows::new(config.window.size_ms),
-            watermark: Watermark::new(
-                config.window.allowed_lateness_ms,
-                config.window.idle_timeout_ms,
-            ),
-            trends: TrendDetector::new(&config.trends),
-            anomalies: AnomalyDetector::new(&config.anomaly),
+            views,
+            watermark: Watermark::new(w.allowed_lateness_ms, w.idle_timeout_ms),
             alerts: AlertBook::new(),
             rules: AlertRules::new(&config.alerts, &config.trends),
             watch_terms,
             publish_score: config.anomaly.publish_score,
+            terms_per_window: config.trends.max_terms_per_window,
+            count_authors: config.trends.author_cap > 0,
+            allowed_lateness_ms: w.allowed_lateness_ms,
+            max_future_ms: w.max_future_ms,
+            emit: w.emit,
+            update_every_ms: w.update_every_ms,
+            next_update_at: None,
+            wall_now: None,
+            anonymous_posts: 0,
             tokenizer,
-            token_scratch: String::new(),
+            scratch: Scratch::default(),
+            term_keys: String::new(),
+            term_ends: Vec::new(),
             series_scratch: String::new(),
         })
     }
 
-    /// Adds one input. Err(Late) when its window has already closed (end <= watermark):
-    /// the caller dead-letters it with reason `late`; nothing is counted.
-    pub fn ingest(&mut self, input: &Input, origin: Option<Origin>) -> Result<(), Late> {
+    /// Adds one input to every window of every view that counts it, or refuses it (see
+    /// [`Refused`]); a refused input is counted nowhere, and the caller dead-letters it.
+    pub fn ingest(&mut self, input: &Input, origin: Option<Origin>) -> Result<(), Refused> {
         let ts = input.ts();
-        let (start, end) = self.windows.bounds(ts);
-        if let Some(watermark) = self.watermark.value().filter(|&watermark| end <= watermark) {
-            return Err(Late {
-                window_end: end,
-                watermark,
-            });
-        }
+        self.check_time(input, ts)?;
         self.watermark
             .observe(origin.map_or(UNPARTITIONED, |o| o.partition), ts);
-        let counts = self.windows.state_mut(start, origin);
-        let key = &mut self.series_scratch;
-        key.clear();
         match input {
             Input::Post(post) => {
-                counts.posts += 1;
-                let terms = &mut counts.terms;
-                self.tokenizer
-                    .for_each_term(&post.text, &mut self.token_scratch, |kind, text| {
-                        *terms.get_or_default(kind, text) += 1;
-                    });
+                let author = self.author_of(post);
+                self.collect_terms(&post.text);
+                let key = &mut self.series_scratch;
+                key.clear();
                 let _ = write!(key, "posts.source={}", or_unknown(&post.source));
-                add_to_series(&mut counts.series, key, 1.0);
+                for view in self.views.iter_mut().filter(|v| v.counts_posts) {
+                    for start in view.windows.starts_containing(ts) {
+                        let counts = open(
+                            &mut view.windows,
+                            start,
+                            origin,
+                            self.terms_per_window,
+                            self.count_authors,
+                        );
+                        counts.posts += 1;
+                        let post_ref = counts.terms.add_post(&post.id);
+                        let mut begin = 0;
+                        for &end in &self.term_ends {
+                            counts
+                                .terms
+                                .add(&self.term_keys[begin..end], author, post_ref);
+                            begin = end;
+                        }
+                        add_to_series(&mut counts.series, key, 1.0);
+                    }
+                }
             }
             Input::Event(event) => {
+                let key = &mut self.series_scratch;
+                key.clear();
                 let _ = write!(key, "events.kind={}", or_unknown(&event.kind));
                 if !event.key.is_empty() {
                     let _ = write!(key, ",key={}", event.key);
                 }
-                // A NaN or infinite value would poison the series' mean for good.
+                // A NaN or infinite value would poison the series' detector for good.
                 let value = if event.value.is_finite() {
                     event.value
                 } else {
                     0.0
                 };
-                add_to_series(&mut counts.series, key, value);
+                for view in self.views.iter_mut().filter(|v| v.counts_events) {
+                    for start in view.windows.starts_containing(ts) {
+                        let counts = open(
+                            &mut view.windows,
+                            start,
+                            origin,
+                            self.terms_per_window,
+                            self.count_authors,
+                        );
+                        add_to_series(&mut counts.series, key, value);
+                    }
+                }
             }
         }
         Ok(())
@@ -159,18 +256,29 @@ impl Engine {
     /// Wall-clock tick (the service calls it ~every 200 ms, replay never). If no input was
     /// ingested since the previous tick for longer than `window.idle_timeout_ms` (wall
     /// time), the watermark advances by the wall time elapsed since the last input, so
-    /// quiet streams still close windows. idle_timeout_ms = 0 disables it.
+    /// quiet streams still close windows. idle_timeout_ms = 0 disables it. The tick is
+    /// also the clock of the future check.
     pub fn tick(&mut self, wall_now: EpochMs) {
+        self.wall_now = Some(wall_now);
         self.watermark.tick(wall_now);
     }
 
-    /// Closes every window whose end <= watermark (oldest first) and returns, per closed
-    /// window: its trend snapshot, its anomalies scoring >= `anomaly.publish_score`, then
-    /// its alert transitions.
+    /// Closes every window whose end <= watermark (oldest first, main view first) and
+    /// returns, per closed window: its trend snapshot, its anomalies scoring >=
+    /// `anomaly.publish_score`, then its alert transitions. In update mode, then the
+    /// update snapshots of open windows that are due.
     pub fn poll_closed(&mut self) -> Vec<Signal> {
-        self.watermark
-            .value()
-            .map_or_else(Vec::new, |watermark| self.close_windows_ended_by(watermark))
+        let Some(watermark) = self.watermark.value() else {
+            return Vec::new();
+        };
+        let mut signals = self.close_windows_ended_by(watermark);
+        if self.emit == EmitMode::Updates {
+            self.emit_due_updates(
+                watermark.saturating_add(self.allowed_lateness_ms),
+                &mut signals,
+            );
+        }
+        signals
     }
 
     /// End of a finite input (replay): closes all open windows as if the watermark were
@@ -183,15 +291,19 @@ impl Engine {
     /// Smallest offset of input partition `partition` still held by an open window; None
     /// when no open window holds one.
     pub fn held_offset(&self, partition: u32) -> Option<i64> {
-        self.windows.held_offset(partition)
+        self.views
+            .iter()
+            .filter_map(|v| v.windows.held_offset(partition))
+            .min()
     }
 
     pub fn watermark(&self) -> Option<EpochMs> {
         self.watermark.value()
     }
 
+    /// Open windows over all views.
     pub fn open_windows(&self) -> usize {
-        self.windows.len()
+        self.views.iter().map(|v| v.windows.len()).sum()
     }
 
     /// The alert book (firing alerts), e.g. for an HTTP view or a checkpoint.
@@ -199,48 +311,117 @@ impl Engine {
         &self.alerts
     }
 
+    fn check_time(&self, input: &Input, ts: EpochMs) -> Result<(), Refused> {
+        if let Some(now) = self.wall_now.filter(|_| self.max_future_ms > 0) {
+            let limit = now.saturating_add(self.max_future_ms);
+            if ts > limit {
+                return Err(Refused::Future { limit });
+            }
+        }
+        let Some(watermark) = self.watermark.value() else {
+            return Ok(());
+        };
+        let first_end = self
+            .views
+            .iter()
+            .filter(|v| v.counts(input))
+            .map(|v| v.windows.earliest_end(ts))
+            .min();
+        match first_end {
+            Some(window_end) if window_end <= watermark => Err(Refused::Late {
+                window_end,
+                watermark,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The author hash of a post. Posts without an author count as distinct authors
+    /// (by id, or one each), since nothing says two of them share one.
+    fn author_of(&mut self, post: &Post) -> u64 {
+        if !post.author.is_empty() {
+            author_hash(&post.author)
+        } else if !post.id.is_empty() {
+            author_hash(&post.id).rotate_left(1)
+        } else {
+            self.anonymous_posts += 1;
+            author_hash(&self.anonymous_posts.to_string()).rotate_left(2)
+        }
+    }
+
+    /// Tokenizes `text` once into `term_keys`/`term_ends` (keys as in
+    /// [`crate::term_key`]), so that several windows can count the same terms.
+    fn collect_terms(&mut self, text: &str) {
+        let Engine {
+            tokenizer,
+            scratch,
+            term_keys,
+            term_ends,
+            ..
+        } = self;
+        term_keys.clear();
+        term_ends.clear();
+        tokenizer.for_each_term(text, scratch, |kind, text| {
+            term_key::push_key(term_keys, kind, text);
+            term_ends.push(term_keys.len());
+        });
+    }
+
     fn close_windows_ended_by(&mut self, limit: EpochMs) -> Vec<Signal> {
         let mut signals = Vec::new();
-        while let Some(closed) = self.windows.pop_ended_by(limit) {
-            self.watermark.raise_to(closed.end);
-            self.close_window(closed, &mut signals);
+        for v in 0..self.views.len() {
+            while let Some(closed) = self.views[v].windows.pop_ended_by(limit) {
+                self.watermark.raise_to(closed.end);
+                self.close_window(v, closed, &mut signals);
+            }
         }
         signals
     }
 
-    fn close_window(&mut self, closed: ClosedWindow<WindowCounts>, signals: &mut Vec<Signal>) {
+    fn close_window(
+        &mut self,
+        v: usize,
+        closed: ClosedWindow<WindowCounts>,
+        signals: &mut Vec<Signal>,
+    ) {
         let ClosedWindow {
             start,
             end,
             state: mut counts,
         } = closed;
         for watch in &self.watch_terms {
-            if let Some(&n) = counts.terms.get(watch.term.kind, &watch.term.text) {
-                counts.series.insert(watch.series.clone(), n as f64);
+            if let Some(counted) = counts.terms.get(&watch.key) {
+                counts
+                    .series
+                    .insert(watch.series.clone(), counted.count as f64);
             }
         }
-        let entries = self
-            .trends
-            .close_window(self.windows.index(start), &counts.terms);
-        let scores = self.anomalies.close_window(start, &counts.series);
-
-        let span = WindowSpan { start, end };
+        let view = &mut self.views[v];
+        let index = view.windows.index(start);
+        let entries = view.trends.close_window(index, &counts.terms);
+        let scores = view.anomalies.close_window(start, &counts.series);
         let mut alerts = Vec::new();
-        self.alerts
-            .observe_anomalies(&self.rules, span, &scores, &mut alerts);
-        let trends = &self.trends;
-        self.alerts.observe_trends(
-            &self.rules,
-            span,
-            &entries,
-            |kind, text| trends.last_score(kind, text),
-            &mut alerts,
-        );
-
+        if v == 0 {
+            let span = WindowSpan { start, end };
+            self.alerts
+                .observe_anomalies(&self.rules, span, &scores, &mut alerts);
+            let trends = &view.trends;
+            self.alerts.observe_trends(
+                &self.rules,
+                span,
+                &entries,
+                |kind, text| trends.last_score(&term_key::key(kind, text)),
+                &mut alerts,
+            );
+        }
         signals.push(Signal::Trend(TrendSnapshot {
+            window: view.name.clone(),
             window_start: start,
             window_end: end,
+            revision: counts.revision + 1,
+            is_final: true,
             events: counts.posts,
+            distinct_terms: counts.terms.len() as u64,
             entries,
         }));
         signals.extend(
@@ -249,6 +430,7 @@ impl Engine {
                 .filter(|s| s.score >= self.publish_score)
                 .map(|s| {
                     Signal::Anomaly(Anomaly {
+                        window: view.name.clone(),
                         series: s.series,
                         window_start: start,
                         window_end: end,
@@ -262,6 +444,68 @@ impl Engine {
         );
         signals.extend(alerts.into_iter().map(Signal::Alert));
     }
+
+    /// Update mode: once event time (`now`) reaches the next multiple of
+    /// `update_every_ms`, every open window that counted something since its last
+    /// snapshot emits one, scored against the elapsed part of its baselines.
+    fn emit_due_updates(&mut self, now: EpochMs, signals: &mut Vec<Signal>) {
+        if self.next_update_at.is_some_and(|due| now < due) {
+            return;
+        }
+        let every = self.update_every_ms;
+        self.next_update_at = Some(
+            now.div_euclid(every)
+                .saturating_add(1)
+                .saturating_mul(every),
+        );
+        for view in &mut self.views {
+            let View {
+                name,
+                windows,
+                trends,
+                ..
+            } = view;
+            let (size, hop) = (windows.size_ms(), windows.hop_ms());
+            for (start, counts) in windows.iter_mut().filter(|(_, c)| c.changed) {
+                counts.changed = false;
+                counts.revision += 1;
+                let elapsed = ((now - start) as f64 / size as f64).clamp(0.01, 1.0);
+                signals.push(Signal::Trend(TrendSnapshot {
+                    window: name.clone(),
+                    window_start: start,
+                    window_end: start.saturating_add(size),
+                    revision: counts.revision,
+                    is_final: false,
+                    events: counts.posts,
+                    distinct_terms: counts.terms.len() as u64,
+                    entries: trends.score_open_window(
+                        start.div_euclid(hop),
+                        &counts.terms,
+                        elapsed,
+                    ),
+                }));
+            }
+        }
+    }
+}
+
+/// The state of an open window of `windows`, opened if needed.
+fn open(
+    windows: &mut Windows<WindowCounts>,
+    start: EpochMs,
+    origin: Option<Origin>,
+    terms_per_window: usize,
+    count_authors: bool,
+) -> &mut WindowCounts {
+    let counts = windows.state_mut(start, origin, || WindowCounts {
+        posts: 0,
+        terms: WindowTerms::new(terms_per_window, count_authors),
+        series: HashMap::new(),
+        revision: 0,
+        changed: false,
+    });
+    counts.changed = true;
+    counts
 }
 
 fn or_unknown(name: &str) -> &str {
@@ -288,7 +532,10 @@ fn watch_term(tokenizer: &Tokenizer, raw: &str) -> Result<WatchTerm, EngineError
     let mut terms = Vec::new();
     tokenizer.tokenize(raw, &mut terms);
     match <[Term; 1]>::try_from(terms) {
-        Ok([term]) => Ok(WatchTerm { series: format!("terms.term={}", term.text), term }),
+        Ok([term]) => Ok(WatchTerm {
+            series: format!("terms.term={}", term.text),
+            key: term_key::key(term.kind, &term.text),
+        }),
         Err(terms) => Err(EngineError::InvalidConfig {
             field: "anomaly.watch_terms",
             reason: format!(
@@ -333,6 +580,7 @@ mod tests {
                 size_ms: MINUTE,
                 allowed_lateness_ms: 5_000,
                 idle_timeout_ms: 10_000,
+                ..WindowConfig::default()
             },
             trends: TrendConfig {
                 top_k: 5,
@@ -533,7 +781,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             late,
-            Late {
+            Refused::Late {
                 window_end: BASE + MINUTE,
                 watermark: BASE + MINUTE + 1_000
             }

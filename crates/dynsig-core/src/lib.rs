@@ -12,13 +12,17 @@
 
 pub mod alert;
 pub mod anomaly;
+pub mod authors;
 pub mod config;
 pub mod decode;
 pub mod engine;
+pub mod heavy_hitters;
 pub mod model;
 pub mod stopwords;
 pub mod synth;
+pub mod term_key;
 pub mod tokenizer;
 pub mod trend;
 pub mod watermark;
 pub mod window;
+pub mod window_terms;

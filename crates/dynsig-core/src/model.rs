@@ -69,6 +69,8 @@ pub enum TermKind {
     Cashtag,
     Mention,
     Actor,
+    /// Two consecutive words of a post (after stopwords are dropped): `battery fire`.
+    Bigram,
 }
 
 impl TermKind {
@@ -79,6 +81,7 @@ impl TermKind {
             TermKind::Cashtag => "cashtag",
             TermKind::Mention => "mention",
             TermKind::Actor => "actor",
+            TermKind::Bigram => "bigram",
         }
     }
 }
@@ -91,28 +94,62 @@ pub struct Term {
     pub text: String,
 }
 
-/// One ranked entry of a [`TrendSnapshot`].
+/// How a trending term moves against the previous window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrendStatus {
+    /// No baseline before this window: never seen, or forgotten.
+    New,
+    /// Counted more than in the previous window.
+    Rising,
+    Steady,
+    /// Still above its baseline, but counted less than in the previous window.
+    Falling,
+}
+
+/// One ranked entry of a [`TrendSnapshot`]: the term and why it ranks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrendEntry {
     pub term: String,
     pub kind: TermKind,
+    /// Occurrences in the window.
     pub count: u64,
+    /// Distinct authors who used the term in the window.
+    pub authors: u64,
+    /// The term's expected (author-capped) count from its own past windows.
     pub baseline: f64,
     pub score: f64,
+    pub status: TrendStatus,
+    /// Ids of a few posts containing the term (posts without an id are not listed).
+    pub examples: Vec<String>,
+    /// `count` overestimates the true count by at most this (0 while the window's term
+    /// sketch stayed under capacity).
+    pub count_error: u64,
 }
 
-/// The top terms of one closed window, ranked by score (highest first).
+/// The top terms of one window, ranked (highest first).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrendSnapshot {
+    /// The window's name: its size, and its hop when hopping (`1m`, `15m/5m`).
+    pub window: String,
     pub window_start: EpochMs,
     pub window_end: EpochMs,
+    /// 1 for the window's first emission, +1 per update (update mode only).
+    pub revision: u32,
+    /// The window is closed: this is its last emission.
+    #[serde(rename = "final")]
+    pub is_final: bool,
     pub events: u64,
+    /// Distinct terms counted in the window (at most the sketch capacity).
+    pub distinct_terms: u64,
     pub entries: Vec<TrendEntry>,
 }
 
 /// One series' value in a closed window, scored by the anomaly detector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Anomaly {
+    /// The window's name, as in [`TrendSnapshot::window`].
+    pub window: String,
     pub series: String,
     pub window_start: EpochMs,
     pub window_end: EpochMs,

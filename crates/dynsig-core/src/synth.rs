@@ -2,23 +2,27 @@
 //!
 //! [`Synth`] yields posts and internal events in event-time order: a steady background
 //! (Zipf-distributed pseudo-words, a few sources, events over a fixed set of series) plus
-//! the bursts and incidents of its [`SynthConfig`], which [`Synth::truth`] reports so that
-//! a test can check that the engine found them. The same seed always gives the same feed
-//! (on one platform: the Zipf weights come from `f64::powf`, whose last bit may differ
-//! between math libraries).
+//! the bursts, incidents, trends and spammer of its [`SynthConfig`], which
+//! [`Synth::truth`] reports so that a test can check what the engine found. Two scenarios
+//! are built in: [`SynthConfig::demo`] and [`SynthConfig::trend_quality`]. The same seed
+//! always gives the same feed (on one platform: the Zipf weights come from `f64::powf`,
+//! whose last bit may differ between math libraries).
 //!
-//! Every stream is "even with jitter": its n-th item falls at a uniformly random instant of
-//! its own n-th interval, so rates are exact, timestamps never go backwards, and the counts
-//! of a series (a random pick among many) still vary like real traffic.
+//! Most streams are "even with jitter": their n-th item falls at a uniformly random instant
+//! of their own n-th interval, so rates are exact, timestamps never go backwards, and the
+//! counts of a series (a random pick among many) still vary like real traffic. Planted
+//! trends are Poisson processes instead: a trend's count in a window is itself what a
+//! detector has to judge, so it must vary as a real one would.
 
-use std::collections::{BTreeMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{EpochMs, Input, InternalEvent, Post};
+use crate::model::{EpochMs, Input, InternalEvent, Post, TermKind};
 
-/// What to generate. Offsets of planted bursts and incidents are relative to `start_ms`.
+/// What to generate. Offsets of planted signals are relative to `start_ms`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SynthConfig {
@@ -38,6 +42,8 @@ pub struct SynthConfig {
     pub authors: u32,
     pub bursts: Vec<PlantedBurst>,
     pub incidents: Vec<PlantedIncident>,
+    pub trends: Vec<PlantedTrend>,
+    pub spammer: Option<PlantedSpammer>,
 }
 
 /// 2025-01-01T00:00:00Z.
@@ -56,6 +62,8 @@ impl Default for SynthConfig {
             authors: 20_000,
             bursts: Vec::new(),
             incidents: Vec::new(),
+            trends: Vec::new(),
+            spammer: None,
         }
     }
 }
@@ -83,6 +91,73 @@ pub struct PlantedIncident {
     pub duration_ms: i64,
     pub multiplier: f64,
 }
+
+/// Extra posts containing `term`, from authors drawn across the whole pool, arriving as a
+/// Poisson process: its rate ramps linearly from 0 to `peak_posts_per_sec` over
+/// `growth_ms`, then stays at the peak until `duration_ms` ends. `baseline_posts_per_sec`
+/// more posts contain the term over the whole feed, so that a trend can surge from an
+/// existing baseline (a common word) as well as from nothing (a new term).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlantedTrend {
+    /// One token as written in text (`recall`, `#acmefire`, `@acmecare`, `$INITECH`) or
+    /// a phrase of two words (`battery fire`), which trends as a bigram.
+    pub term: String,
+    /// Offset from the feed's `start_ms`.
+    pub start_ms: i64,
+    pub growth_ms: i64,
+    pub duration_ms: i64,
+    pub peak_posts_per_sec: f64,
+    pub baseline_posts_per_sec: f64,
+}
+
+/// One account posting `term` at a steady `posts_per_sec`: a term with a large count and a
+/// single author, which must not trend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlantedSpammer {
+    pub author: String,
+    /// One token as written in text.
+    pub term: String,
+    /// Offset from the feed's `start_ms`.
+    pub start_ms: i64,
+    pub duration_ms: i64,
+    pub posts_per_sec: f64,
+}
+
+/// The planted trends of [`SynthConfig::trend_quality`]. Times in seconds from the feed's
+/// start; rates in posts per second. The comment gives the z-score the default detector
+/// reaches on expected counts in the trend's first two windows (see `trend_quality`).
+#[rustfmt::skip]
+const QUALITY_TRENDS: [(&str, i64, i64, i64, f64, f64); 20] = [
+    // term             start growth duration peak baseline    z
+    // Clearly strong.
+    ("#acmefire",        305,    60,     480, 3.0,  0.0),  // 53
+    ("recall",           400,   150,     600, 2.5,  0.0),  // 29
+    ("battery fire",     545,    90,     480, 2.0,  0.0),  // 28
+    ("@acmecare",        730,    60,     360, 4.0,  0.5),  // 28
+    // Medium.
+    ("$INITECH",         875,    20,     300, 1.2,  0.0),  // 25
+    ("outage",          1010,    45,     420, 1.5,  0.2),  // 19
+    ("#blackfriday",    1130,    60,     360, 0.8,  0.0),  // 22
+    ("data breach",     1250,    45,     420, 0.7,  0.0),  // 23
+    // Near the threshold.
+    ("refund",           610,    40,     300, 1.4,  0.3),  // 12.7
+    ("#recallnow",       820,    30,     300, 0.4,  0.0),  // 13.8
+    ("@globexhelp",     1390,    30,     300, 0.45, 0.0),  // 10.4
+    ("$HOOLI",          1500,    40,     360, 1.4,  0.3),  // 12.8
+    ("screen flicker",  1620,    30,     360, 0.5,  0.0),  // 15.2
+    ("@acmeceo",        1775,    25,     300, 0.45, 0.0),  // 13.4
+    ("$ACMX",           1880,    20,     300, 0.5,  0.0),  // 10.0
+    ("shipping",        1990,    40,     360, 1.0,  0.1),  // 12.8
+    ("#acmedown",       2115,    30,     300, 0.5,  0.0),  // 10.0
+    ("delay",           2230,    40,     300, 1.6,  0.5),  // 12.1
+    ("firmware",        2350,    30,     300, 0.45, 0.0),  // 10.4
+    ("@acmeshop",       2470,    40,     180, 1.3,  0.2),  // 13.3
+];
+
+/// Event time that [`SynthConfig::trend_quality`] needs to hold all its planted signals.
+pub const TREND_QUALITY_DURATION_MS: i64 = 45 * 60_000;
 
 impl SynthConfig {
     /// The default feed with three bursts and two incidents at fixed fractions of
@@ -118,6 +193,61 @@ impl SynthConfig {
                 incident("error", "checkout", 0.5, 0.2, 8.0),
                 incident("ticket", "login", 0.75, 0.2, 6.0),
             ],
+            ..SynthConfig::default()
+        }
+    }
+
+    /// A feed for measuring trend detection (`tests/trend_quality.rs`): 100 background
+    /// posts per second over a Zipf vocabulary of 5000 words from 20 000 authors, 20
+    /// planted trends and one spammer. Planted times are fixed offsets laid out on
+    /// [`TREND_QUALITY_DURATION_MS`]; a shorter feed leaves out the signals that do not
+    /// fit in it whole.
+    ///
+    /// The trends cover every kind of term (words, hashtags, mentions, cashtags, and three
+    /// two-word phrases), start at arbitrary instants of a minute, grow over 20–150 s and
+    /// last 3–10 minutes; seven surge from an existing baseline, the others are new terms.
+    /// Nothing is planted in the first 5 minutes, so detectors warm up on background
+    /// alone. Sizes are set against the default trend detector (1-minute windows, score
+    /// `z = (count − baseline) / sqrt(baseline + 1)` with an EWMA baseline of weight 0.3
+    /// and a prior of 1 for new terms, alert at z ≥ 8, at least 5 occurrences): the
+    /// z-score it reaches on *expected* counts within the trend's first two windows is
+    /// ≥ 28 for the four strong trends, 19–25 for the four medium ones, and 10–15 for the
+    /// twelve near the threshold (15–30 posts per window from as many authors for a new
+    /// term). Poisson counts vary around those figures, as real ones do.
+    ///
+    /// The spammer, `giveaway_bot`, posts `#giveaway` 1.5 times a second for 20 minutes
+    /// from minute 8: 90 occurrences a window, z ≈ 63 if occurrences were all that
+    /// counted.
+    pub fn trend_quality(start_ms: EpochMs, duration_ms: i64) -> SynthConfig {
+        let seconds = |s: i64| s * 1000;
+        let trends = QUALITY_TRENDS
+            .iter()
+            .map(
+                |&(term, start, growth, duration, peak, baseline)| PlantedTrend {
+                    term: term.into(),
+                    start_ms: seconds(start),
+                    growth_ms: seconds(growth),
+                    duration_ms: seconds(duration),
+                    peak_posts_per_sec: peak,
+                    baseline_posts_per_sec: baseline,
+                },
+            )
+            .filter(|trend| trend.start_ms + trend.duration_ms <= duration_ms)
+            .collect();
+        let spammer = Some(PlantedSpammer {
+            author: "giveaway_bot".into(),
+            term: "#giveaway".into(),
+            start_ms: seconds(8 * 60),
+            duration_ms: seconds(20 * 60),
+            posts_per_sec: 1.5,
+        })
+        .filter(|spammer| spammer.start_ms + spammer.duration_ms <= duration_ms);
+        SynthConfig {
+            start_ms,
+            duration_ms,
+            posts_per_sec: 100.0,
+            trends,
+            spammer,
             ..SynthConfig::default()
         }
     }
@@ -170,6 +300,38 @@ impl SynthConfig {
                 ));
             }
         }
+        for (index, trend) in self.trends.iter().enumerate() {
+            let field = |name: &str| format!("trends[{index}].{name}");
+            if planted_term(&trend.term).is_none() {
+                return Err(SynthConfigError::new(
+                    field("term"),
+                    "must be one token or two words",
+                ));
+            }
+            check_duration(&field("start_ms"), trend.start_ms)?;
+            check_duration(&field("growth_ms"), trend.growth_ms)?;
+            check_duration(&field("duration_ms"), trend.duration_ms)?;
+            check_rate(&field("peak_posts_per_sec"), trend.peak_posts_per_sec)?;
+            check_rate(
+                &field("baseline_posts_per_sec"),
+                trend.baseline_posts_per_sec,
+            )?;
+        }
+        if let Some(spammer) = &self.spammer {
+            let field = |name: &str| format!("spammer.{name}");
+            if spammer.author.is_empty() {
+                return Err(SynthConfigError::new(field("author"), "must not be empty"));
+            }
+            if planted_term(&spammer.term).is_none_or(|(kind, _)| kind == TermKind::Bigram) {
+                return Err(SynthConfigError::new(
+                    field("term"),
+                    "must be one non-empty token",
+                ));
+            }
+            check_duration(&field("start_ms"), spammer.start_ms)?;
+            check_duration(&field("duration_ms"), spammer.duration_ms)?;
+            check_rate(&field("posts_per_sec"), spammer.posts_per_sec)?;
+        }
         Ok(())
     }
 }
@@ -221,6 +383,48 @@ pub enum PlantedSignal {
     Burst { term: String },
     /// A series of internal events whose rate jumps.
     Incident { kind: String, key: String },
+    /// A [`PlantedTrend`]. `term` and `kind` are as the tokenizer names the term
+    /// (lowercase; a phrase is a bigram, its words joined by one space); `components`
+    /// are a phrase's words, which may legitimately trend with it (empty for one token).
+    Trend {
+        term: String,
+        kind: TermKind,
+        growth_ms: i64,
+        peak_posts_per_sec: f64,
+        baseline_posts_per_sec: f64,
+        components: Vec<String>,
+    },
+    /// A [`PlantedSpammer`]; `term` and `kind` as for a trend.
+    Spammer {
+        author: String,
+        term: String,
+        kind: TermKind,
+        posts_per_sec: f64,
+    },
+}
+
+/// How the tokenizer names a planted term written as in text: its kind and its
+/// lowercased text, a phrase's two words joined by one space. `None` when it is neither
+/// one token nor two words (a phrase's words must not carry a sigil).
+fn planted_term(term: &str) -> Option<(TermKind, String)> {
+    let words: Vec<&str> = term.split_whitespace().collect();
+    let kind = match words.as_slice() {
+        [token] => match token.chars().next() {
+            Some('#') => TermKind::Hashtag,
+            Some('@') => TermKind::Mention,
+            Some('$') => TermKind::Cashtag,
+            _ => TermKind::Word,
+        },
+        [first, second]
+            if [first, second]
+                .iter()
+                .all(|w| w.chars().all(char::is_alphanumeric)) =>
+        {
+            TermKind::Bigram
+        }
+        _ => return None,
+    };
+    Some((kind, words.join(" ").to_lowercase()))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -444,23 +648,61 @@ impl Vocabulary {
 // ---------------------------------------------------------------------------------------
 // Streams
 
-/// The timestamps of one stream: the n-th falls uniformly within `[origin + n·interval,
-/// origin + (n+1)·interval)`, and the stream ends at `end_ms` (exclusive).
+/// The timestamps of one stream, over `[origin_ms, end_ms)`. Its rate ramps linearly
+/// from 0 to full over the first `growth_ms` (0: full from the start), so that the
+/// expected number of items by offset `t` is a known function Λ(t); the k-th item falls
+/// where Λ reaches the k-th arrival position (see [`Arrivals`]).
 struct Ticker {
     origin_ms: EpochMs,
     end_ms: EpochMs,
+    /// Between items at full rate.
     interval_ms: f64,
-    scheduled: u64,
+    growth_ms: f64,
+    arrivals: Arrivals,
     next_ms: Option<EpochMs>,
 }
 
+/// Where on the Λ scale the items of a stream fall.
+enum Arrivals {
+    /// The k-th uniformly in `[k, k+1)`: exact counts, "even with jitter".
+    Even { scheduled: u64 },
+    /// After the previous one by an Exp(1) gap: a Poisson process.
+    Poisson { position: f64 },
+}
+
 impl Ticker {
-    fn new(origin_ms: EpochMs, end_ms: EpochMs, per_sec: f64, rng: &mut SplitMix64) -> Self {
+    /// Items at a constant rate, even with jitter.
+    fn even(origin_ms: EpochMs, end_ms: EpochMs, per_sec: f64, rng: &mut SplitMix64) -> Self {
+        let arrivals = Arrivals::Even { scheduled: 0 };
+        Self::new(origin_ms, end_ms, per_sec, 0, arrivals, rng)
+    }
+
+    /// A Poisson process whose rate ramps up to `per_sec` over `growth_ms`.
+    fn poisson(
+        origin_ms: EpochMs,
+        end_ms: EpochMs,
+        per_sec: f64,
+        growth_ms: i64,
+        rng: &mut SplitMix64,
+    ) -> Self {
+        let arrivals = Arrivals::Poisson { position: 0.0 };
+        Self::new(origin_ms, end_ms, per_sec, growth_ms, arrivals, rng)
+    }
+
+    fn new(
+        origin_ms: EpochMs,
+        end_ms: EpochMs,
+        per_sec: f64,
+        growth_ms: i64,
+        arrivals: Arrivals,
+        rng: &mut SplitMix64,
+    ) -> Self {
         let mut ticker = Self {
             origin_ms,
             end_ms,
             interval_ms: 1000.0 / per_sec,
-            scheduled: 0,
+            growth_ms: growth_ms as f64,
+            arrivals,
             next_ms: None,
         };
         ticker.schedule(rng);
@@ -468,22 +710,50 @@ impl Ticker {
     }
 
     fn schedule(&mut self, rng: &mut SplitMix64) {
+        let position = match &mut self.arrivals {
+            Arrivals::Even { scheduled } => {
+                let index = *scheduled;
+                *scheduled += 1;
+                index as f64 + rng.unit()
+            }
+            Arrivals::Poisson { position } => {
+                *position -= (1.0 - rng.unit()).ln();
+                *position
+            }
+        };
         // A zero rate gives an infinite interval, hence no tick.
-        let offset = (self.scheduled as f64 + rng.unit()) * self.interval_ms;
-        self.scheduled += 1;
+        let offset = self.offset_of(position);
         self.next_ms = if offset < (self.end_ms - self.origin_ms) as f64 {
             Some(self.origin_ms + offset as i64)
         } else {
             None
         };
     }
+
+    /// Λ⁻¹: during the ramp the rate at `t` is `t / (growth · interval)`, so
+    /// Λ(t) = t² / (2 · growth · interval); after it, one item per interval.
+    fn offset_of(&self, position: f64) -> f64 {
+        let items_in_ramp = self.growth_ms / (2.0 * self.interval_ms);
+        if position < items_in_ramp {
+            (2.0 * self.growth_ms * self.interval_ms * position).sqrt()
+        } else {
+            self.growth_ms + (position - items_in_ramp) * self.interval_ms
+        }
+    }
 }
 
 enum Content {
     BackgroundPosts,
     BackgroundEvents,
-    Burst {
+    /// A background post with the planted term (of a burst, of a trend or of its
+    /// baseline) among its words.
+    PlantedTerm {
         term: String,
+    },
+    /// The same, always from `author`.
+    Spam {
+        term: String,
+        author: String,
     },
     Incident {
         kind: &'static EventKind,
@@ -609,6 +879,9 @@ fn push_token(text: &mut String, parts: &[&str]) {
 pub struct Synth {
     generator: Generator,
     streams: Vec<Stream>,
+    /// The pending tick of each stream that has one, earliest first; ties go to the
+    /// lower stream index, which keeps the feed deterministic.
+    pending: BinaryHeap<Reverse<(EpochMs, usize)>>,
     truth: Vec<Planted>,
 }
 
@@ -616,15 +889,15 @@ impl Synth {
     pub fn new(config: &SynthConfig) -> Result<Synth, SynthConfigError> {
         config.validate()?;
         let mut rng = SplitMix64(config.seed);
-        let planted_words: HashSet<String> = config
+        let planted_terms = config
             .bursts
             .iter()
-            .map(|burst| {
-                burst
-                    .term
-                    .trim_start_matches(['#', '@', '$'])
-                    .to_lowercase()
-            })
+            .map(|burst| &burst.term)
+            .chain(config.trends.iter().map(|trend| &trend.term))
+            .chain(config.spammer.iter().map(|spammer| &spammer.term));
+        let planted_words: HashSet<String> = planted_terms
+            .flat_map(|term| term.split_whitespace())
+            .map(|word| word.trim_start_matches(['#', '@', '$']).to_lowercase())
             .collect();
         let vocabulary =
             Vocabulary::new(&mut rng, config.vocab_size, config.zipf_s, &planted_words);
@@ -638,11 +911,11 @@ impl Synth {
         };
         let mut streams = vec![
             Stream {
-                ticker: Ticker::new(start, end, config.posts_per_sec, &mut rng),
+                ticker: Ticker::even(start, end, config.posts_per_sec, &mut rng),
                 content: Content::BackgroundPosts,
             },
             Stream {
-                ticker: Ticker::new(start, end, config.events_per_sec, &mut rng),
+                ticker: Ticker::even(start, end, config.events_per_sec, &mut rng),
                 content: Content::BackgroundEvents,
             },
         ];
@@ -650,8 +923,8 @@ impl Synth {
         for burst in &config.bursts {
             let (from, to) = span(burst.start_ms, burst.duration_ms);
             streams.push(Stream {
-                ticker: Ticker::new(from, to, burst.posts_per_sec, &mut rng),
-                content: Content::Burst {
+                ticker: Ticker::even(from, to, burst.posts_per_sec, &mut rng),
+                content: Content::PlantedTerm {
                     term: burst.term.clone(),
                 },
             });
@@ -670,7 +943,7 @@ impl Synth {
             // The background already runs the series at its usual rate; add the rest.
             let extra_per_sec = (incident.multiplier - 1.0) * share * config.events_per_sec;
             streams.push(Stream {
-                ticker: Ticker::new(from, to, extra_per_sec, &mut rng),
+                ticker: Ticker::even(from, to, extra_per_sec, &mut rng),
                 content: Content::Incident { kind, key },
             });
             truth.push(Planted {
@@ -682,7 +955,72 @@ impl Synth {
                 end_ms: to,
             });
         }
+        for trend in &config.trends {
+            let (from, to) = span(trend.start_ms, trend.duration_ms);
+            let content = || Content::PlantedTerm {
+                term: trend.term.clone(),
+            };
+            // The term's baseline runs over the whole feed, its surge over the planted period.
+            streams.push(Stream {
+                ticker: Ticker::poisson(start, end, trend.baseline_posts_per_sec, 0, &mut rng),
+                content: content(),
+            });
+            streams.push(Stream {
+                ticker: Ticker::poisson(
+                    from,
+                    to,
+                    trend.peak_posts_per_sec,
+                    trend.growth_ms,
+                    &mut rng,
+                ),
+                content: content(),
+            });
+            let (kind, term) = planted_term(&trend.term).expect("validated: a planted term");
+            let components = if kind == TermKind::Bigram {
+                term.split(' ').map(str::to_owned).collect()
+            } else {
+                Vec::new()
+            };
+            truth.push(Planted {
+                signal: PlantedSignal::Trend {
+                    term,
+                    kind,
+                    growth_ms: trend.growth_ms,
+                    peak_posts_per_sec: trend.peak_posts_per_sec,
+                    baseline_posts_per_sec: trend.baseline_posts_per_sec,
+                    components,
+                },
+                start_ms: from,
+                end_ms: to,
+            });
+        }
+        if let Some(spammer) = &config.spammer {
+            let (from, to) = span(spammer.start_ms, spammer.duration_ms);
+            streams.push(Stream {
+                ticker: Ticker::even(from, to, spammer.posts_per_sec, &mut rng),
+                content: Content::Spam {
+                    term: spammer.term.clone(),
+                    author: spammer.author.clone(),
+                },
+            });
+            let (kind, term) = planted_term(&spammer.term).expect("validated: a planted term");
+            truth.push(Planted {
+                signal: PlantedSignal::Spammer {
+                    author: spammer.author.clone(),
+                    term,
+                    kind,
+                    posts_per_sec: spammer.posts_per_sec,
+                },
+                start_ms: from,
+                end_ms: to,
+            });
+        }
 
+        let pending = streams
+            .iter()
+            .enumerate()
+            .filter_map(|(index, stream)| Some(Reverse((stream.ticker.next_ms?, index))))
+            .collect();
         let generator = Generator {
             rng,
             vocabulary,
@@ -693,11 +1031,12 @@ impl Synth {
         Ok(Synth {
             generator,
             streams,
+            pending,
             truth,
         })
     }
 
-    /// What was planted, in configuration order (bursts, then incidents).
+    /// What was planted, in configuration order (bursts, incidents, trends, spammer).
     pub fn truth(&self) -> &[Planted] {
         &self.truth
     }
@@ -707,20 +1046,20 @@ impl Iterator for Synth {
     type Item = Input;
 
     fn next(&mut self) -> Option<Input> {
-        // The earliest pending tick; ties go to the first stream, which keeps it
-        // deterministic. A linear scan: there are only a handful of streams.
-        let (index, ts) = self
-            .streams
-            .iter()
-            .enumerate()
-            .filter_map(|(index, stream)| Some((index, stream.ticker.next_ms?)))
-            .min_by_key(|&(_, ts)| ts)?;
+        let Reverse((ts, index)) = self.pending.pop()?;
         let stream = &mut self.streams[index];
         let generator = &mut self.generator;
         stream.ticker.schedule(&mut generator.rng);
+        if let Some(next_ms) = stream.ticker.next_ms {
+            self.pending.push(Reverse((next_ms, index)));
+        }
         Some(match &stream.content {
             Content::BackgroundPosts => Input::Post(generator.post(ts, None)),
-            Content::Burst { term } => Input::Post(generator.post(ts, Some(term))),
+            Content::PlantedTerm { term } => Input::Post(generator.post(ts, Some(term))),
+            Content::Spam { term, author } => Input::Post(Post {
+                author: author.clone(),
+                ..generator.post(ts, Some(term))
+            }),
             Content::BackgroundEvents => Input::Event(generator.background_event(ts)),
             Content::Incident { kind, key } => Input::Event(generator.event(ts, kind, key)),
         })
@@ -750,34 +1089,53 @@ mod tests {
         })
     }
 
-    fn has_token(post: &Post, term: &str) -> bool {
-        post.text
+    /// Whether the words of `term` (one token, or a phrase) stand in a row in the post.
+    fn has_term(post: &Post, term: &str) -> bool {
+        let words: Vec<&str> = term.split(' ').collect();
+        let tokens: Vec<&str> = post
+            .text
             .split(|c: char| c.is_whitespace() || matches!(c, ',' | '.' | '!' | '?'))
-            .any(|token| token.eq_ignore_ascii_case(term))
+            .filter(|token| !token.is_empty())
+            .collect();
+        tokens.windows(words.len()).any(|run| {
+            run.iter()
+                .zip(&words)
+                .all(|(token, word)| token.eq_ignore_ascii_case(word))
+        })
     }
 
     fn demo() -> SynthConfig {
         SynthConfig::demo(DEFAULT_START_MS, 60_000)
     }
 
+    /// The trend-quality scenario over a thinner background: the planted signals are the
+    /// same, the tests run faster.
+    fn trend_quality() -> SynthConfig {
+        SynthConfig {
+            posts_per_sec: 10.0,
+            events_per_sec: 0.0,
+            ..SynthConfig::trend_quality(DEFAULT_START_MS, TREND_QUALITY_DURATION_MS)
+        }
+    }
+
     #[test]
     fn same_seed_gives_same_feed_and_other_seed_does_not() {
-        let first: Vec<Input> = synth(&demo()).take(3000).collect();
-        assert_eq!(first, synth(&demo()).take(3000).collect::<Vec<_>>());
-        let other: Vec<Input> = synth(&SynthConfig { seed: 7, ..demo() })
-            .take(3000)
-            .collect();
-        assert_ne!(first, other);
+        for config in [demo(), trend_quality()] {
+            let first: Vec<Input> = synth(&config).collect();
+            assert_eq!(first, synth(&config).collect::<Vec<_>>());
+            let other: Vec<Input> = synth(&SynthConfig { seed: 7, ..config }).collect();
+            assert_ne!(first, other);
+        }
     }
 
     #[test]
     fn items_are_in_event_time_order_within_the_feed() {
-        let config = demo();
-        let items: Vec<Input> = synth(&config).collect();
-        assert!(items.windows(2).all(|pair| pair[0].ts() <= pair[1].ts()));
-        assert!(items.iter().all(
-            |item| (config.start_ms..config.start_ms + config.duration_ms).contains(&item.ts())
-        ));
+        for config in [demo(), trend_quality()] {
+            let items: Vec<Input> = synth(&config).collect();
+            assert!(items.windows(2).all(|pair| pair[0].ts() <= pair[1].ts()));
+            let feed = config.start_ms..config.start_ms + config.duration_ms;
+            assert!(items.iter().all(|item| feed.contains(&item.ts())));
+        }
     }
 
     #[test]
@@ -843,7 +1201,7 @@ mod tests {
                 .unwrap();
             let count_in = |from: EpochMs, to: EpochMs| {
                 posts(&items)
-                    .filter(|post| (from..to).contains(&post.ts) && has_token(post, term))
+                    .filter(|post| (from..to).contains(&post.ts) && has_term(post, term))
                     .count() as f64
             };
             let during = count_in(planted.start_ms, planted.end_ms);
@@ -1055,6 +1413,23 @@ mod tests {
             Synth::new(&two_words).err().unwrap().field,
             "bursts[1].term"
         );
+        for phrase in ["product recall now", "#product recall", ""] {
+            let mut config = trend_quality();
+            config.trends[2].term = phrase.into();
+            assert_eq!(Synth::new(&config).err().unwrap().field, "trends[2].term");
+        }
+        let mut config = trend_quality();
+        config.trends[0].growth_ms = -1;
+        assert_eq!(
+            Synth::new(&config).err().unwrap().field,
+            "trends[0].growth_ms"
+        );
+        let mut config = trend_quality();
+        config.spammer.as_mut().unwrap().term = "free coins".into();
+        assert_eq!(Synth::new(&config).err().unwrap().field, "spammer.term");
+        let mut config = trend_quality();
+        config.spammer.as_mut().unwrap().author.clear();
+        assert_eq!(Synth::new(&config).err().unwrap().field, "spammer.author");
     }
 
     #[test]
@@ -1067,5 +1442,190 @@ mod tests {
         assert_eq!(config.posts_per_sec, 200.0);
         assert_eq!(config.bursts.len(), 1);
         assert!(serde_json::from_str::<SynthConfig>(r#"{"sead":9}"#).is_err());
+    }
+
+    /// Whether `count` is within 4 standard deviations (and one item) of a Poisson count
+    /// expected at `rate_per_sec` over `[from, to)`.
+    fn is_poisson_count(count: usize, rate_per_sec: f64, from: EpochMs, to: EpochMs) -> bool {
+        let expected = rate_per_sec * (to - from) as f64 / 1000.0;
+        (count as f64 - expected).abs() <= 4.0 * expected.sqrt() + 1.0
+    }
+
+    #[test]
+    fn trend_quality_plants_every_kind_of_trend_and_a_spammer() {
+        let config = trend_quality();
+        let truth = synth(&config).truth().to_vec();
+        let trends: Vec<(&TermKind, f64, &Vec<String>)> = truth
+            .iter()
+            .filter_map(|planted| match &planted.signal {
+                PlantedSignal::Trend {
+                    kind,
+                    baseline_posts_per_sec,
+                    components,
+                    ..
+                } => Some((kind, *baseline_posts_per_sec, components)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(trends.len(), 20);
+        let kinds: HashSet<&TermKind> = trends.iter().map(|(kind, ..)| *kind).collect();
+        assert_eq!(kinds.len(), 5, "{kinds:?}");
+        let phrases: Vec<_> = trends
+            .iter()
+            .filter(|(kind, ..)| **kind == TermKind::Bigram)
+            .collect();
+        assert!(phrases.len() >= 2);
+        assert!(phrases.iter().all(|(.., components)| components.len() == 2));
+        assert!(trends.iter().any(|(_, baseline, _)| *baseline > 0.0));
+        assert!(trends.iter().any(|(_, baseline, _)| *baseline == 0.0));
+        assert!(matches!(
+            truth.last().map(|planted| &planted.signal),
+            Some(PlantedSignal::Spammer { .. })
+        ));
+        // Nothing planted while detectors warm up.
+        let first_start = truth.iter().map(|planted| planted.start_ms).min().unwrap();
+        assert!(first_start >= config.start_ms + 5 * 60_000);
+    }
+
+    #[test]
+    fn trend_quality_leaves_out_what_does_not_fit_a_shorter_feed() {
+        let short = SynthConfig::trend_quality(DEFAULT_START_MS, 20 * 60_000);
+        assert_eq!(short.trends.len(), 7);
+        assert!(short
+            .trends
+            .iter()
+            .all(|trend| trend.start_ms + trend.duration_ms <= short.duration_ms));
+        assert_eq!(short.spammer, None);
+    }
+
+    #[test]
+    fn planted_trends_ramp_up_from_their_baseline_from_many_authors() {
+        let config = trend_quality();
+        let feed = synth(&config);
+        let truth = feed.truth().to_vec();
+        let items: Vec<Input> = feed.collect();
+        for (planted, trend) in truth.iter().zip(&config.trends) {
+            let PlantedSignal::Trend { term, .. } = &planted.signal else {
+                panic!("trends come first in this config: {planted:?}");
+            };
+            let with_term = |from: EpochMs, to: EpochMs| -> Vec<&Post> {
+                posts(&items)
+                    .filter(|post| (from..to).contains(&post.ts) && has_term(post, term))
+                    .collect()
+            };
+            let end = config.start_ms + config.duration_ms;
+            let grown = planted.start_ms + trend.growth_ms;
+            let baseline = trend.baseline_posts_per_sec;
+            let peak = trend.peak_posts_per_sec;
+            let before = with_term(config.start_ms, planted.start_ms).len();
+            let after = with_term(planted.end_ms, end).len();
+            if baseline == 0.0 {
+                assert_eq!((before, after), (0, 0), "{term}: a new term");
+            } else {
+                assert!(is_poisson_count(
+                    before,
+                    baseline,
+                    config.start_ms,
+                    planted.start_ms
+                ));
+                assert!(is_poisson_count(after, baseline, planted.end_ms, end));
+            }
+            // Over the growth, the planted rate averages half the peak.
+            let growing = with_term(planted.start_ms, grown).len();
+            let growth_rate = baseline + peak / 2.0;
+            assert!(
+                is_poisson_count(growing, growth_rate, planted.start_ms, grown),
+                "{term}: {growing} while growing"
+            );
+            let at_peak = with_term(grown, planted.end_ms);
+            assert!(
+                is_poisson_count(at_peak.len(), baseline + peak, grown, planted.end_ms),
+                "{term}: {} at the peak",
+                at_peak.len()
+            );
+            let authors: HashSet<&str> = at_peak.iter().map(|post| post.author.as_str()).collect();
+            assert!(
+                authors.len() * 10 >= at_peak.len() * 9,
+                "{term}: {} authors for {} posts",
+                authors.len(),
+                at_peak.len()
+            );
+        }
+    }
+
+    #[test]
+    fn the_spammer_alone_posts_its_term_at_its_rate() {
+        let config = trend_quality();
+        let feed = synth(&config);
+        let Some(Planted {
+            signal: PlantedSignal::Spammer { author, term, .. },
+            start_ms,
+            end_ms,
+        }) = feed.truth().last().cloned()
+        else {
+            panic!("no spammer in {:?}", feed.truth());
+        };
+        let spammer = config.spammer.clone().unwrap();
+        let items: Vec<Input> = feed.collect();
+        let with_term: Vec<&Post> = posts(&items).filter(|post| has_term(post, &term)).collect();
+        assert!(with_term.iter().all(|post| post.author == author));
+        assert!(with_term
+            .iter()
+            .all(|post| (start_ms..end_ms).contains(&post.ts)));
+        let expected = spammer.posts_per_sec * (end_ms - start_ms) as f64 / 1000.0;
+        assert!((with_term.len() as f64 - expected).abs() <= 1.0);
+        let by_author = posts(&items).filter(|post| post.author == author).count();
+        assert_eq!(by_author, with_term.len(), "the spammer posts nothing else");
+    }
+
+    #[test]
+    fn a_ramp_spreads_items_by_its_rate() {
+        // 10 items a second at full rate, reached after 60 s: Λ(t) = t² / 12 000 000
+        // during the ramp (t in ms), then 10 more a second.
+        let mut rng = SplitMix64(3);
+        let arrivals = Arrivals::Even { scheduled: 0 };
+        let mut ticker = Ticker::new(0, 120_000, 10.0, 60_000, arrivals, &mut rng);
+        let mut ticks = Vec::new();
+        while let Some(ts) = ticker.next_ms {
+            ticks.push(ts);
+            ticker.schedule(&mut rng);
+        }
+        let by = |t: EpochMs| ticks.iter().filter(|&&ts| ts < t).count();
+        assert_eq!((by(30_000), by(60_000), by(120_000)), (75, 300, 900));
+    }
+
+    #[test]
+    fn truth_is_tagged_by_type_in_json() {
+        let truth = [
+            PlantedSignal::Burst {
+                term: "recall".into(),
+            },
+            PlantedSignal::Trend {
+                term: "battery fire".into(),
+                kind: TermKind::Bigram,
+                growth_ms: 90_000,
+                peak_posts_per_sec: 2.0,
+                baseline_posts_per_sec: 0.0,
+                components: vec!["battery".into(), "fire".into()],
+            },
+            PlantedSignal::Spammer {
+                author: "giveaway_bot".into(),
+                term: "#giveaway".into(),
+                kind: TermKind::Hashtag,
+                posts_per_sec: 1.5,
+            },
+        ];
+        let json: Vec<String> = truth
+            .iter()
+            .map(|signal| serde_json::to_string(signal).unwrap())
+            .collect();
+        assert_eq!(
+            json,
+            [
+                r#"{"type":"burst","term":"recall"}"#,
+                r#"{"type":"trend","term":"battery fire","kind":"bigram","growth_ms":90000,"peak_posts_per_sec":2.0,"baseline_posts_per_sec":0.0,"components":["battery","fire"]}"#,
+                r##"{"type":"spammer","author":"giveaway_bot","term":"#giveaway","kind":"hashtag","posts_per_sec":1.5}"##,
+            ]
+        );
     }
 }

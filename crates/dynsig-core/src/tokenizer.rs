@@ -19,10 +19,18 @@
 //! - Everything else (punctuation, emoji, symbols) separates tokens and is dropped.
 //!
 //! CJK text has no spaces; a run of ideographs stays one word (no segmentation).
+//!
+//! With `bigrams`, each pair of consecutive kept words is also emitted (`battery fire`,
+//! kind bigram), right after its second word. Dropped stopwords do not break a pair
+//! (`battery is on fire` pairs `battery fire`); tags, URLs and sentence punctuation
+//! (`.`, `!`, `?`, `;`, `:`) do, since a pair across them is rarely a phrase.
+//!
+//! The `whitespace` mode is the plain `text.split_whitespace()` of simple jobs: tokens as
+//! written, a tag when they start with `#`, `$` or `@`.
 
 use std::collections::HashSet;
 
-use crate::config::TokenizerConfig;
+use crate::config::{TokenizerConfig, TokenizerMode};
 use crate::model::{Term, TermKind};
 use crate::stopwords::{self, UnknownLanguage};
 
@@ -35,23 +43,63 @@ pub enum TokenizerError {
 /// A configured tokenizer. Immutable after construction, so it can be shared.
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
+    mode: TokenizerMode,
     stopwords: HashSet<String>,
     min_word_chars: usize,
+    bigrams: bool,
+}
+
+/// Reusable buffers of [`Tokenizer::for_each_term`]: keeping them across calls makes
+/// tokenizing allocation-free once they have grown to the longest token.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    token: String,
+    previous_word: String,
+    pair: String,
+}
+
+/// Emits bigrams from the words it is shown.
+struct Pairing<'s> {
+    enabled: bool,
+    previous_word: &'s mut String,
+    pair: &'s mut String,
+}
+
+impl Pairing<'_> {
+    fn word(&mut self, word: &str, emit: &mut impl FnMut(TermKind, &str)) {
+        if !self.enabled {
+            return;
+        }
+        if !self.previous_word.is_empty() {
+            self.pair.clear();
+            self.pair.push_str(self.previous_word);
+            self.pair.push(' ');
+            self.pair.push_str(word);
+            emit(TermKind::Bigram, self.pair);
+        }
+        self.previous_word.clear();
+        self.previous_word.push_str(word);
+    }
+
+    fn break_pair(&mut self) {
+        self.previous_word.clear();
+    }
 }
 
 impl Tokenizer {
     pub fn new(config: &TokenizerConfig) -> Result<Tokenizer, TokenizerError> {
         Ok(Tokenizer {
+            mode: config.mode,
             stopwords: stopwords::stopword_set(&config.stopwords, &config.extra_stopwords)?,
             min_word_chars: config.min_word_chars,
+            bigrams: config.bigrams,
         })
     }
 
     /// Replaces the contents of `out` with the terms of `text`, in text order.
     pub fn tokenize(&self, text: &str, out: &mut Vec<Term>) {
         out.clear();
-        let mut scratch = String::new();
-        self.for_each_term(text, &mut scratch, |kind, term| {
+        self.for_each_term(text, &mut Scratch::default(), |kind, term| {
             out.push(Term {
                 kind,
                 text: term.to_owned(),
@@ -59,15 +107,41 @@ impl Tokenizer {
         });
     }
 
-    /// Calls `emit` with each term of `text`, in text order. `scratch` is a reusable
-    /// buffer (its contents are overwritten); keeping it across calls makes tokenizing
-    /// allocation-free once it has grown to the longest token.
+    /// Calls `emit` with each term of `text`, in text order.
     pub fn for_each_term(
         &self,
         text: &str,
-        scratch: &mut String,
+        scratch: &mut Scratch,
         mut emit: impl FnMut(TermKind, &str),
     ) {
+        let Scratch {
+            token: scratch,
+            previous_word,
+            pair,
+        } = scratch;
+        let mut pairing = Pairing {
+            enabled: self.bigrams,
+            previous_word,
+            pair,
+        };
+        pairing.break_pair();
+        if self.mode == TokenizerMode::Whitespace {
+            for token in text.split_whitespace() {
+                let kind = match token.as_bytes()[0] {
+                    b'#' => TermKind::Hashtag,
+                    b'$' => TermKind::Cashtag,
+                    b'@' => TermKind::Mention,
+                    _ => TermKind::Word,
+                };
+                emit(kind, token);
+                if kind == TermKind::Word {
+                    pairing.word(token, &mut emit);
+                } else {
+                    pairing.break_pair();
+                }
+            }
+            return;
+        }
         let mut cursor = Cursor { rest: text };
         // Whether the previous character belonged to a word or tag: sigils glued to a
         // word (`bob@example.com`, `C#`) are punctuation, not tags.
@@ -76,6 +150,7 @@ impl Tokenizer {
             match c {
                 'h' | 'H' | 'w' | 'W' if !glued && starts_url(cursor.rest) => {
                     cursor.skip_while(|c| !c.is_whitespace());
+                    pairing.break_pair();
                 }
                 '#' | '@' if !glued => {
                     cursor.bump();
@@ -90,6 +165,7 @@ impl Tokenizer {
                         emit(kind, scratch);
                     }
                     glued = scratch.len() > 1;
+                    pairing.break_pair();
                 }
                 '$' if !glued => {
                     cursor.bump();
@@ -98,15 +174,20 @@ impl Tokenizer {
                         emit(TermKind::Cashtag, scratch);
                     }
                     glued = scratch.len() > 1;
+                    pairing.break_pair();
                 }
                 c if c.is_alphanumeric() => {
                     read_word(&mut cursor, scratch);
                     if let Some(word) = self.keep_word(scratch) {
                         emit(TermKind::Word, word);
+                        pairing.word(word, &mut emit);
                     }
                     glued = true;
                 }
                 _ => {
+                    if matches!(c, '.' | '!' | '?' | ';' | ':') {
+                        pairing.break_pair();
+                    }
                     cursor.bump();
                     glued = false;
                 }
@@ -244,6 +325,8 @@ mod tests {
             stopwords: stopwords.iter().map(|s| (*s).to_owned()).collect(),
             extra_stopwords: Vec::new(),
             min_word_chars,
+            bigrams: false,
+            ..TokenizerConfig::default()
         })
         .unwrap()
     }
@@ -366,6 +449,8 @@ mod tests {
             stopwords: Vec::new(),
             extra_stopwords: vec!["ACME".into()],
             min_word_chars: 1,
+            bigrams: false,
+            ..TokenizerConfig::default()
         })
         .unwrap();
         assert_eq!(texts(&t, "Acme #acme"), ["#acme"]);
@@ -393,7 +478,7 @@ mod tests {
         }];
         t.tokenize("#one two", &mut out);
         assert_eq!(out.len(), 2);
-        let mut scratch = String::new();
+        let mut scratch = Scratch::default();
         let mut seen = Vec::new();
         t.for_each_term("#one two", &mut scratch, |kind, text| {
             seen.push(Term {
@@ -403,5 +488,67 @@ mod tests {
         });
         assert_eq!(seen, out);
         assert!(terms(&t, "").is_empty());
+    }
+
+    #[test]
+    fn bigrams_pair_consecutive_kept_words_within_a_sentence() {
+        let t = Tokenizer::new(&TokenizerConfig::default()).unwrap();
+        let bigrams = |text: &str| -> Vec<String> {
+            terms(&t, text)
+                .into_iter()
+                .filter(|(kind, _)| *kind == TermKind::Bigram)
+                .map(|(_, text)| text)
+                .collect()
+        };
+        assert_eq!(
+            bigrams("The battery is on FIRE tonight"),
+            ["battery fire", "fire tonight"],
+            "stopwords dropped first"
+        );
+        assert_eq!(
+            bigrams("battery. fire"),
+            Vec::<String>::new(),
+            "sentence break"
+        );
+        assert_eq!(
+            bigrams("battery #fire smoke"),
+            Vec::<String>::new(),
+            "tag break"
+        );
+        assert_eq!(
+            bigrams("one https://x.io two"),
+            Vec::<String>::new(),
+            "URL break"
+        );
+        assert_eq!(
+            terms(&t, "acme recall")
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect::<Vec<_>>(),
+            [TermKind::Word, TermKind::Word, TermKind::Bigram],
+            "a bigram follows its second word"
+        );
+    }
+
+    #[test]
+    fn whitespace_mode_keeps_tokens_as_written() {
+        let t = Tokenizer::new(&TokenizerConfig {
+            mode: TokenizerMode::Whitespace,
+            stopwords: Vec::new(),
+            bigrams: false,
+            ..TokenizerConfig::default()
+        })
+        .unwrap();
+        assert_eq!(
+            terms(&t, " The #Fire\tthe  $5 @x, e-mail\n"),
+            [
+                (TermKind::Word, "The".to_owned()),
+                (TermKind::Hashtag, "#Fire".to_owned()),
+                (TermKind::Word, "the".to_owned()),
+                (TermKind::Cashtag, "$5".to_owned()),
+                (TermKind::Mention, "@x,".to_owned()),
+                (TermKind::Word, "e-mail".to_owned()),
+            ]
+        );
     }
 }

@@ -1,22 +1,45 @@
 //! Trending terms: per-term EWMA baselines of per-window counts, and a Poisson-style
-//! z-score ranking of each closed window against them.
+//! z-score ranking of each window against them.
 //!
-//! Cost model: closing a window touches only the terms counted in it. Baselines of absent
-//! terms are decayed lazily: each stores its level and the index of the window it was last
-//! updated in, and `(1 − alpha)^gap` is applied when it is next read (a term absent from a
-//! window had count 0 there, and the EWMA of zeros is exactly that decay). Baselines that
-//! have decayed to ~0 are pruned when the map has doubled since the last pruning, so
-//! memory follows the recent vocabulary at amortized O(1) cost per new term.
+//! What is scored is the term's *author-capped* count: `min(count, author_cap × distinct
+//! authors)` (`trends.author_cap`, default 1: distinct authors). One account posting a
+//! term 500 times counts once, so it cannot make a trend; a term many people use keeps
+//! its full weight. The baseline is kept in the same unit. A ranked term also needs
+//! `trends.min_count` occurrences and `trends.min_authors` distinct authors.
 //!
-//! Score: `z = (count − baseline) / sqrt(baseline + SCORE_VARIANCE_FLOOR)`. Counts of a
-//! term in a window are roughly Poisson, whose variance equals its mean, so the baseline
-//! is the variance estimate; the floor of 1 keeps terms with a baseline near 0 from
-//! scoring infinitely (from 0, a count of n scores n).
+//! Score: `z = (scored − baseline) / sqrt(baseline × (1 + u) + SCORE_VARIANCE_FLOOR)`.
+//! Counts of a term in a window are roughly Poisson, whose variance equals its mean, so
+//! the baseline is the variance estimate; the floor of 1 keeps terms with a baseline near
+//! 0 from scoring infinitely (from 0, a count of n scores n). `u × baseline` is the
+//! variance of the baseline itself: a level learned from n windows is uncertain by
+//! `baseline / n`, and an EWMA never gets better than `alpha / (2 − alpha)` of it. Without
+//! it, terms whose baseline came from one or two quiet windows (at startup, or just after
+//! they appeared) look like trends at their first ordinary window. A term never seen
+//! starts from `trends.new_term_prior`, taken as certain: it is the model, not a sample.
+//!
+//! A trend that ramps up over two windows is clearer in their sum than in either: after
+//! its first window the baseline has already learned part of the rise. So when the term
+//! was also counted in the previous window, the same z-score is computed for the sum of
+//! both windows against twice the baseline from before them, and the entry's score is the
+//! higher of the two (a Poisson sum is Poisson, so the scales match).
+//!
+//! Cost and memory: closing a window touches only the terms counted in it. Baselines of
+//! absent terms are decayed lazily: each stores its level and the index of the window it
+//! was last updated in, and `(1 − alpha)^gap` is applied when it is next read (a term
+//! absent from a window had count 0 there, and the EWMA of zeros is exactly that decay).
+//! A new term whose scored count does not exceed the prior gets no baseline (it would
+//! hold the prior anyway): the long tail of words seen once costs nothing. Baselines that
+//! decayed to ~0 are pruned whenever the map has doubled since the last pruning, and
+//! beyond `trends.max_baselines` the lowest levels go first, so memory is bounded.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 
-use crate::config::TrendConfig;
-use crate::model::{TermKind, TrendEntry};
+use crate::config::{RankBy, TrendConfig};
+use crate::heavy_hitters::Counted;
+use crate::model::{TrendEntry, TrendStatus};
+use crate::term_key::split_key;
+use crate::window_terms::{TermStats, WindowTerms};
 
 /// Added to the baseline under the square root (see the module docs).
 pub const SCORE_VARIANCE_FLOOR: f64 = 1.0;
@@ -25,97 +48,13 @@ const PRUNE_BELOW: f64 = 0.01;
 /// Pruning never runs on maps smaller than this: not worth a pass.
 const MIN_PRUNE_LEN: usize = 1024;
 
-/// A map keyed by term (kind, text) that can be looked up by `&str` without allocating:
-/// one `HashMap<String, V>` per kind. Used for per-window counts and for baselines.
-#[derive(Debug, Clone)]
-pub struct TermMap<V> {
-    by_kind: [HashMap<String, V>; KINDS.len()],
-}
-
-/// By hand: the derive would require `V: Default`, which an empty map does not need.
-impl<V> Default for TermMap<V> {
-    fn default() -> Self {
-        TermMap {
-            by_kind: std::array::from_fn(|_| HashMap::new()),
-        }
-    }
-}
-
-/// Per-window occurrence counts of terms.
-pub type TermCounts = TermMap<u64>;
-
-const KINDS: [TermKind; 5] = [
-    TermKind::Word,
-    TermKind::Hashtag,
-    TermKind::Cashtag,
-    TermKind::Mention,
-    TermKind::Actor,
-];
-
-fn kind_index(kind: TermKind) -> usize {
-    match kind {
-        TermKind::Word => 0,
-        TermKind::Hashtag => 1,
-        TermKind::Cashtag => 2,
-        TermKind::Mention => 3,
-        TermKind::Actor => 4,
-    }
-}
-
-impl<V> TermMap<V> {
-    pub fn get(&self, kind: TermKind, text: &str) -> Option<&V> {
-        self.by_kind[kind_index(kind)].get(text)
-    }
-
-    /// The value of a term, inserted as `V::default()` if absent.
-    pub fn get_or_default(&mut self, kind: TermKind, text: &str) -> &mut V
-    where
-        V: Default,
-    {
-        self.get_or_insert_with(kind, text, V::default)
-    }
-
-    /// The value of a term, inserted as `new()` if absent (the only allocation: the key).
-    pub fn get_or_insert_with(
-        &mut self,
-        kind: TermKind,
-        text: &str,
-        new: impl FnOnce() -> V,
-    ) -> &mut V {
-        let map = &mut self.by_kind[kind_index(kind)];
-        if !map.contains_key(text) {
-            map.insert(text.to_owned(), new());
-        }
-        map.get_mut(text).expect("inserted above")
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (TermKind, &str, &V)> {
-        KINDS
-            .iter()
-            .zip(&self.by_kind)
-            .flat_map(|(&kind, map)| map.iter().map(move |(text, v)| (kind, text.as_str(), v)))
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_kind.iter().map(HashMap::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_kind.iter().all(HashMap::is_empty)
-    }
-
-    fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
-        for map in &mut self.by_kind {
-            map.retain(|_, v| keep(v));
-        }
-    }
-}
-
 /// A term's score in the window just closed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TermScore {
+    /// Occurrences.
     pub count: u64,
-    /// The baseline the count was compared with (before this window updated it).
+    /// The baseline the (author-capped) count was compared with, before this window
+    /// updated it.
     pub baseline: f64,
     pub score: f64,
 }
@@ -125,8 +64,12 @@ struct Baseline {
     /// EWMA level as of the end of window `updated_window`.
     level: f64,
     updated_window: i64,
-    /// How the term scored in `updated_window`.
+    /// How the term scored in `updated_window` (`last.baseline` is the level before it).
     last: TermScore,
+    /// The author-capped count of `updated_window`.
+    last_scored: f32,
+    /// Windows whose counts the level has learned (saturating).
+    windows_seen: u32,
 }
 
 impl Baseline {
@@ -136,13 +79,62 @@ impl Baseline {
         let gap = (window - self.updated_window).clamp(0, i64::from(i32::MAX));
         self.level * decay.powi(gap as i32)
     }
+
+    /// Occurrences in window `window` if it is the one last updated, else 0.
+    fn count_in(&self, window: i64) -> u64 {
+        if self.updated_window == window {
+            self.last.count
+        } else {
+            0
+        }
+    }
 }
 
-/// Per-term baselines and the ranking of closed windows.
+/// A term of the window being scored, before ranking.
+struct Candidate<'w> {
+    counted: Counted<'w, TermStats>,
+    authors: Option<u64>,
+    score: TermScore,
+    status: TrendStatus,
+}
+
+/// What a term's past says about the window being scored.
+struct Prior {
+    /// Expected scored count in this window.
+    level: f64,
+    /// Relative variance of `level` (see the module docs).
+    uncertainty: f64,
+    /// Occurrences in the previous window.
+    previous_count: u64,
+    /// When the term was counted in the previous window: its scored count there, and the
+    /// level before it with its uncertainty.
+    previous: Option<(f64, f64, f64)>,
+    /// Windows the baseline has learned, this one not included.
+    windows_seen: u32,
+    known: bool,
+}
+
+impl Prior {
+    /// The score of `scored` in this window: the higher of its one-window z-score and the
+    /// two-window one (see the module docs).
+    fn score(&self, scored: f64) -> f64 {
+        let one = z_score(scored, self.level, self.uncertainty);
+        match self.previous {
+            Some((previous_scored, level_before, uncertainty)) => one.max(z_score(
+                scored + previous_scored,
+                2.0 * level_before,
+                uncertainty,
+            )),
+            None => one,
+        }
+    }
+}
+
+/// Per-term baselines and the ranking of windows.
 #[derive(Debug, Clone)]
 pub struct TrendDetector {
     config: TrendConfig,
-    baselines: TermMap<Baseline>,
+    baselines: HashMap<Box<str>, Baseline>,
     windows_closed: u64,
     last_window: Option<i64>,
     prune_at_len: usize,
@@ -153,61 +145,110 @@ impl TrendDetector {
     pub fn new(config: &TrendConfig) -> Self {
         TrendDetector {
             config: config.clone(),
-            baselines: TermMap::default(),
+            baselines: HashMap::new(),
             windows_closed: 0,
             last_window: None,
             prune_at_len: MIN_PRUNE_LEN,
         }
     }
 
-    /// Scores the counts of the window with index `window_index` (windows must close in
-    /// increasing index order), updates the baselines, and returns the top entries: count
-    /// ≥ `min_count`, score > 0, ranked by score, then count (desc), then term.
+    /// Scores the terms of the closed window with index `window_index` (windows must
+    /// close in increasing index order), updates the baselines, and returns the top
+    /// entries (see [`RankBy`]).
     ///
     /// During the first `warmup_windows` windows nothing is ranked, and a new term's
     /// baseline starts at its count instead of `new_term_prior`: at startup every term is
     /// "new", and ranking the whole vocabulary as trending would flood the alerts.
-    pub fn close_window(&mut self, window_index: i64, counts: &TermCounts) -> Vec<TrendEntry> {
+    pub fn close_window(&mut self, window_index: i64, terms: &WindowTerms) -> Vec<TrendEntry> {
         let warming_up = self.windows_closed < u64::from(self.config.warmup_windows);
-        let decay = 1.0 - self.config.baseline_alpha;
-        let mut candidates: Vec<(TermKind, &str, TermScore)> = Vec::new();
-        for (kind, text, &count) in counts.iter() {
-            let baseline = self.baselines.get_or_insert_with(kind, text, || Baseline {
-                level: if warming_up {
-                    count as f64
-                } else {
-                    self.config.new_term_prior
-                },
-                // The prior stands for the level before this window.
-                updated_window: window_index - 1,
-                last: TermScore {
-                    count: 0,
-                    baseline: 0.0,
-                    score: 0.0,
-                },
-            });
-            let prior = baseline.level_at_end_of(window_index - 1, decay);
-            let score = TermScore {
-                count,
-                baseline: prior,
-                score: poisson_z(count as f64, prior),
+        let alpha = self.config.baseline_alpha;
+        let mut candidates = Vec::new();
+        for counted in terms.iter() {
+            let authors = terms.authors(counted.value);
+            let scored = self.scored_count(counted.count, authors);
+            let prior = if warming_up && !self.baselines.contains_key(counted.key) {
+                Prior {
+                    level: scored,
+                    uncertainty: 0.0,
+                    previous_count: 0,
+                    previous: None,
+                    windows_seen: 0,
+                    known: false,
+                }
+            } else {
+                self.prior(counted.key, window_index, 1.0)
             };
-            baseline.level = prior + self.config.baseline_alpha * (count as f64 - prior);
-            baseline.updated_window = window_index;
-            baseline.last = score;
-            if !warming_up && count >= self.config.min_count && score.score > 0.0 {
-                candidates.push((kind, text, score));
+            let score = TermScore {
+                count: counted.count,
+                baseline: prior.level,
+                score: prior.score(scored),
+            };
+            let baseline = Baseline {
+                level: prior.level + alpha * (scored - prior.level),
+                updated_window: window_index,
+                last: score,
+                last_scored: scored as f32,
+                windows_seen: prior.windows_seen.saturating_add(1),
+            };
+            match self.baselines.get_mut(counted.key) {
+                Some(known) => *known = baseline,
+                None if warming_up || scored > self.config.new_term_prior => {
+                    self.baselines.insert(counted.key.into(), baseline);
+                }
+                None => {}
+            }
+            if !warming_up {
+                candidates.push(Candidate {
+                    status: status(&prior, counted.count, 1.0),
+                    counted,
+                    authors,
+                    score,
+                });
             }
         }
         self.windows_closed += 1;
         self.last_window = Some(window_index);
         self.prune_if_grown(window_index);
-        top_entries(candidates, self.config.top_k)
+        self.rank(candidates, terms)
     }
 
-    /// The score of a term in the window closed last; `None` when it did not occur there.
-    pub fn last_score(&self, kind: TermKind, text: &str) -> Option<TermScore> {
-        let baseline = self.baselines.get(kind, text)?;
+    /// Scores a window that is still open (`elapsed` of it, in (0, 1], has been seen)
+    /// without learning from it: the baselines are scaled by `elapsed`, so a quarter of a
+    /// window is compared with a quarter of the usual count. For update mode.
+    pub fn score_open_window(
+        &self,
+        window_index: i64,
+        terms: &WindowTerms,
+        elapsed: f64,
+    ) -> Vec<TrendEntry> {
+        if self.windows_closed < u64::from(self.config.warmup_windows) {
+            return Vec::new();
+        }
+        let candidates = terms
+            .iter()
+            .map(|counted| {
+                let authors = terms.authors(counted.value);
+                let scored = self.scored_count(counted.count, authors);
+                let prior = self.prior(counted.key, window_index, elapsed);
+                Candidate {
+                    status: status(&prior, counted.count, elapsed),
+                    score: TermScore {
+                        count: counted.count,
+                        baseline: prior.level,
+                        score: z_score(scored, prior.level, prior.uncertainty),
+                    },
+                    counted,
+                    authors,
+                }
+            })
+            .collect();
+        self.rank(candidates, terms)
+    }
+
+    /// The score of a term (by [`crate::term_key`]) in the window closed last; `None`
+    /// when it did not occur there (or occurred too little to be tracked).
+    pub fn last_score(&self, key: &str) -> Option<TermScore> {
+        let baseline = self.baselines.get(key)?;
         (Some(baseline.updated_window) == self.last_window).then_some(baseline.last)
     }
 
@@ -216,74 +257,193 @@ impl TrendDetector {
         self.baselines.len()
     }
 
+    /// The count that is scored: capped per author (see the module docs).
+    fn scored_count(&self, count: u64, authors: Option<u64>) -> f64 {
+        let cap = self.config.author_cap;
+        match authors {
+            Some(authors) if cap > 0 => count.min(authors.saturating_mul(cap)) as f64,
+            _ => count as f64,
+        }
+    }
+
+    /// The expected scored count of `key` in window `window_index`, times `elapsed`.
+    fn prior(&self, key: &str, window_index: i64, elapsed: f64) -> Prior {
+        let decay = 1.0 - self.config.baseline_alpha;
+        match self.baselines.get(key) {
+            Some(b) => Prior {
+                level: b.level_at_end_of(window_index - 1, decay) * elapsed,
+                uncertainty: self.uncertainty(b.windows_seen),
+                previous_count: b.count_in(window_index - 1),
+                previous: (b.updated_window == window_index - 1).then(|| {
+                    (
+                        f64::from(b.last_scored),
+                        b.last.baseline,
+                        self.uncertainty(b.windows_seen - 1),
+                    )
+                }),
+                windows_seen: b.windows_seen,
+                known: true,
+            },
+            None => Prior {
+                level: self.config.new_term_prior * elapsed,
+                uncertainty: 0.0,
+                previous_count: 0,
+                previous: None,
+                windows_seen: 0,
+                known: false,
+            },
+        }
+    }
+
+    /// Relative variance of a level learned from `windows` windows (0: the prior).
+    fn uncertainty(&self, windows: u32) -> f64 {
+        let alpha = self.config.baseline_alpha;
+        match windows {
+            0 => 0.0,
+            n => (1.0 / f64::from(n)).max(alpha / (2.0 - alpha)),
+        }
+    }
+
+    fn ranks(&self, c: &Candidate) -> bool {
+        let enough = c.counted.count >= self.config.min_count
+            && c.authors.is_none_or(|a| a >= self.config.min_authors);
+        match self.config.rank_by {
+            RankBy::Score => enough && c.score.score > 0.0,
+            RankBy::Count => enough,
+        }
+    }
+
+    fn rank(&self, mut candidates: Vec<Candidate>, terms: &WindowTerms) -> Vec<TrendEntry> {
+        let top_k = self.config.top_k;
+        candidates.retain(|c| self.ranks(c));
+        // Ties break by text, then kind: `#fire` and `fire` sort as they are written.
+        let by_term = |a: &Candidate, b: &Candidate| {
+            let (kind_a, text_a) = split_key(a.counted.key).expect("keys come from term_key");
+            let (kind_b, text_b) = split_key(b.counted.key).expect("keys come from term_key");
+            text_a.cmp(text_b).then(kind_a.cmp(&kind_b))
+        };
+        let order = |a: &Candidate, b: &Candidate| -> Ordering {
+            match self.config.rank_by {
+                RankBy::Score => b
+                    .score
+                    .score
+                    .total_cmp(&a.score.score)
+                    .then(b.counted.count.cmp(&a.counted.count)),
+                RankBy::Count => b.counted.count.cmp(&a.counted.count),
+            }
+            .then_with(|| by_term(a, b))
+        };
+        if top_k == 0 {
+            return Vec::new();
+        }
+        // Partition first: a window can hold tens of thousands of candidates for 20 slots.
+        if candidates.len() > top_k {
+            candidates.select_nth_unstable_by(top_k - 1, order);
+            candidates.truncate(top_k);
+        }
+        candidates.sort_unstable_by(order);
+        candidates
+            .into_iter()
+            .filter_map(|c| {
+                let (kind, text) = split_key(c.counted.key)?;
+                Some(TrendEntry {
+                    term: text.to_owned(),
+                    kind,
+                    count: c.counted.count,
+                    authors: c.authors.unwrap_or(0),
+                    baseline: c.score.baseline,
+                    score: c.score.score,
+                    status: c.status,
+                    examples: terms.examples(c.counted.value),
+                    count_error: c.counted.error,
+                })
+            })
+            .collect()
+    }
+
     fn prune_if_grown(&mut self, window_index: i64) {
         if self.baselines.len() < self.prune_at_len {
             return;
         }
         let decay = 1.0 - self.config.baseline_alpha;
-        self.baselines.retain(|b| {
+        self.baselines.retain(|_, b| {
             b.updated_window == window_index
                 || b.level_at_end_of(window_index, decay) >= PRUNE_BELOW
         });
+        let max = self.config.max_baselines;
+        if self.baselines.len() > max {
+            // Over the cap: keep the `max` highest levels (ties at the cut may go too).
+            let mut levels: Vec<f64> = self
+                .baselines
+                .values()
+                .map(|b| b.level_at_end_of(window_index, decay))
+                .collect();
+            let cut = levels.len() - max;
+            let (_, threshold, _) = levels.select_nth_unstable_by(cut, f64::total_cmp);
+            let threshold = *threshold;
+            self.baselines
+                .retain(|_, b| b.level_at_end_of(window_index, decay) > threshold);
+        }
         self.prune_at_len = MIN_PRUNE_LEN.max(2 * self.baselines.len());
     }
 }
 
-/// Poisson-style z-score of `count` against `baseline` (see the module docs).
-pub fn poisson_z(count: f64, baseline: f64) -> f64 {
-    (count - baseline) / (baseline + SCORE_VARIANCE_FLOOR).sqrt()
+/// How a term moves: against the previous window's count scaled by `elapsed`.
+fn status(prior: &Prior, count: u64, elapsed: f64) -> TrendStatus {
+    if !prior.known {
+        return TrendStatus::New;
+    }
+    let previous = prior.previous_count as f64 * elapsed;
+    match (count as f64).total_cmp(&previous) {
+        Ordering::Greater => TrendStatus::Rising,
+        Ordering::Less => TrendStatus::Falling,
+        Ordering::Equal => TrendStatus::Steady,
+    }
 }
 
-fn top_entries(mut candidates: Vec<(TermKind, &str, TermScore)>, top_k: usize) -> Vec<TrendEntry> {
-    let rank = |a: &(TermKind, &str, TermScore), b: &(TermKind, &str, TermScore)| {
-        b.2.score
-            .total_cmp(&a.2.score)
-            .then(b.2.count.cmp(&a.2.count))
-            .then(a.1.cmp(b.1))
-            .then(a.0.cmp(&b.0))
-    };
-    if top_k == 0 {
-        return Vec::new();
-    }
-    // Partition first: a window can hold tens of thousands of candidates for 20 slots.
-    if candidates.len() > top_k {
-        candidates.select_nth_unstable_by(top_k - 1, rank);
-        candidates.truncate(top_k);
-    }
-    candidates.sort_unstable_by(rank);
-    candidates
-        .into_iter()
-        .map(|(kind, text, s)| TrendEntry {
-            term: text.to_owned(),
-            kind,
-            count: s.count,
-            baseline: s.baseline,
-            score: s.score,
-        })
-        .collect()
+/// Poisson-style z-score of `count` against a `baseline` of relative variance
+/// `uncertainty` (see the module docs).
+pub fn z_score(count: f64, baseline: f64, uncertainty: f64) -> f64 {
+    (count - baseline) / (baseline * (1.0 + uncertainty) + SCORE_VARIANCE_FLOOR).sqrt()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::authors::author_hash;
+    use crate::model::TermKind;
+    use crate::term_key::key;
 
     fn config() -> TrendConfig {
         TrendConfig {
             top_k: 3,
             min_count: 5,
+            min_authors: 1,
             baseline_alpha: 0.3,
             new_term_prior: 1.0,
             alert_score: 8.0,
             warmup_windows: 2,
+            ..TrendConfig::default()
         }
     }
 
-    fn counts(items: &[(TermKind, &str, u64)]) -> TermCounts {
-        let mut counts = TermCounts::default();
-        for &(kind, text, n) in items {
-            *counts.get_or_default(kind, text) += n;
+    /// A window where each term is used `count` times, spread over `authors` authors.
+    fn window(items: &[(TermKind, &str, u64, u64)]) -> WindowTerms {
+        let mut terms = WindowTerms::new(100_000, true);
+        for &(kind, text, count, authors) in items {
+            let key = key(kind, text);
+            for i in 0..count {
+                let post = terms.add_post(&format!("{text}-{i}"));
+                terms.add(&key, author_hash(&format!("author{}", i % authors)), post);
+            }
         }
-        counts
+        terms
+    }
+
+    /// Terms used once per author.
+    fn counts(items: &[(TermKind, &str, u64)]) -> WindowTerms {
+        let items: Vec<_> = items.iter().map(|&(k, t, n)| (k, t, n, n)).collect();
+        window(&items)
     }
 
     const STEADY: [(TermKind, &str, u64); 3] = [
@@ -292,29 +452,8 @@ mod tests {
         (TermKind::Hashtag, "#space", 20),
     ];
 
-    #[test]
-    fn term_map_separates_kinds() {
-        let c = counts(&[
-            (TermKind::Word, "fire", 2),
-            (TermKind::Hashtag, "fire", 3),
-            (TermKind::Word, "fire", 1),
-        ]);
-        assert_eq!(c.get(TermKind::Word, "fire"), Some(&3));
-        assert_eq!(c.get(TermKind::Hashtag, "fire"), Some(&3));
-        assert_eq!(c.get(TermKind::Mention, "fire"), None);
-        assert_eq!(c.len(), 2);
-        let mut all: Vec<_> = c.iter().map(|(k, t, n)| (k, t.to_owned(), *n)).collect();
-        all.sort();
-        assert_eq!(
-            all,
-            [
-                (TermKind::Word, "fire".into(), 3),
-                (TermKind::Hashtag, "fire".into(), 3)
-            ]
-        );
-        for (i, kind) in KINDS.iter().enumerate() {
-            assert_eq!(kind_index(*kind), i);
-        }
+    fn rocket() -> String {
+        key(TermKind::Word, "rocket")
     }
 
     #[test]
@@ -332,14 +471,7 @@ mod tests {
                 entries.is_empty(),
                 "steady terms ranked in window {w}: {entries:?}"
             );
-            assert!(
-                detector
-                    .last_score(TermKind::Word, "rocket")
-                    .unwrap()
-                    .score
-                    .abs()
-                    < 1e-9
-            );
+            assert!(detector.last_score(&rocket()).unwrap().score.abs() < 1e-9);
         }
         let mut burst = STEADY.to_vec();
         burst.push((TermKind::Hashtag, "#acmefire", 340));
@@ -350,15 +482,95 @@ mod tests {
         assert_eq!(ranked, ["#acmefire", "smoke", "rocket"]);
         let top = &entries[0];
         assert_eq!(
-            (top.kind, top.count, top.baseline),
-            (TermKind::Hashtag, 340, 1.0)
+            (top.kind, top.count, top.baseline, top.status),
+            (TermKind::Hashtag, 340, 1.0, TrendStatus::New)
         );
-        assert!((top.score - 339.0 / 2f64.sqrt()).abs() < 1e-9);
+        // 340 distinct authors: past 16 the count is a HyperLogLog estimate (~3% error).
+        assert!(top.authors.abs_diff(340) < 34, "{}", top.authors);
+        let scored = top.authors as f64;
+        assert!((top.score - (scored - 1.0) / 2f64.sqrt()).abs() < 1e-9);
+        assert_eq!(top.examples, ["#acmefire-0", "#acmefire-1", "#acmefire-2"]);
+        assert_eq!(top.count_error, 0);
+        assert_eq!(entries[2].status, TrendStatus::Rising);
         assert!(
             entries[2].score < 0.5,
             "noise scores low: {}",
             entries[2].score
         );
+    }
+
+    #[test]
+    fn one_account_cannot_make_a_trend() {
+        let mut detector = TrendDetector::new(&TrendConfig {
+            warmup_windows: 0,
+            min_authors: 3,
+            ..config()
+        });
+        let entries = detector.close_window(
+            0,
+            &window(&[
+                (TermKind::Hashtag, "#buynow", 500, 1),
+                (TermKind::Hashtag, "#fewfriends", 500, 2),
+                (TermKind::Hashtag, "#real", 60, 12),
+            ]),
+        );
+        let ranked: Vec<_> = entries
+            .iter()
+            .map(|e| (e.term.as_str(), e.count, e.authors))
+            .collect();
+        assert_eq!(
+            ranked,
+            [("#real", 60, 12)],
+            "min_authors keeps the others out"
+        );
+        // Scored as one author: no more than the prior, so not even a baseline is kept.
+        assert_eq!(
+            detector.last_score(&key(TermKind::Hashtag, "#buynow")),
+            None
+        );
+    }
+
+    #[test]
+    fn a_ramp_over_two_windows_scores_on_their_sum() {
+        let mut detector = TrendDetector::new(&TrendConfig {
+            warmup_windows: 0,
+            ..config()
+        });
+        let ramp = |detector: &mut TrendDetector, w, n| {
+            detector.close_window(w, &counts(&[(TermKind::Word, "firmware", n)]));
+            detector
+                .last_score(&key(TermKind::Word, "firmware"))
+                .unwrap()
+        };
+        let first = ramp(&mut detector, 0, 12);
+        assert!((first.score - 11.0 / 2f64.sqrt()).abs() < 1e-9, "{first:?}");
+        let second = ramp(&mut detector, 1, 15);
+        // One window alone: (15 - 4.3) / sqrt(5.3) = 4.6; both against 2 × 1: 25 / sqrt(3).
+        assert!(
+            (second.score - 25.0 / 3f64.sqrt()).abs() < 1e-9,
+            "{second:?}"
+        );
+        assert!(
+            (second.baseline - 4.3).abs() < 1e-9,
+            "the entry shows its own baseline"
+        );
+    }
+
+    #[test]
+    fn status_follows_the_previous_window() {
+        let mut detector = TrendDetector::new(&TrendConfig {
+            warmup_windows: 0,
+            top_k: 10,
+            ..config()
+        });
+        let statuses = |detector: &mut TrendDetector, w, n| {
+            let entries = detector.close_window(w, &counts(&[(TermKind::Word, "fire", n)]));
+            entries.first().map(|e| e.status)
+        };
+        assert_eq!(statuses(&mut detector, 0, 50), Some(TrendStatus::New));
+        assert_eq!(statuses(&mut detector, 1, 120), Some(TrendStatus::Rising));
+        assert_eq!(statuses(&mut detector, 2, 120), Some(TrendStatus::Steady));
+        assert_eq!(statuses(&mut detector, 3, 90), Some(TrendStatus::Falling));
     }
 
     #[test]
@@ -384,14 +596,35 @@ mod tests {
     }
 
     #[test]
+    fn rank_by_count_orders_by_count_then_text_across_kinds() {
+        let mut detector = TrendDetector::new(&TrendConfig {
+            top_k: 4,
+            min_count: 1,
+            warmup_windows: 0,
+            rank_by: RankBy::Count,
+            ..config()
+        });
+        let entries = detector.close_window(
+            0,
+            &counts(&[
+                (TermKind::Word, "b", 3),
+                (TermKind::Hashtag, "#b", 3),
+                (TermKind::Word, "a", 1),
+                (TermKind::Word, "c", 7),
+                (TermKind::Word, "d", 1),
+            ]),
+        );
+        let ranked: Vec<_> = entries.iter().map(|e| (e.term.as_str(), e.count)).collect();
+        assert_eq!(ranked, [("c", 7), ("#b", 3), ("b", 3), ("a", 1)]);
+    }
+
+    #[test]
     fn top_k_truncates_and_zero_means_empty() {
         let many: Vec<(TermKind, String, u64)> = (0..50)
             .map(|i| (TermKind::Word, format!("t{i:02}"), 10 + i))
             .collect();
-        let mut c = TermCounts::default();
-        for (kind, text, n) in &many {
-            *c.get_or_default(*kind, text) = *n;
-        }
+        let items: Vec<_> = many.iter().map(|(k, t, n)| (*k, t.as_str(), *n)).collect();
+        let c = counts(&items);
         let mut detector = TrendDetector::new(&TrendConfig {
             warmup_windows: 0,
             ..config()
@@ -408,21 +641,48 @@ mod tests {
     }
 
     #[test]
+    fn open_windows_are_scored_against_the_elapsed_part_of_the_baseline() {
+        let mut detector = TrendDetector::new(&TrendConfig {
+            warmup_windows: 0,
+            ..config()
+        });
+        for w in 0..20 {
+            detector.close_window(w, &counts(&[(TermKind::Word, "rocket", 100)]));
+        }
+        let last = detector.last_score(&rocket()).unwrap();
+        let level = last.baseline + 0.3 * (100.0 - last.baseline);
+        // A quarter into window 20, 25 is on track and 60 is a surge.
+        let on_track =
+            detector.score_open_window(20, &counts(&[(TermKind::Word, "rocket", 25)]), 0.25);
+        assert!(on_track.iter().all(|e| e.score < 0.1), "{on_track:?}");
+        let surge =
+            detector.score_open_window(20, &counts(&[(TermKind::Word, "rocket", 60)]), 0.25);
+        assert!(surge[0].score > 5.0, "{surge:?}");
+        assert!((surge[0].baseline - level * 0.25).abs() < 1e-6);
+        assert_eq!(
+            detector.last_score(&rocket()).unwrap().count,
+            100,
+            "nothing learned"
+        );
+    }
+
+    #[test]
     fn baselines_decay_lazily_across_gaps() {
         let mut detector = TrendDetector::new(&TrendConfig {
             warmup_windows: 0,
             ..config()
         });
         let fire = [(TermKind::Hashtag, "#fire", 100)];
+        let fire_key = key(TermKind::Hashtag, "#fire");
         detector.close_window(0, &counts(&fire)); // level = 1 + 0.3 * 99 = 30.7
         detector.close_window(1, &counts(&[(TermKind::Word, "other", 1)]));
         assert_eq!(
-            detector.last_score(TermKind::Hashtag, "#fire"),
+            detector.last_score(&fire_key),
             None,
             "absent from the last window"
         );
         detector.close_window(3, &counts(&fire)); // windows 1 and 2 had no #fire
-        let seen = detector.last_score(TermKind::Hashtag, "#fire").unwrap();
+        let seen = detector.last_score(&fire_key).unwrap();
         assert!(
             (seen.baseline - 30.7 * 0.7f64.powi(2)).abs() < 1e-9,
             "{seen:?}"
@@ -431,25 +691,53 @@ mod tests {
     }
 
     #[test]
-    fn decayed_baselines_are_pruned_once_the_map_doubled() {
-        let vocabulary = |prefix: &str| {
-            let mut c = TermCounts::default();
-            for i in 0..MIN_PRUNE_LEN {
-                *c.get_or_default(TermKind::Word, &format!("{prefix}{i}")) = 1;
-            }
-            c
+    fn rare_new_terms_get_no_baseline_and_decayed_ones_are_pruned() {
+        let vocabulary = |prefix: &str, n: u64| {
+            let names: Vec<String> = (0..MIN_PRUNE_LEN).map(|i| format!("{prefix}{i}")).collect();
+            let items: Vec<_> = names
+                .iter()
+                .map(|t| (TermKind::Word, t.as_str(), n))
+                .collect();
+            counts(&items)
         };
         let mut detector = TrendDetector::new(&TrendConfig {
             warmup_windows: 0,
             ..config()
         });
-        detector.close_window(0, &vocabulary("old"));
-        detector.close_window(1, &counts(&[(TermKind::Word, "old0", 1)]));
+        detector.close_window(0, &vocabulary("once", 1));
+        assert_eq!(
+            detector.vocabulary(),
+            0,
+            "count 1 = the prior: nothing to learn"
+        );
+        detector.close_window(1, &vocabulary("old", 2));
         assert_eq!(detector.vocabulary(), MIN_PRUNE_LEN, "nothing decayed yet");
         // Long after, a new vocabulary doubles the map and triggers pruning: all old terms
-        // (including `old0`, seen once more in window 1) have decayed to ~0 and go.
-        detector.close_window(100, &vocabulary("new"));
+        // have decayed to ~0 and go.
+        detector.close_window(100, &vocabulary("new", 2));
         assert_eq!(detector.vocabulary(), MIN_PRUNE_LEN);
-        assert!(detector.last_score(TermKind::Word, "new7").is_some());
+        assert!(detector.last_score(&key(TermKind::Word, "new7")).is_some());
+    }
+
+    #[test]
+    fn baselines_are_capped_keeping_the_highest_levels() {
+        let mut detector = TrendDetector::new(&TrendConfig {
+            warmup_windows: 0,
+            max_baselines: 100,
+            ..config()
+        });
+        let names: Vec<String> = (0..MIN_PRUNE_LEN).map(|i| format!("t{i}")).collect();
+        let items: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (TermKind::Word, t.as_str(), 2 + i as u64 % 50))
+            .collect();
+        detector.close_window(0, &counts(&items));
+        assert!(detector.vocabulary() <= 100, "{}", detector.vocabulary());
+        assert!(detector.vocabulary() >= 50, "{}", detector.vocabulary());
+        assert!(
+            detector.last_score(&key(TermKind::Word, "t49")).is_some(),
+            "a top count stays"
+        );
     }
 }

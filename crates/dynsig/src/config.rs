@@ -11,7 +11,7 @@ use std::path::Path;
 use dynsig_core::config::{
     AlertConfig, AnomalyConfig, EngineConfig, TokenizerConfig, TrendConfig, WindowConfig,
 };
-use dynsig_core::decode::{Format, Limits};
+use dynsig_core::decode::{Format, Limits, RejectReason};
 use serde::{Deserialize, Serialize};
 
 /// Prefix of environment overrides: `DYNSIG_WINDOW__SIZE_MS=10000` sets `window.size_ms`.
@@ -90,6 +90,9 @@ pub struct TopicsConfig {
     pub anomalies: String,
     pub alerts: String,
     pub dlq: String,
+    /// Inputs refused as late go here, with the dead-letter headers (reason `late`);
+    /// empty: to `dlq` like other rejected inputs.
+    pub late: String,
 }
 
 impl Default for TopicsConfig {
@@ -103,6 +106,7 @@ impl Default for TopicsConfig {
             anomalies: "signals.anomalies".into(),
             alerts: "signals.alerts".into(),
             dlq: "dynsig.dlq".into(),
+            late: "signals.late".into(),
         }
     }
 }
@@ -112,8 +116,26 @@ impl TopicsConfig {
         [&self.posts, &self.events]
     }
 
-    pub fn outputs(&self) -> [&str; 4] {
-        [&self.trends, &self.anomalies, &self.alerts, &self.dlq]
+    pub fn outputs(&self) -> Vec<&str> {
+        let mut outputs = vec![
+            self.trends.as_str(),
+            &self.anomalies,
+            &self.alerts,
+            &self.dlq,
+        ];
+        if !self.late.is_empty() {
+            outputs.push(&self.late);
+        }
+        outputs
+    }
+
+    /// Where an input rejected for `reason` goes.
+    pub fn rejected(&self, reason: RejectReason) -> &str {
+        if reason == RejectReason::Late && !self.late.is_empty() {
+            &self.late
+        } else {
+            &self.dlq
+        }
     }
 }
 

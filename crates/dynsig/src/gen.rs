@@ -1,13 +1,15 @@
 //! `dynsig gen`: writes the synthetic feed of `dynsig_core::synth` (background posts and
-//! internal events with planted bursts and incidents) to JSONL files or Kafka topics, and
-//! the planted truth to a JSON file, for demos, load tests and benchmarks.
+//! internal events with the planted signals of a scenario: the demo's bursts and
+//! incidents, or the trends and spammer of the trend-quality test) to JSONL files or
+//! Kafka topics, and the planted truth to a JSON file, for demos, tests, load tests and
+//! benchmarks.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use dynsig_core::decode::InputKind;
 use dynsig_core::model::Input;
 use dynsig_core::synth::{Synth, SynthConfig};
@@ -16,8 +18,21 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
+/// The scenarios of `dynsig_core::synth::SynthConfig`.
+#[derive(Clone, Copy, ValueEnum)]
+enum Scenario {
+    /// Bursts and incidents at fixed fractions of the duration, as in `dynsig demo`.
+    Demo,
+    /// Trends from strong to near the alert threshold, and a spammer, laid out on 45
+    /// minutes (a shorter feed leaves out those that do not fit).
+    TrendQuality,
+}
+
 #[derive(Args)]
 pub struct GenArgs {
+    /// Which signals the feed plants, with their truth.
+    #[arg(long, value_enum, default_value_t = Scenario::Demo)]
+    scenario: Scenario,
     /// Length of the feed in event time, e.g. 10m, 1h.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     duration: std::time::Duration,
@@ -61,7 +76,11 @@ pub fn gen(args: GenArgs) -> anyhow::Result<()> {
     let start = args
         .start
         .unwrap_or_else(|| crate::service::wall_now_ms() / 60_000 * 60_000);
-    let mut synth_config = SynthConfig::demo(start, args.duration.as_millis() as i64);
+    let duration_ms = args.duration.as_millis() as i64;
+    let mut synth_config = match args.scenario {
+        Scenario::Demo => SynthConfig::demo(start, duration_ms),
+        Scenario::TrendQuality => SynthConfig::trend_quality(start, duration_ms),
+    };
     synth_config.seed = args.seed;
     if let Some(rate) = args.posts_per_sec {
         synth_config.posts_per_sec = rate;

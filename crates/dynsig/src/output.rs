@@ -55,14 +55,15 @@ pub fn signal_kind(signal: &Signal) -> &'static str {
     }
 }
 
-/// Encodes a signal for its topic. Keys: trends by window start (one snapshot per window),
+/// Encodes a signal for its topic. Keys: trends by window name and start (`1m@<ms>`: the
+/// revisions of a window replace each other on a compacted topic),
 /// anomalies by series (a series' history stays in one partition, in order), alerts by id
 /// (a compacted topic keeps each alert's current state).
 pub fn signal_record(topics: &TopicsConfig, signal: &Signal) -> OutRecord {
     let (topic, key, window_end, payload) = match signal {
         Signal::Trend(t) => (
             &topics.trends,
-            t.window_start.to_string(),
+            format!("{}@{}", t.window, t.window_start),
             t.window_end,
             serde_json::to_vec(t),
         ),
@@ -93,6 +94,7 @@ pub fn signal_record(topics: &TopicsConfig, signal: &Signal) -> OutRecord {
 }
 
 /// A dead letter: the input's key and payload byte for byte, and why it was rejected.
+/// Late inputs go to `topics.late` when it is set, others to `topics.dlq`.
 pub fn dead_letter(
     topics: &TopicsConfig,
     from: SourcePosition<'_>,
@@ -102,7 +104,7 @@ pub fn dead_letter(
 ) -> OutRecord {
     use dlq_headers::*;
     OutRecord {
-        topic: topics.dlq.clone(),
+        topic: topics.rejected(rejection.reason).to_owned(),
         key: key.map(<[u8]>::to_vec),
         payload: payload.to_vec(),
         headers: vec![

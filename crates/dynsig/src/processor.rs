@@ -3,7 +3,7 @@
 //! service and `dynsig replay`, so both run exactly the same pipeline.
 
 use dynsig_core::decode::{self, Format, InputKind, Limits, RejectReason, Rejection};
-use dynsig_core::engine::{Engine, EngineError};
+use dynsig_core::engine::{Engine, EngineError, Refused};
 use dynsig_core::model::{Input, Origin, Signal};
 use metrics::counter;
 
@@ -49,19 +49,30 @@ impl Processor {
         self.decode_uncounted(input).inspect_err(count_rejection)
     }
 
-    /// Feeds a decoded record to the engine; a record whose window already closed is
-    /// rejected as `late` (and counted).
+    /// Feeds a decoded record to the engine; a record it refuses is rejected as `late`
+    /// (its window already closed) or `future` (stamped too far ahead of the wall
+    /// clock), and counted.
     pub fn ingest(&mut self, record: &Input, origin: Option<Origin>) -> Result<(), Rejection> {
         self.engine
             .ingest(record, origin)
-            .map_err(|late| Rejection {
-                reason: RejectReason::Late,
-                detail: format!(
-                    "event time {} is in window ending {}, already closed by watermark {}",
-                    record.ts(),
-                    late.window_end,
-                    late.watermark
-                ),
+            .map_err(|refused| match refused {
+                Refused::Late {
+                    window_end,
+                    watermark,
+                } => Rejection {
+                    reason: RejectReason::Late,
+                    detail: format!(
+                        "event time {} is in window ending {window_end}, already closed by watermark {watermark}",
+                        record.ts(),
+                    ),
+                },
+                Refused::Future { limit } => Rejection {
+                    reason: RejectReason::Future,
+                    detail: format!(
+                        "event time {} is after {limit}, the wall clock plus window.max_future_ms",
+                        record.ts(),
+                    ),
+                },
             })
             .inspect_err(count_rejection)
     }

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use dynsig_core::decode::{InputKind, Rejection};
+use dynsig_core::decode::{InputKind, RejectReason, Rejection};
 use dynsig_core::model::{Input, Signal};
 
 use crate::config::Config;
@@ -156,6 +156,8 @@ struct Sinks {
     anomalies: BufWriter<File>,
     alerts: BufWriter<File>,
     dlq: BufWriter<File>,
+    /// `topics.late`, when set.
+    late: Option<BufWriter<File>>,
 }
 
 impl Sinks {
@@ -171,6 +173,10 @@ impl Sinks {
             anomalies: open(&config.topics.anomalies)?,
             alerts: open(&config.topics.alerts)?,
             dlq: open(&config.topics.dlq)?,
+            late: match config.topics.late.as_str() {
+                "" => None,
+                topic => Some(open(topic)?),
+            },
         })
     }
 
@@ -210,8 +216,12 @@ impl Sinks {
             "source_line": line_no,
             "payload": String::from_utf8_lossy(payload),
         });
-        serde_json::to_writer(&mut self.dlq, &letter)?;
-        self.dlq.write_all(b"\n")?;
+        let sink = match &mut self.late {
+            Some(late) if rejection.reason == RejectReason::Late => late,
+            _ => &mut self.dlq,
+        };
+        serde_json::to_writer(&mut *sink, &letter)?;
+        sink.write_all(b"\n")?;
         Ok(())
     }
 
@@ -221,7 +231,10 @@ impl Sinks {
             &mut self.anomalies,
             &mut self.alerts,
             &mut self.dlq,
-        ] {
+        ]
+        .into_iter()
+        .chain(&mut self.late)
+        {
             sink.flush()?;
         }
         Ok(())

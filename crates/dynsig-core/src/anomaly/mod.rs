@@ -9,6 +9,8 @@
 //! `1 − erfc(|z| / √2)`: the probability that a normal deviate is closer to the mean than
 //! `|z|`, so 0.99 ≈ |z| 2.58 and 0.999 ≈ |z| 3.29.
 
+pub mod model;
+
 use std::collections::{BTreeMap, HashMap};
 
 use crate::config::AnomalyConfig;

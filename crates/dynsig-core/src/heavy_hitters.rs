@@ -1,0 +1,658 @@
+//! Bounded-memory heavy hitters: [`HeavyHitters`], a SpaceSaving counter (Metwally, Agrawal
+//! and El Abbadi, 2005) over string keys, with a caller-defined payload per tracked key.
+//!
+//! It tracks at most `capacity` keys. While fewer than `capacity` distinct keys have been
+//! seen it is an exact hash map. When it is full and a new key arrives, the tracked key with
+//! the smallest count is evicted and the new key takes over its count: `count = min +
+//! weight`, `error = min`, payload `V::default()`.
+//!
+//! # Guarantees
+//!
+//! Let `N` be [`HeavyHitters::total`] (the sum of all weights added) and `true(k)` the total
+//! weight added for key `k`. At every moment:
+//!
+//! - every tracked key has `count - error <= true(k) <= count`: `count` overestimates by at
+//!   most `error`, and `count - error` is a lower bound;
+//! - `error <= min count <= N / capacity`, because the tracked counts always sum to `N`;
+//! - every key with `true(k) > N / capacity` is tracked (an untracked key's true count never
+//!   exceeds the current minimum count);
+//! - while [`HeavyHitters::is_exact`] (nothing was ever evicted), every count is exact and
+//!   every error is 0.
+//!
+//! Results depend only on the sequence of `add` calls: eviction takes the smallest
+//! `(count, slot)`, where slots are numbered in arrival order and reused by the key that
+//! takes over an evicted one. The hasher only decides where keys sit in the index.
+//!
+//! # Cost
+//!
+//! - Under capacity: one hash and an expected O(1) probe per `add`; no heap work, and no
+//!   allocation when the key is already tracked (lookups take `&str`).
+//! - Full: the first eviction builds an indexed binary min-heap in O(capacity); after that
+//!   incrementing a tracked key and evicting are O(log capacity). An eviction also hashes the
+//!   evicted key again and swaps one key allocation.
+//! - Memory is O(capacity), bounded whatever the vocabulary. Per tracked key:
+//!   `32 + size_of::<V>()` bytes of slot (key pointer, count, error, payload), the key's own
+//!   allocation, 8-byte index buckets at a load between 3/8 and 3/4 (about 11 to 21 bytes per
+//!   key), and 8 bytes of heap once evicting. The slot vector never grows past `capacity`.
+//!
+//! # Layout
+//!
+//! Keys live once, in the slots. The index is a small open-addressing table (linear probing,
+//! backward-shift deletion) of `(hash tag, slot number)` pairs, in the style of `indexmap`:
+//! `std::collections::HashMap` has no stable way to find and remove a key it does not own,
+//! so it would need a second copy of every key for the evictions.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+
+/// A SpaceSaving heavy-hitter counter with a payload `V` per tracked key (see the module
+/// documentation for the guarantees).
+#[derive(Debug, Clone)]
+pub struct HeavyHitters<V, S = RandomState> {
+    capacity: usize,
+    /// Tracked keys by slot number; `len() <= capacity`.
+    slots: Vec<Slot<V>>,
+    index: Index,
+    /// Empty until the first eviction; afterwards it holds every slot.
+    heap: MinHeap,
+    hasher: S,
+    total: u64,
+    evictions: u64,
+}
+
+/// One tracked key, as returned by [`HeavyHitters::get`] and [`HeavyHitters::iter`].
+#[derive(Debug)]
+pub struct Counted<'a, V> {
+    pub key: &'a str,
+    /// Upper bound of the key's true count.
+    pub count: u64,
+    /// Maximum overestimate: `count - error` is a lower bound of the true count.
+    pub error: u64,
+    pub value: &'a V,
+}
+
+#[derive(Debug, Clone)]
+struct Slot<V> {
+    key: Box<str>,
+    count: u64,
+    error: u64,
+    value: V,
+}
+
+impl<V> Slot<V> {
+    fn counted(&self) -> Counted<'_, V> {
+        Counted {
+            key: &self.key,
+            count: self.count,
+            error: self.error,
+            value: &self.value,
+        }
+    }
+}
+
+impl<V: Default> HeavyHitters<V> {
+    /// A counter tracking at most `capacity` keys (at least 1), with std's randomly seeded
+    /// hasher, which keeps crafted keys from degrading the index.
+    pub fn new(capacity: usize) -> Self {
+        Self::with_hasher(capacity, RandomState::new())
+    }
+}
+
+impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
+    /// Like [`HeavyHitters::new`] with a chosen hasher (for example a faster one for trusted
+    /// keys). The hasher changes speed only, never results.
+    pub fn with_hasher(capacity: usize, hasher: S) -> Self {
+        assert!(capacity >= 1, "HeavyHitters capacity must be at least 1");
+        // Slot numbers are u32 and the index derives bucket positions from a 32-bit tag.
+        assert!(
+            capacity <= MAX_CAPACITY,
+            "HeavyHitters capacity must be at most {MAX_CAPACITY}"
+        );
+        HeavyHitters {
+            capacity,
+            slots: Vec::new(),
+            index: Index::new(),
+            heap: MinHeap::default(),
+            hasher,
+            total: 0,
+            evictions: 0,
+        }
+    }
+
+    /// Adds `weight` to `key`'s count and returns its payload, with `true` when the key was
+    /// not tracked (new, or it just replaced an evicted key): the payload is then
+    /// `V::default()`.
+    pub fn add(&mut self, key: &str, weight: u64) -> (&mut V, bool) {
+        self.total += weight;
+        let tag = self.tag(key);
+        let vacant = match self.index.find(tag, key, &self.slots) {
+            Ok(slot) => {
+                self.slots[slot].count += weight;
+                if self.heap.is_built() {
+                    self.heap.increased(slot, &self.slots);
+                }
+                return (&mut self.slots[slot].value, false);
+            }
+            Err(vacant) => vacant,
+        };
+        let slot = if self.slots.len() < self.capacity {
+            self.track_new(tag, vacant, key, weight)
+        } else {
+            self.replace_min(tag, key, weight)
+        };
+        (&mut self.slots[slot].value, true)
+    }
+
+    /// Exact path: a fresh slot, no eviction.
+    fn track_new(&mut self, tag: u32, vacant: usize, key: &str, weight: u64) -> usize {
+        let slot = self.slots.len();
+        let vacant = if self.index.needs_growth(slot + 1) {
+            self.index.grow();
+            self.index.vacant(tag)
+        } else {
+            vacant
+        };
+        if self.slots.len() == self.slots.capacity() {
+            // Amortized doubling, but never past `capacity`: that memory would stay unused.
+            let room = self.capacity - self.slots.len();
+            self.slots.reserve_exact(self.slots.len().max(4).min(room));
+        }
+        self.slots.push(Slot {
+            key: key.into(),
+            count: weight,
+            error: 0,
+            value: V::default(),
+        });
+        self.index.set(vacant, tag, slot);
+        slot
+    }
+
+    /// SpaceSaving step: `key` takes over the slot of the smallest count.
+    fn replace_min(&mut self, tag: u32, key: &str, weight: u64) -> usize {
+        if !self.heap.is_built() {
+            self.heap.build(&self.slots);
+        }
+        let slot = self.heap.min();
+        let evicted_tag = self.tag(&self.slots[slot].key);
+        self.index.remove_slot(evicted_tag, slot);
+        // The removal may shift buckets, so the vacant bucket found earlier is stale.
+        let vacant = self.index.vacant(tag);
+        self.index.set(vacant, tag, slot);
+        let min = self.slots[slot].count;
+        self.slots[slot] = Slot {
+            key: key.into(),
+            count: min + weight,
+            error: min,
+            value: V::default(),
+        };
+        self.heap.increased(slot, &self.slots);
+        self.evictions += 1;
+        slot
+    }
+
+    fn tag(&self, key: &str) -> u32 {
+        let hash = self.hasher.hash_one(key);
+        // Fold so that hashers with weak low bits still spread over the buckets.
+        (hash ^ (hash >> 32)) as u32
+    }
+
+    /// The tracked entry of `key`, if any.
+    pub fn get(&self, key: &str) -> Option<Counted<'_, V>> {
+        let slot = self.index.find(self.tag(key), key, &self.slots).ok()?;
+        Some(self.slots[slot].counted())
+    }
+}
+
+impl<V, S> HeavyHitters<V, S> {
+    /// Every tracked key, in slot order (deterministic for a given input sequence).
+    pub fn iter(&self) -> impl Iterator<Item = Counted<'_, V>> {
+        self.slots.iter().map(Slot::counted)
+    }
+
+    /// Number of tracked keys (at most [`HeavyHitters::capacity`]).
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// `N`: the sum of all weights added.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// True while nothing was ever evicted: every count is then exact and every error 0.
+    pub fn is_exact(&self) -> bool {
+        self.evictions == 0
+    }
+
+    /// How many keys were evicted to make room for new ones.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+}
+
+const MAX_CAPACITY: usize = 1 << 31;
+
+/// A bucket of the index: the slot of a key and a 32-bit tag of its hash, which gives the
+/// home bucket and filters out most string comparisons.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tag: u32,
+    slot: u32,
+}
+
+impl Bucket {
+    const EMPTY: Bucket = Bucket {
+        tag: 0,
+        slot: u32::MAX,
+    };
+
+    fn is_empty(self) -> bool {
+        self.slot == u32::MAX
+    }
+}
+
+/// Open-addressing index from key to slot number: linear probing over a power-of-two table
+/// kept at most 3/4 full, so every probe ends at an empty bucket.
+#[derive(Debug, Clone)]
+struct Index {
+    buckets: Vec<Bucket>,
+}
+
+impl Index {
+    const MIN_BUCKETS: usize = 8;
+
+    fn new() -> Self {
+        Index {
+            buckets: vec![Bucket::EMPTY; Self::MIN_BUCKETS],
+        }
+    }
+
+    fn mask(&self) -> usize {
+        self.buckets.len() - 1
+    }
+
+    /// `Ok(slot)` of `key`, or `Err(bucket)`: the empty bucket ending its probe sequence.
+    fn find<V>(&self, tag: u32, key: &str, slots: &[Slot<V>]) -> Result<usize, usize> {
+        let mask = self.mask();
+        let mut at = tag as usize & mask;
+        loop {
+            let bucket = self.buckets[at];
+            if bucket.is_empty() {
+                return Err(at);
+            }
+            if bucket.tag == tag && *slots[bucket.slot as usize].key == *key {
+                return Ok(bucket.slot as usize);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// The first empty bucket of `tag`'s probe sequence.
+    fn vacant(&self, tag: u32) -> usize {
+        let mask = self.mask();
+        let mut at = tag as usize & mask;
+        while !self.buckets[at].is_empty() {
+            at = (at + 1) & mask;
+        }
+        at
+    }
+
+    fn set(&mut self, at: usize, tag: u32, slot: usize) {
+        self.buckets[at] = Bucket {
+            tag,
+            slot: slot as u32,
+        };
+    }
+
+    fn needs_growth(&self, entries: usize) -> bool {
+        entries * 4 > self.buckets.len() * 3
+    }
+
+    fn grow(&mut self) {
+        let doubled = vec![Bucket::EMPTY; self.buckets.len() * 2];
+        let old = std::mem::replace(&mut self.buckets, doubled);
+        for bucket in old.into_iter().filter(|bucket| !bucket.is_empty()) {
+            let at = self.vacant(bucket.tag);
+            self.buckets[at] = bucket;
+        }
+    }
+
+    /// Removes the bucket of `slot` (whose key has `tag`), then shifts later buckets of the
+    /// run back into the hole so that no probe sequence is cut short (Knuth's algorithm R;
+    /// no tombstones, so probes stay short however many evictions happen).
+    fn remove_slot(&mut self, tag: u32, slot: usize) {
+        let mask = self.mask();
+        let mut hole = tag as usize & mask;
+        while self.buckets[hole].slot as usize != slot {
+            hole = (hole + 1) & mask;
+        }
+        let mut next = (hole + 1) & mask;
+        while !self.buckets[next].is_empty() {
+            let home = self.buckets[next].tag as usize & mask;
+            let displacement = next.wrapping_sub(home) & mask;
+            let gap = next.wrapping_sub(hole) & mask;
+            // Moving back by `gap` keeps it at or after its home bucket.
+            if displacement >= gap {
+                self.buckets[hole] = self.buckets[next];
+                hole = next;
+            }
+            next = (next + 1) & mask;
+        }
+        self.buckets[hole] = Bucket::EMPTY;
+    }
+}
+
+/// Binary min-heap of slot numbers ordered by `(count, slot)`, with each slot's position so
+/// that a slot whose count grew can be sifted down in O(log n). Counts only ever grow, so
+/// sifting down is the only move needed.
+#[derive(Debug, Clone, Default)]
+struct MinHeap {
+    order: Vec<u32>,
+    position: Vec<u32>,
+}
+
+impl MinHeap {
+    fn is_built(&self) -> bool {
+        !self.order.is_empty()
+    }
+
+    /// Floyd's O(n) heap construction over all slots.
+    fn build<V>(&mut self, slots: &[Slot<V>]) {
+        self.order = (0..slots.len() as u32).collect();
+        self.position = self.order.clone();
+        for at in (0..slots.len() / 2).rev() {
+            self.sift_down(at, slots);
+        }
+    }
+
+    fn min(&self) -> usize {
+        self.order[0] as usize
+    }
+
+    fn increased<V>(&mut self, slot: usize, slots: &[Slot<V>]) {
+        self.sift_down(self.position[slot] as usize, slots);
+    }
+
+    fn sift_down<V>(&mut self, mut at: usize, slots: &[Slot<V>]) {
+        let rank = |slot: u32| (slots[slot as usize].count, slot);
+        let len = self.order.len();
+        loop {
+            let left = 2 * at + 1;
+            if left >= len {
+                return;
+            }
+            let right = left + 1;
+            let child = if right < len && rank(self.order[right]) < rank(self.order[left]) {
+                right
+            } else {
+                left
+            };
+            if rank(self.order[at]) < rank(self.order[child]) {
+                return;
+            }
+            self.order.swap(at, child);
+            self.position[self.order[at] as usize] = at as u32;
+            self.position[self.order[child] as usize] = child as u32;
+            at = child;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::hash::{BuildHasher, Hasher};
+
+    use super::*;
+
+    /// Tiny deterministic PRNG for the tests (SplitMix64).
+    struct SplitMix64(u64);
+
+    impl SplitMix64 {
+        fn next_u64(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next_u64() % n
+        }
+
+        /// Roughly Zipf(1) over `1..=vocabulary`: log-uniform ranks.
+        fn zipf(&mut self, vocabulary: u64) -> u64 {
+            let unit = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            ((vocabulary as f64).powf(unit) as u64).clamp(1, vocabulary)
+        }
+    }
+
+    /// Puts every key in one probe sequence, to exercise the index's collision handling.
+    #[derive(Debug, Clone, Default)]
+    struct Colliding;
+
+    impl BuildHasher for Colliding {
+        type Hasher = ConstantHasher;
+
+        fn build_hasher(&self) -> ConstantHasher {
+            ConstantHasher
+        }
+    }
+
+    struct ConstantHasher;
+
+    impl Hasher for ConstantHasher {
+        fn finish(&self) -> u64 {
+            42
+        }
+
+        fn write(&mut self, _bytes: &[u8]) {}
+    }
+
+    /// SpaceSaving written the obvious O(capacity) way, with the same tie rule.
+    struct Reference {
+        capacity: usize,
+        slots: Vec<(String, u64, u64)>,
+    }
+
+    impl Reference {
+        fn add(&mut self, key: &str, weight: u64) {
+            if let Some(slot) = self.slots.iter_mut().find(|slot| slot.0 == key) {
+                slot.1 += weight;
+            } else if self.slots.len() < self.capacity {
+                self.slots.push((key.to_string(), weight, 0));
+            } else {
+                let (min_at, _) = self
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(at, slot)| (slot.1, *at))
+                    .expect("capacity >= 1");
+                let min = self.slots[min_at].1;
+                self.slots[min_at] = (key.to_string(), min + weight, min);
+            }
+        }
+    }
+
+    fn snapshot<V, S>(hitters: &HeavyHitters<V, S>) -> Vec<(String, u64, u64)> {
+        hitters
+            .iter()
+            .map(|entry| (entry.key.to_string(), entry.count, entry.error))
+            .collect()
+    }
+
+    #[test]
+    fn is_an_exact_map_under_capacity() {
+        let mut rng = SplitMix64(7);
+        let distinct = 300;
+        let mut hitters = HeavyHitters::<u64>::new(distinct);
+        let mut expected: HashMap<String, (u64, u64)> = HashMap::new();
+        for _ in 0..5_000 {
+            let key = format!("term{}", rng.below(distinct as u64));
+            let weight = 1 + rng.below(5);
+            let (adds, reset) = hitters.add(&key, weight);
+            *adds += 1;
+            let entry = expected.entry(key).or_default();
+            assert_eq!(reset, entry.1 == 0);
+            entry.0 += weight;
+            entry.1 += 1;
+        }
+        assert!(hitters.is_exact());
+        assert_eq!(hitters.evictions(), 0);
+        assert_eq!(hitters.len(), expected.len());
+        assert_eq!(hitters.total(), expected.values().map(|e| e.0).sum::<u64>());
+        for (key, (count, adds)) in &expected {
+            let entry = hitters.get(key).expect("tracked");
+            assert_eq!((entry.key, entry.count, entry.error), (&**key, *count, 0));
+            assert_eq!(entry.value, adds);
+        }
+        assert!(hitters.get("absent").is_none());
+        assert_eq!(hitters.iter().count(), expected.len());
+    }
+
+    #[test]
+    fn matches_a_naive_space_saving_step_by_step() {
+        for capacity in [1, 2, 7, 64] {
+            let mut rng = SplitMix64(capacity as u64);
+            let mut hitters = HeavyHitters::<()>::new(capacity);
+            let mut colliding = HeavyHitters::<(), _>::with_hasher(capacity, Colliding);
+            let mut reference = Reference {
+                capacity,
+                slots: Vec::new(),
+            };
+            for step in 0..4_000 {
+                let key = format!("k{}", rng.zipf(4 * capacity as u64));
+                let weight = 1 + rng.below(3);
+                hitters.add(&key, weight);
+                colliding.add(&key, weight);
+                reference.add(&key, weight);
+                if step % 37 == 0 {
+                    assert_eq!(snapshot(&hitters), reference.slots, "capacity {capacity}");
+                    assert_eq!(snapshot(&colliding), reference.slots);
+                }
+            }
+            assert_eq!(snapshot(&hitters), reference.slots);
+            assert!(hitters.evictions() > 0);
+            for (key, count, error) in &reference.slots {
+                let entry = hitters.get(key).expect("tracked");
+                assert_eq!((entry.count, entry.error), (*count, *error));
+                assert!(colliding.get(key).is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn bounds_hold_far_over_capacity() {
+        let capacity = 200;
+        let mut rng = SplitMix64(2005);
+        let mut hitters = HeavyHitters::<()>::new(capacity);
+        let mut truth: HashMap<String, u64> = HashMap::new();
+        for _ in 0..100_000 {
+            let key = format!("w{}", rng.zipf(50_000));
+            let weight = 1 + rng.below(2);
+            hitters.add(&key, weight);
+            *truth.entry(key).or_default() += weight;
+        }
+        assert!(truth.len() > 20 * capacity, "the stream must overflow");
+        assert!(!hitters.is_exact());
+        assert_eq!(hitters.len(), capacity);
+        let total = hitters.total();
+        assert_eq!(total, truth.values().sum::<u64>());
+        assert_eq!(hitters.iter().map(|entry| entry.count).sum::<u64>(), total);
+        let bound = total / capacity as u64;
+        for entry in hitters.iter() {
+            let exact = truth[entry.key];
+            assert!(entry.count - entry.error <= exact && exact <= entry.count);
+            assert!(entry.error <= bound);
+        }
+        let heavy: Vec<_> = truth.iter().filter(|(_, &n)| n > bound).collect();
+        assert!(!heavy.is_empty());
+        for (key, _) in heavy {
+            assert!(hitters.get(key).is_some(), "{key} is heavy but untracked");
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_hasher_seed() {
+        let mut runs = (0..2).map(|_| {
+            let mut rng = SplitMix64(99);
+            let mut hitters = HeavyHitters::<()>::new(50);
+            for _ in 0..5_000 {
+                hitters.add(&format!("t{}", rng.zipf(1_000)), 1);
+            }
+            snapshot(&hitters)
+        });
+        assert_eq!(runs.next(), runs.next());
+    }
+
+    #[test]
+    fn eviction_resets_the_payload() {
+        let mut hitters = HeavyHitters::<Vec<u32>>::new(2);
+        let (ids, reset) = hitters.add("a", 2);
+        assert!(reset);
+        ids.push(1);
+        hitters.add("b", 1).0.push(2);
+        let (ids, reset) = hitters.add("a", 1);
+        assert!(!reset);
+        assert_eq!(ids, &[1]);
+        // "b" has the smallest count, so "c" replaces it and starts from an empty payload.
+        let (ids, reset) = hitters.add("c", 1);
+        assert!(reset);
+        assert!(ids.is_empty());
+        assert!(hitters.get("b").is_none());
+        assert_eq!(hitters.get("a").expect("kept").value, &[1]);
+        assert_eq!(hitters.evictions(), 1);
+    }
+
+    #[test]
+    fn weights_carry_over_to_the_replacing_key() {
+        let mut hitters = HeavyHitters::<()>::new(2);
+        hitters.add("a", 10);
+        hitters.add("b", 3);
+        hitters.add("c", 2);
+        let c = hitters.get("c").expect("tracked");
+        assert_eq!((c.count, c.error), (5, 3));
+        assert_eq!(hitters.get("a").expect("tracked").count, 10);
+        assert_eq!(hitters.total(), 15);
+        // "a" (slot 0) and "c" (slot 1) tie at 10: the lower slot goes.
+        hitters.add("c", 5);
+        hitters.add("d", 1);
+        assert!(hitters.get("a").is_none());
+        let d = hitters.get("d").expect("tracked");
+        assert_eq!((d.count, d.error), (11, 10));
+    }
+
+    #[test]
+    fn capacity_one_tracks_the_latest_key() {
+        let mut hitters = HeavyHitters::<()>::new(1);
+        assert!(hitters.is_empty());
+        hitters.add("a", 4);
+        hitters.add("a", 1);
+        assert!(hitters.is_exact());
+        hitters.add("b", 2);
+        let only: Vec<_> = hitters
+            .iter()
+            .map(|entry| (entry.key, entry.count, entry.error))
+            .collect();
+        assert_eq!(only, [("b", 7, 5)]);
+        assert_eq!(
+            (hitters.len(), hitters.capacity(), hitters.total()),
+            (1, 1, 7)
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "capacity must be at least 1")]
+    fn zero_capacity_is_rejected() {
+        HeavyHitters::<()>::new(0);
+    }
+}

@@ -1,0 +1,174 @@
+//! What one window counts per term: occurrences in a bounded heavy-hitter sketch, and per
+//! counted term its distinct authors and a few example posts.
+//!
+//! Memory is bounded by the sketch capacity whatever the vocabulary (see
+//! [`crate::heavy_hitters`] for the error bound once it overflows); the post ids that
+//! examples refer to are kept once per post in one string arena, so a post costs no
+//! allocation of its own.
+
+use crate::authors::AuthorSet;
+use crate::heavy_hitters::{Counted, HeavyHitters};
+
+/// Example posts remembered per term and window.
+pub const EXAMPLES_PER_TERM: usize = 3;
+
+/// A post of the window, as an index into its id arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostRef(u32);
+
+/// Per-term payload of the sketch.
+#[derive(Debug, Default)]
+pub struct TermStats {
+    pub authors: AuthorSet,
+    examples: [u32; EXAMPLES_PER_TERM],
+    example_count: u8,
+}
+
+impl TermStats {
+    fn add_example(&mut self, post: PostRef) {
+        let n = usize::from(self.example_count);
+        // A term repeated in one post must not list that post twice.
+        if n < EXAMPLES_PER_TERM && (n == 0 || self.examples[n - 1] != post.0) {
+            self.examples[n] = post.0;
+            self.example_count += 1;
+        }
+    }
+
+    fn examples(&self) -> impl Iterator<Item = PostRef> + '_ {
+        self.examples[..usize::from(self.example_count)]
+            .iter()
+            .map(|&i| PostRef(i))
+    }
+}
+
+/// The term counts of one window.
+#[derive(Debug)]
+pub struct WindowTerms {
+    sketch: HeavyHitters<TermStats>,
+    /// Post ids, concatenated; `post_id_ends[i]` ends the i-th.
+    post_ids: String,
+    post_id_ends: Vec<u32>,
+    count_authors: bool,
+}
+
+impl WindowTerms {
+    /// `capacity` distinct terms are counted exactly; beyond, SpaceSaving evicts the
+    /// smallest. `count_authors = false` skips the author sets (a cost when unused).
+    pub fn new(capacity: usize, count_authors: bool) -> Self {
+        WindowTerms {
+            sketch: HeavyHitters::new(capacity),
+            post_ids: String::new(),
+            post_id_ends: Vec::new(),
+            count_authors,
+        }
+    }
+
+    /// Registers a post's id so that its terms can cite it; `None` when it has none (or
+    /// the arena is full: ids are examples, not data).
+    pub fn add_post(&mut self, id: &str) -> Option<PostRef> {
+        if id.is_empty() {
+            return None;
+        }
+        let end = u32::try_from(self.post_ids.len() + id.len()).ok()?;
+        let index = u32::try_from(self.post_id_ends.len()).ok()?;
+        self.post_ids.push_str(id);
+        self.post_id_ends.push(end);
+        Some(PostRef(index))
+    }
+
+    /// Counts one occurrence of the term `key` (see [`crate::term_key`]) by `author`
+    /// (a hash from [`crate::authors::author_hash`]) in `post`.
+    pub fn add(&mut self, key: &str, author: u64, post: Option<PostRef>) {
+        let (stats, _) = self.sketch.add(key, 1);
+        if self.count_authors {
+            stats.authors.insert(author);
+        }
+        if let Some(post) = post {
+            stats.add_example(post);
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<Counted<'_, TermStats>> {
+        self.sketch.get(key)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Counted<'_, TermStats>> {
+        self.sketch.iter()
+    }
+
+    /// Distinct terms counted (at most the capacity).
+    pub fn len(&self) -> usize {
+        self.sketch.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sketch.is_empty()
+    }
+
+    /// Distinct authors of a counted term; `None` without author counting.
+    pub fn authors(&self, stats: &TermStats) -> Option<u64> {
+        self.count_authors.then(|| stats.authors.estimate())
+    }
+
+    /// The ids of a term's example posts.
+    pub fn examples(&self, stats: &TermStats) -> Vec<String> {
+        stats
+            .examples()
+            .map(|PostRef(i)| {
+                let i = i as usize;
+                let start = if i == 0 {
+                    0
+                } else {
+                    self.post_id_ends[i - 1] as usize
+                };
+                self.post_ids[start..self.post_id_ends[i] as usize].to_owned()
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authors::author_hash;
+
+    #[test]
+    fn counts_authors_and_examples_per_term() {
+        let mut terms = WindowTerms::new(100, true);
+        let posts = [
+            ("p1", "ann", vec!["fire", "fire"]),
+            ("", "bob", vec!["fire"]),
+            ("p3", "ann", vec!["fire", "smoke"]),
+            ("p4", "cat", vec!["fire"]),
+            ("p5", "dan", vec!["fire"]),
+        ];
+        for (id, author, words) in &posts {
+            let post = terms.add_post(id);
+            for w in words {
+                terms.add(w, author_hash(author), post);
+            }
+        }
+        let fire = terms.get("fire").unwrap();
+        assert_eq!(fire.count, 6);
+        assert_eq!(terms.authors(fire.value), Some(4));
+        assert_eq!(
+            terms.examples(fire.value),
+            ["p1", "p3", "p4"],
+            "no duplicate, posts without id skipped, at most 3"
+        );
+        let smoke = terms.get("smoke").unwrap();
+        assert_eq!((smoke.count, terms.authors(smoke.value)), (1, Some(1)));
+        assert_eq!(terms.examples(smoke.value), ["p3"]);
+        assert_eq!(terms.len(), 2);
+    }
+
+    #[test]
+    fn authors_can_be_left_uncounted() {
+        let mut terms = WindowTerms::new(10, false);
+        for _ in 0..3 {
+            terms.add("spam", author_hash("one"), None);
+        }
+        let spam = terms.get("spam").unwrap();
+        assert_eq!((spam.count, terms.authors(spam.value)), (3, None));
+    }
+}
