@@ -9,20 +9,27 @@
 
 use crate::model::TermKind;
 
-const TAGS: [(char, TermKind); 6] = [
-    ('\u{1}', TermKind::Word),
-    ('\u{2}', TermKind::Hashtag),
-    ('\u{3}', TermKind::Cashtag),
-    ('\u{4}', TermKind::Mention),
-    ('\u{5}', TermKind::Actor),
-    ('\u{6}', TermKind::Bigram),
-];
-
 fn tag(kind: TermKind) -> char {
-    TAGS.iter()
-        .find(|(_, k)| *k == kind)
-        .map(|(tag, _)| *tag)
-        .expect("every kind has a tag")
+    match kind {
+        TermKind::Word => '\u{1}',
+        TermKind::Hashtag => '\u{2}',
+        TermKind::Cashtag => '\u{3}',
+        TermKind::Mention => '\u{4}',
+        TermKind::Actor => '\u{5}',
+        TermKind::Bigram => '\u{6}',
+    }
+}
+
+fn kind_of(tag: u8) -> Option<TermKind> {
+    Some(match tag {
+        1 => TermKind::Word,
+        2 => TermKind::Hashtag,
+        3 => TermKind::Cashtag,
+        4 => TermKind::Mention,
+        5 => TermKind::Actor,
+        6 => TermKind::Bigram,
+        _ => return None,
+    })
 }
 
 /// Appends the key of `(kind, text)` to `out`.
@@ -40,9 +47,9 @@ pub fn key(kind: TermKind, text: &str) -> String {
 
 /// The kind and text of a key made by [`push_key`]; `None` for any other string.
 pub fn split_key(key: &str) -> Option<(TermKind, &str)> {
-    let first = key.chars().next()?;
-    let (_, kind) = TAGS.iter().find(|(tag, _)| *tag == first)?;
-    Some((*kind, &key[first.len_utf8()..]))
+    // Tags are ASCII, so byte 0 is a whole character when it is one.
+    let kind = kind_of(*key.as_bytes().first()?)?;
+    Some((kind, &key[1..]))
 }
 
 #[cfg(test)]

@@ -134,7 +134,8 @@ impl Prior {
 #[derive(Debug, Clone)]
 pub struct TrendDetector {
     config: TrendConfig,
-    baselines: HashMap<Box<str>, Baseline>,
+    /// foldhash, as in [`WindowTerms`].
+    baselines: HashMap<Box<str>, Baseline, foldhash::quality::RandomState>,
     windows_closed: u64,
     last_window: Option<i64>,
     prune_at_len: usize,
@@ -145,7 +146,7 @@ impl TrendDetector {
     pub fn new(config: &TrendConfig) -> Self {
         TrendDetector {
             config: config.clone(),
-            baselines: HashMap::new(),
+            baselines: HashMap::default(),
             windows_closed: 0,
             last_window: None,
             prune_at_len: MIN_PRUNE_LEN,
@@ -162,7 +163,7 @@ impl TrendDetector {
     pub fn close_window(&mut self, window_index: i64, terms: &WindowTerms) -> Vec<TrendEntry> {
         let warming_up = self.windows_closed < u64::from(self.config.warmup_windows);
         let alpha = self.config.baseline_alpha;
-        let mut candidates = Vec::new();
+        let mut top = TopK::new(&self.config);
         for counted in terms.iter() {
             let authors = terms.authors(counted.value);
             let scored = self.scored_count(counted.count, authors);
@@ -198,7 +199,7 @@ impl TrendDetector {
                 None => {}
             }
             if !warming_up {
-                candidates.push(Candidate {
+                top.offer(Candidate {
                     status: status(&prior, counted.count, 1.0),
                     counted,
                     authors,
@@ -209,7 +210,7 @@ impl TrendDetector {
         self.windows_closed += 1;
         self.last_window = Some(window_index);
         self.prune_if_grown(window_index);
-        self.rank(candidates, terms)
+        top.into_entries(terms)
     }
 
     /// Scores a window that is still open (`elapsed` of it, in (0, 1], has been seen)
@@ -224,25 +225,25 @@ impl TrendDetector {
         if self.windows_closed < u64::from(self.config.warmup_windows) {
             return Vec::new();
         }
-        let candidates = terms
-            .iter()
-            .map(|counted| {
-                let authors = terms.authors(counted.value);
-                let scored = self.scored_count(counted.count, authors);
-                let prior = self.prior(counted.key, window_index, elapsed);
-                Candidate {
-                    status: status(&prior, counted.count, elapsed),
-                    score: TermScore {
-                        count: counted.count,
-                        baseline: prior.level,
-                        score: z_score(scored, prior.level, prior.uncertainty),
-                    },
-                    counted,
-                    authors,
-                }
-            })
-            .collect();
-        self.rank(candidates, terms)
+        let mut top = TopK::new(&self.config);
+        for candidate in terms.iter().map(|counted| {
+            let authors = terms.authors(counted.value);
+            let scored = self.scored_count(counted.count, authors);
+            let prior = self.prior(counted.key, window_index, elapsed);
+            Candidate {
+                status: status(&prior, counted.count, elapsed),
+                score: TermScore {
+                    count: counted.count,
+                    baseline: prior.level,
+                    score: z_score(scored, prior.level, prior.uncertainty),
+                },
+                counted,
+                authors,
+            }
+        }) {
+            top.offer(candidate);
+        }
+        top.into_entries(terms)
     }
 
     /// The score of a term (by [`crate::term_key`]) in the window closed last; `None`
@@ -304,63 +305,6 @@ impl TrendDetector {
         }
     }
 
-    fn ranks(&self, c: &Candidate) -> bool {
-        let enough = c.counted.count >= self.config.min_count
-            && c.authors.is_none_or(|a| a >= self.config.min_authors);
-        match self.config.rank_by {
-            RankBy::Score => enough && c.score.score > 0.0,
-            RankBy::Count => enough,
-        }
-    }
-
-    fn rank(&self, mut candidates: Vec<Candidate>, terms: &WindowTerms) -> Vec<TrendEntry> {
-        let top_k = self.config.top_k;
-        candidates.retain(|c| self.ranks(c));
-        // Ties break by text, then kind: `#fire` and `fire` sort as they are written.
-        let by_term = |a: &Candidate, b: &Candidate| {
-            let (kind_a, text_a) = split_key(a.counted.key).expect("keys come from term_key");
-            let (kind_b, text_b) = split_key(b.counted.key).expect("keys come from term_key");
-            text_a.cmp(text_b).then(kind_a.cmp(&kind_b))
-        };
-        let order = |a: &Candidate, b: &Candidate| -> Ordering {
-            match self.config.rank_by {
-                RankBy::Score => b
-                    .score
-                    .score
-                    .total_cmp(&a.score.score)
-                    .then(b.counted.count.cmp(&a.counted.count)),
-                RankBy::Count => b.counted.count.cmp(&a.counted.count),
-            }
-            .then_with(|| by_term(a, b))
-        };
-        if top_k == 0 {
-            return Vec::new();
-        }
-        // Partition first: a window can hold tens of thousands of candidates for 20 slots.
-        if candidates.len() > top_k {
-            candidates.select_nth_unstable_by(top_k - 1, order);
-            candidates.truncate(top_k);
-        }
-        candidates.sort_unstable_by(order);
-        candidates
-            .into_iter()
-            .filter_map(|c| {
-                let (kind, text) = split_key(c.counted.key)?;
-                Some(TrendEntry {
-                    term: text.to_owned(),
-                    kind,
-                    count: c.counted.count,
-                    authors: c.authors.unwrap_or(0),
-                    baseline: c.score.baseline,
-                    score: c.score.score,
-                    status: c.status,
-                    examples: terms.examples(c.counted.value),
-                    count_error: c.counted.error,
-                })
-            })
-            .collect()
-    }
-
     fn prune_if_grown(&mut self, window_index: i64) {
         if self.baselines.len() < self.prune_at_len {
             return;
@@ -385,6 +329,96 @@ impl TrendDetector {
                 .retain(|_, b| b.level_at_end_of(window_index, decay) > threshold);
         }
         self.prune_at_len = MIN_PRUNE_LEN.max(2 * self.baselines.len());
+    }
+}
+
+/// The best `top_k` ranked candidates of a window, kept while scanning it: a window can
+/// hold tens of thousands of terms for 20 slots, and most never get near them.
+struct TopK<'w> {
+    k: usize,
+    rank_by: RankBy,
+    min_count: u64,
+    min_authors: u64,
+    items: Vec<Candidate<'w>>,
+    /// Index of the item that ranks last, once `items` is full.
+    worst: usize,
+}
+
+impl<'w> TopK<'w> {
+    fn new(config: &TrendConfig) -> Self {
+        TopK {
+            k: config.top_k,
+            rank_by: config.rank_by,
+            min_count: config.min_count,
+            min_authors: config.min_authors,
+            items: Vec::with_capacity(config.top_k),
+            worst: 0,
+        }
+    }
+
+    /// Keeps `c` if it may be ranked and beats the current last.
+    fn offer(&mut self, c: Candidate<'w>) {
+        let supported =
+            c.counted.count >= self.min_count && c.authors.is_none_or(|a| a >= self.min_authors);
+        let rankable = match self.rank_by {
+            RankBy::Score => supported && c.score.score > 0.0,
+            RankBy::Count => supported,
+        };
+        if !rankable || self.k == 0 {
+            return;
+        }
+        if self.items.len() < self.k {
+            self.items.push(c);
+        } else if self.order(&c, &self.items[self.worst]) == Ordering::Less {
+            self.items[self.worst] = c;
+        } else {
+            return;
+        }
+        if self.items.len() == self.k {
+            self.worst = (0..self.k)
+                .max_by(|&a, &b| self.order(&self.items[a], &self.items[b]))
+                .unwrap_or(0);
+        }
+    }
+
+    /// `Less` when `a` ranks before `b`: by score (then count) or by count; ties by
+    /// text, then kind, so that `#fire` and `fire` sort as they are written.
+    fn order(&self, a: &Candidate, b: &Candidate) -> Ordering {
+        match self.rank_by {
+            RankBy::Score => b
+                .score
+                .score
+                .total_cmp(&a.score.score)
+                .then(b.counted.count.cmp(&a.counted.count)),
+            RankBy::Count => b.counted.count.cmp(&a.counted.count),
+        }
+        .then_with(|| {
+            let (kind_a, text_a) = split_key(a.counted.key).expect("keys come from term_key");
+            let (kind_b, text_b) = split_key(b.counted.key).expect("keys come from term_key");
+            text_a.cmp(text_b).then(kind_a.cmp(&kind_b))
+        })
+    }
+
+    fn into_entries(mut self, terms: &WindowTerms) -> Vec<TrendEntry> {
+        let mut items = std::mem::take(&mut self.items);
+        items.sort_unstable_by(|a, b| self.order(a, b));
+        items
+            .into_iter()
+            .filter_map(|c| {
+                let (kind, text) = split_key(c.counted.key)?;
+                Some(TrendEntry {
+                    term: text.to_owned(),
+                    kind,
+                    count: c.counted.count,
+                    authors: c.authors.unwrap_or(0),
+                    baseline: c.score.baseline,
+                    score: c.score.score,
+                    status: c.status,
+                    examples: terms.examples(c.counted.value),
+                    count_error: c.counted.error,
+                })
+            })
+            .collect()
     }
 }
 

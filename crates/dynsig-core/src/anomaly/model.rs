@@ -42,6 +42,7 @@ pub struct Params {
     pub lik_long: f64,
     pub lik_off: f64,
     pub lik_raw: f64,
+    pub final_calib: f64,
 }
 
 impl Default for Params {
@@ -85,6 +86,7 @@ impl Default for Params {
             lik_long: 0.0005,
             lik_off: 0.0,
             lik_raw: 0.0,
+            final_calib: 0.0,
         }
     }
 }
@@ -137,9 +139,13 @@ impl Calib {
                 p_param
             }
         };
-        let pr = (n * p_emp + p.prior * p_param) / (n + p.prior);
+        let pr = if n + p.prior > 0.0 {
+            (n * p_emp + p.prior * p_param) / (n + p.prior)
+        } else {
+            p_param
+        };
         self.hist.push(t);
-        let s = -pr.log10();
+        let s = -pr.max(1e-300).log10();
         if p.calib > 0.0 {
             s
         } else {
@@ -177,6 +183,7 @@ pub struct SeriesModel {
     lik_mu: f64,
     lik_var: f64,
     lik_n: f64,
+    c_final: Calib,
 }
 
 impl SeriesModel {
@@ -311,6 +318,12 @@ impl SeriesModel {
         if s_novel > s {
             s = s_novel;
             component = 3;
+        }
+        if p.final_calib > 0.0 {
+            let mut q = p.clone();
+            q.calib = p.final_calib;
+            q.prior = 0.0;
+            s = self.c_final.surprise(&q, s, s);
         }
         if (self.n as f64) < p.warmup {
             s = 0.0;
