@@ -549,7 +549,7 @@ fn watch_term(tokenizer: &Tokenizer, raw: &str) -> Result<WatchTerm, EngineError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AnomalyConfig, TrendConfig, WindowConfig};
+    use crate::config::{AnomalyConfig, EmitMode, ExtraWindow, Stream, TrendConfig, WindowConfig};
     use crate::model::{Alert, AlertStatus, InternalEvent, Post, Severity};
 
     const MINUTE: EpochMs = 60_000;
@@ -916,5 +916,122 @@ mod tests {
                 .to_string();
             assert!(message.contains(field), "{message:?} does not name {field}");
         }
+    }
+
+    fn snapshots(signals: &[Signal]) -> Vec<&TrendSnapshot> {
+        signals
+            .iter()
+            .filter_map(|s| match s {
+                Signal::Trend(t) => Some(t),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn extra_hopping_windows_count_every_input_they_contain() {
+        let mut config = config();
+        config.window.extra = vec![ExtraWindow {
+            size_ms: 3 * MINUTE,
+            hop_ms: MINUTE,
+            streams: vec![Stream::Posts],
+        }];
+        let mut engine = Engine::new(config).unwrap();
+        let mut signals = Vec::new();
+        for minute in 0..5 {
+            engine
+                .ingest(&post(BASE + minute * MINUTE + 1_000, "a", "rocket"), None)
+                .unwrap();
+            engine
+                .ingest(
+                    &event(BASE + minute * MINUTE + 2_000, "error", "", 1.0),
+                    None,
+                )
+                .unwrap();
+            signals.extend(engine.poll_closed());
+        }
+        signals.extend(engine.finish());
+        let counts = |name: &str| -> Vec<(i64, u64)> {
+            snapshots(&signals)
+                .into_iter()
+                .filter(|t| t.window == name)
+                .map(|t| ((t.window_start - BASE) / MINUTE, t.events))
+                .collect()
+        };
+        assert_eq!(counts("1m"), [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1)]);
+        assert_eq!(
+            counts("3m/1m"),
+            [(-2, 1), (-1, 2), (0, 3), (1, 3), (2, 3), (3, 2), (4, 1)],
+            "each post in the 3 windows containing it"
+        );
+        let extra_series: Vec<&str> = signals
+            .iter()
+            .filter_map(|s| match s {
+                Signal::Anomaly(a) if a.window == "3m/1m" => Some(a.series.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            extra_series.iter().all(|s| s.starts_with("posts.")),
+            "the extra window counts posts only: {extra_series:?}"
+        );
+    }
+
+    #[test]
+    fn inputs_too_far_ahead_of_the_wall_clock_are_refused() {
+        let mut engine = Engine::new(config()).unwrap();
+        let limit = BASE + WindowConfig::default().max_future_ms;
+        engine
+            .ingest(&post(limit + 1, "a", "from the future"), None)
+            .unwrap();
+        // No wall clock yet (a replay): nothing to compare with.
+        let mut engine = Engine::new(config()).unwrap();
+        engine.tick(BASE);
+        assert_eq!(
+            engine.ingest(&post(limit + 1, "a", "from the future"), None),
+            Err(Refused::Future { limit })
+        );
+        assert_eq!(
+            engine.ingest(&post(limit, "a", "just in time"), None),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn update_mode_emits_numbered_revisions_then_the_final_one() {
+        let mut config = config();
+        config.window.emit = EmitMode::Updates;
+        config.window.update_every_ms = 20_000;
+        let mut engine = Engine::new(config).unwrap();
+        let mut signals = Vec::new();
+        for seconds in [0, 10, 25, 45, 70] {
+            engine
+                .ingest(&post(BASE + seconds * 1_000, "a", "rocket launch"), None)
+                .unwrap();
+            signals.extend(engine.poll_closed());
+        }
+        signals.extend(engine.finish());
+        let revisions: Vec<(i64, u32, bool, u64)> = snapshots(&signals)
+            .into_iter()
+            .map(|t| {
+                (
+                    (t.window_start - BASE) / MINUTE,
+                    t.revision,
+                    t.is_final,
+                    t.events,
+                )
+            })
+            .collect();
+        assert_eq!(
+            revisions,
+            [
+                (0, 1, false, 1),
+                (0, 2, false, 3),
+                (0, 3, false, 4),
+                (0, 4, true, 4),
+                (1, 1, false, 1),
+                (1, 2, true, 1),
+            ]
+        );
     }
 }
