@@ -21,6 +21,7 @@ pub mod model;
 pub mod stopwords;
 pub mod synth;
 pub mod term_key;
+pub mod term_table;
 pub mod tokenizer;
 pub mod trend;
 pub mod watermark;

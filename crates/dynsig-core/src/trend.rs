@@ -33,12 +33,12 @@
 //! beyond `trends.max_baselines` the lowest levels go first, so memory is bounded.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
 
 use crate::config::{RankBy, TrendConfig};
 use crate::heavy_hitters::Counted;
 use crate::model::{TrendEntry, TrendStatus};
 use crate::term_key::split_key;
+use crate::term_table::TermTable;
 use crate::window_terms::{TermStats, WindowTerms};
 
 /// Added to the baseline under the square root (see the module docs).
@@ -59,13 +59,17 @@ pub struct TermScore {
     pub score: f64,
 }
 
+/// Kept per live term, so kept small (40 bytes): what only explains a past score is
+/// stored in single precision.
 #[derive(Debug, Clone)]
 struct Baseline {
     /// EWMA level as of the end of window `updated_window`.
     level: f64,
     updated_window: i64,
-    /// How the term scored in `updated_window` (`last.baseline` is the level before it).
-    last: TermScore,
+    /// How the term scored in `updated_window`: its count, the level before it, its score.
+    last_count: u32,
+    last_baseline: f32,
+    last_score: f32,
     /// The author-capped count of `updated_window`.
     last_scored: f32,
     /// Windows whose counts the level has learned (saturating).
@@ -83,9 +87,17 @@ impl Baseline {
     /// Occurrences in window `window` if it is the one last updated, else 0.
     fn count_in(&self, window: i64) -> u64 {
         if self.updated_window == window {
-            self.last.count
+            u64::from(self.last_count)
         } else {
             0
+        }
+    }
+
+    fn last(&self) -> TermScore {
+        TermScore {
+            count: u64::from(self.last_count),
+            baseline: f64::from(self.last_baseline),
+            score: f64::from(self.last_score),
         }
     }
 }
@@ -134,8 +146,7 @@ impl Prior {
 #[derive(Debug, Clone)]
 pub struct TrendDetector {
     config: TrendConfig,
-    /// foldhash, as in [`WindowTerms`].
-    baselines: HashMap<Box<str>, Baseline, foldhash::quality::RandomState>,
+    baselines: TermTable<Baseline>,
     windows_closed: u64,
     last_window: Option<i64>,
     prune_at_len: usize,
@@ -146,7 +157,7 @@ impl TrendDetector {
     pub fn new(config: &TrendConfig) -> Self {
         TrendDetector {
             config: config.clone(),
-            baselines: HashMap::default(),
+            baselines: TermTable::default(),
             windows_closed: 0,
             last_window: None,
             prune_at_len: MIN_PRUNE_LEN,
@@ -187,14 +198,16 @@ impl TrendDetector {
             let baseline = Baseline {
                 level: prior.level + alpha * (scored - prior.level),
                 updated_window: window_index,
-                last: score,
+                last_count: u32::try_from(score.count).unwrap_or(u32::MAX),
+                last_baseline: score.baseline as f32,
+                last_score: score.score as f32,
                 last_scored: scored as f32,
                 windows_seen: prior.windows_seen.saturating_add(1),
             };
             match self.baselines.get_mut(counted.key) {
                 Some(known) => *known = baseline,
                 None if warming_up || scored > self.config.new_term_prior => {
-                    self.baselines.insert(counted.key.into(), baseline);
+                    self.baselines.insert(counted.key, baseline);
                 }
                 None => {}
             }
@@ -247,10 +260,11 @@ impl TrendDetector {
     }
 
     /// The score of a term (by [`crate::term_key`]) in the window closed last; `None`
-    /// when it did not occur there (or occurred too little to be tracked).
+    /// when it did not occur there (or occurred too little to be tracked). Kept in single
+    /// precision.
     pub fn last_score(&self, key: &str) -> Option<TermScore> {
         let baseline = self.baselines.get(key)?;
-        (Some(baseline.updated_window) == self.last_window).then_some(baseline.last)
+        (Some(baseline.updated_window) == self.last_window).then(|| baseline.last())
     }
 
     /// Terms with a baseline (for memory accounting).
@@ -278,7 +292,7 @@ impl TrendDetector {
                 previous: (b.updated_window == window_index - 1).then(|| {
                     (
                         f64::from(b.last_scored),
-                        b.last.baseline,
+                        f64::from(b.last_baseline),
                         self.uncertainty(b.windows_seen - 1),
                     )
                 }),
@@ -577,15 +591,15 @@ mod tests {
                 .unwrap()
         };
         let first = ramp(&mut detector, 0, 12);
-        assert!((first.score - 11.0 / 2f64.sqrt()).abs() < 1e-9, "{first:?}");
+        assert!((first.score - 11.0 / 2f64.sqrt()).abs() < 1e-5, "{first:?}");
         let second = ramp(&mut detector, 1, 15);
         // One window alone: (15 - 4.3) / sqrt(5.3) = 4.6; both against 2 × 1: 25 / sqrt(3).
         assert!(
-            (second.score - 25.0 / 3f64.sqrt()).abs() < 1e-9,
+            (second.score - 25.0 / 3f64.sqrt()).abs() < 1e-5,
             "{second:?}"
         );
         assert!(
-            (second.baseline - 4.3).abs() < 1e-9,
+            (second.baseline - 4.3).abs() < 1e-5,
             "the entry shows its own baseline"
         );
     }
@@ -718,7 +732,7 @@ mod tests {
         detector.close_window(3, &counts(&fire)); // windows 1 and 2 had no #fire
         let seen = detector.last_score(&fire_key).unwrap();
         assert!(
-            (seen.baseline - 30.7 * 0.7f64.powi(2)).abs() < 1e-9,
+            (seen.baseline - 30.7 * 0.7f64.powi(2)).abs() < 1e-5,
             "{seen:?}"
         );
         assert_eq!(seen.count, 100);

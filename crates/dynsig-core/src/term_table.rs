@@ -1,0 +1,192 @@
+//! A compact map from term keys to small values, for state kept per live term (the trend
+//! baselines): one million terms must fit in well under 100 MB.
+//!
+//! A `HashMap<Box<str>, V>` costs a 16-byte box and a separate heap allocation (≥ 32 bytes
+//! with malloc's overhead) per key, and its buckets are rewritten all over after each
+//! doubling, so right after one it holds ~2.3× the space of its entries in resident
+//! memory. Here the keys are concatenated in one arena string, the entries `(key span,
+//! value)` sit in a dense vector (only its used prefix is ever touched, so the spare
+//! capacity of a doubling costs no resident memory), and the hash index holds 4-byte entry
+//! numbers. Per term: the key's bytes, 8 bytes of span, the value, and ~5–10 bytes of
+//! index. Removal happens in bulk ([`TermTable::retain`]), which rebuilds the arena and the
+//! index, so it costs O(len) and is meant to be amortized (e.g. when the table doubled).
+
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+
+/// Where a key sits in the arena.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+/// See the module docs. Keys are at most 4 GiB in total (the arena is indexed by `u32`).
+#[derive(Debug, Clone)]
+pub struct TermTable<V> {
+    /// Entry numbers, hashed by their key.
+    index: HashTable<u32>,
+    entries: Vec<(Span, V)>,
+    arena: String,
+    /// Seeded at random per table, since the keys come from anyone who posts.
+    hasher: foldhash::quality::RandomState,
+}
+
+impl<V> Default for TermTable<V> {
+    fn default() -> Self {
+        TermTable {
+            index: HashTable::new(),
+            entries: Vec::new(),
+            arena: String::new(),
+            hasher: foldhash::quality::RandomState::default(),
+        }
+    }
+}
+
+impl<V> TermTable<V> {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&V> {
+        let at = self.find(key)?;
+        Some(&self.entries[at].1)
+    }
+
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+        let at = self.find(key)?;
+        Some(&mut self.entries[at].1)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.find(key).is_some()
+    }
+
+    /// Inserts or replaces the value of `key`.
+    pub fn insert(&mut self, key: &str, value: V) {
+        if let Some(existing) = self.get_mut(key) {
+            *existing = value;
+            return;
+        }
+        let span = Span {
+            start: u32::try_from(self.arena.len()).expect("term arena under 4 GiB"),
+            len: u32::try_from(key.len()).expect("term under 4 GiB"),
+        };
+        self.arena.push_str(key);
+        let number = u32::try_from(self.entries.len()).expect("under 4 billion terms");
+        self.entries.push((span, value));
+        let hash = self.hasher.hash_one(key);
+        let (entries, arena, hasher) = (&self.entries, &self.arena, &self.hasher);
+        self.index.insert_unique(hash, number, |&n| {
+            hasher.hash_one(key_of(arena, entries[n as usize].0))
+        });
+    }
+
+    /// Keeps the entries for which `keep` is true, then rebuilds the arena and index
+    /// (so that removed keys free their space).
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &V) -> bool) {
+        let old_arena = std::mem::take(&mut self.arena);
+        let old_entries = std::mem::take(&mut self.entries);
+        self.index.clear();
+        for (span, value) in old_entries {
+            let key = key_of(&old_arena, span);
+            if keep(key, &value) {
+                self.insert(key, value);
+            }
+        }
+        self.arena.shrink_to_fit();
+        self.entries.shrink_to_fit();
+        let (arena, entries, hasher) = (&self.arena, &self.entries, &self.hasher);
+        self.index
+            .shrink_to_fit(|&n| hasher.hash_one(key_of(arena, entries[n as usize].0)));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
+        self.entries
+            .iter()
+            .map(|(span, value)| (key_of(&self.arena, *span), value))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.entries.iter().map(|(_, value)| value)
+    }
+
+    fn find(&self, key: &str) -> Option<usize> {
+        let hash = self.hasher.hash_one(key);
+        self.index
+            .find(hash, |&n| {
+                key_of(&self.arena, self.entries[n as usize].0) == key
+            })
+            .map(|&n| n as usize)
+    }
+}
+
+fn key_of(arena: &str, span: Span) -> &str {
+    &arena[span.start as usize..(span.start + span.len) as usize]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn behaves_like_a_map() {
+        let mut table = TermTable::default();
+        let mut model = HashMap::new();
+        for i in 0..5_000u32 {
+            let key = format!("term{}", i % 3_000);
+            let value = i;
+            table.insert(&key, value);
+            model.insert(key, value);
+        }
+        assert_eq!(table.len(), model.len());
+        for (key, value) in &model {
+            assert_eq!(table.get(key), Some(value), "{key}");
+        }
+        assert_eq!(table.get("absent"), None);
+        *table.get_mut("term7").unwrap() += 1;
+        assert_eq!(table.get("term7"), Some(&(model["term7"] + 1)));
+        assert!(table.contains_key("term2999") && !table.contains_key("term3000"));
+        let mut seen: Vec<(String, u32)> = table.iter().map(|(k, v)| (k.to_owned(), *v)).collect();
+        seen.sort();
+        assert_eq!(seen.len(), 3_000);
+    }
+
+    #[test]
+    fn retain_drops_entries_and_their_keys() {
+        let mut table = TermTable::default();
+        for i in 0..1_000u32 {
+            table.insert(&format!("k{i}"), i);
+        }
+        let arena_before = table.arena.len();
+        table.retain(|key, value| key.ends_with('7') && *value > 500);
+        assert_eq!(table.len(), 50);
+        assert!(
+            table.arena.len() < arena_before / 10,
+            "removed keys free the arena"
+        );
+        assert_eq!(table.get("k507"), Some(&507));
+        assert_eq!(table.get("k508"), None);
+        assert_eq!(table.get("k7"), None);
+        table.insert("k7", 7);
+        assert_eq!((table.get("k7"), table.len()), (Some(&7), 51));
+    }
+
+    #[test]
+    fn empty_and_unicode_keys() {
+        let mut table = TermTable::default();
+        table.insert("", 1);
+        table.insert("東京", 2);
+        table.insert("\u{1}fire", 3);
+        assert_eq!(
+            (table.get(""), table.get("東京"), table.get("\u{1}fire")),
+            (Some(&1), Some(&2), Some(&3))
+        );
+    }
+}
