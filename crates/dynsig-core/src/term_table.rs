@@ -7,8 +7,12 @@
 //! memory. Here the keys are concatenated in one arena string, the entries `(key span,
 //! value)` sit in a dense vector (only its used prefix is ever touched, so the spare
 //! capacity of a doubling costs no resident memory), and the hash index holds 4-byte entry
-//! numbers. Per term: the key's bytes, 8 bytes of span, the value, and ~5–10 bytes of
-//! index. Removal happens in bulk ([`TermTable::retain`]), which rebuilds the arena and the
+//! numbers. Per term: the key's bytes, 8 bytes of span, the value, ~5–10 bytes of
+//! index, and 1 byte of filter.
+//!
+//! Most lookups miss (a window's long tail of words and bigrams seen once), and a miss in
+//! a large hash index costs a cache miss. A one-bit-per-hash filter (8 bits per entry,
+//! two probes: ~5% false positives), small enough to stay in cache, answers most of them. Removal happens in bulk ([`TermTable::retain`]), which rebuilds the arena and the
 //! index, so it costs O(len) and is meant to be amortized (e.g. when the table doubled).
 
 use std::hash::BuildHasher;
@@ -29,9 +33,14 @@ pub struct TermTable<V> {
     index: HashTable<u32>,
     entries: Vec<(Span, V)>,
     arena: String,
+    /// Bits set for each key's hash (see the module docs); a power of two long.
+    filter: Vec<u64>,
     /// Seeded at random per table, since the keys come from anyone who posts.
     hasher: foldhash::quality::RandomState,
 }
+
+/// Filter bits per entry, at most (the filter doubles when it gets denser).
+const FILTER_BITS_PER_ENTRY: usize = 8;
 
 impl<V> Default for TermTable<V> {
     fn default() -> Self {
@@ -39,6 +48,7 @@ impl<V> Default for TermTable<V> {
             index: HashTable::new(),
             entries: Vec::new(),
             arena: String::new(),
+            filter: vec![0; 1],
             hasher: foldhash::quality::RandomState::default(),
         }
     }
@@ -81,6 +91,11 @@ impl<V> TermTable<V> {
         let number = u32::try_from(self.entries.len()).expect("under 4 billion terms");
         self.entries.push((span, value));
         let hash = self.hasher.hash_one(key);
+        if self.entries.len() * FILTER_BITS_PER_ENTRY > self.filter.len() * 64 {
+            self.rebuild_filter(self.filter.len() * 2);
+        } else {
+            self.mark(hash);
+        }
         let (entries, arena, hasher) = (&self.entries, &self.arena, &self.hasher);
         self.index.insert_unique(hash, number, |&n| {
             hasher.hash_one(key_of(arena, entries[n as usize].0))
@@ -101,6 +116,8 @@ impl<V> TermTable<V> {
         }
         self.arena.shrink_to_fit();
         self.entries.shrink_to_fit();
+        let words = (self.entries.len() * FILTER_BITS_PER_ENTRY).div_ceil(64);
+        self.rebuild_filter(words.next_power_of_two());
         let (arena, entries, hasher) = (&self.arena, &self.entries, &self.hasher);
         self.index
             .shrink_to_fit(|&n| hasher.hash_one(key_of(arena, entries[n as usize].0)));
@@ -118,11 +135,48 @@ impl<V> TermTable<V> {
 
     fn find(&self, key: &str) -> Option<usize> {
         let hash = self.hasher.hash_one(key);
+        if !self.may_hold(hash) {
+            return None;
+        }
         self.index
             .find(hash, |&n| {
                 key_of(&self.arena, self.entries[n as usize].0) == key
             })
             .map(|&n| n as usize)
+    }
+}
+
+impl<V> TermTable<V> {
+    /// The two filter bits of a hash: from its high bits (the index uses the low ones).
+    fn filter_bits(&self, hash: u64) -> [usize; 2] {
+        let bits = self.filter.len() * 64;
+        [
+            (hash >> 40) as usize & (bits - 1),
+            (hash >> 16) as usize & (bits - 1),
+        ]
+    }
+
+    fn mark(&mut self, hash: u64) {
+        for bit in self.filter_bits(hash) {
+            self.filter[bit / 64] |= 1 << (bit % 64);
+        }
+    }
+
+    fn may_hold(&self, hash: u64) -> bool {
+        self.filter_bits(hash)
+            .iter()
+            .all(|&bit| self.filter[bit / 64] & (1 << (bit % 64)) != 0)
+    }
+
+    /// Resets the filter to `words` 64-bit words (a power of two) and marks every key.
+    fn rebuild_filter(&mut self, words: usize) {
+        self.filter = vec![0; words.max(1)];
+        for at in 0..self.entries.len() {
+            let hash = self
+                .hasher
+                .hash_one(key_of(&self.arena, self.entries[at].0));
+            self.mark(hash);
+        }
     }
 }
 

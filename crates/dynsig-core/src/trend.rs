@@ -178,17 +178,18 @@ impl TrendDetector {
         for counted in terms.iter() {
             let authors = terms.authors(counted.value);
             let scored = self.scored_count(counted.count, authors);
-            let prior = if warming_up && !self.baselines.contains_key(counted.key) {
-                Prior {
+            // One lookup per term: it is most of the cost of closing a window.
+            let known = self.baselines.get_mut(counted.key);
+            let prior = match &known {
+                None if warming_up => Prior {
                     level: scored,
                     uncertainty: 0.0,
                     previous_count: 0,
                     previous: None,
                     windows_seen: 0,
                     known: false,
-                }
-            } else {
-                self.prior(counted.key, window_index, 1.0)
+                },
+                known => prior_of(&self.config, known.as_deref(), window_index, 1.0),
             };
             let score = TermScore {
                 count: counted.count,
@@ -204,7 +205,7 @@ impl TrendDetector {
                 last_scored: scored as f32,
                 windows_seen: prior.windows_seen.saturating_add(1),
             };
-            match self.baselines.get_mut(counted.key) {
+            match known {
                 Some(known) => *known = baseline,
                 None if warming_up || scored > self.config.new_term_prior => {
                     self.baselines.insert(counted.key, baseline);
@@ -242,7 +243,12 @@ impl TrendDetector {
         for candidate in terms.iter().map(|counted| {
             let authors = terms.authors(counted.value);
             let scored = self.scored_count(counted.count, authors);
-            let prior = self.prior(counted.key, window_index, elapsed);
+            let prior = prior_of(
+                &self.config,
+                self.baselines.get(counted.key),
+                window_index,
+                elapsed,
+            );
             Candidate {
                 status: status(&prior, counted.count, elapsed),
                 score: TermScore {
@@ -278,44 +284,6 @@ impl TrendDetector {
         match authors {
             Some(authors) if cap > 0 => count.min(authors.saturating_mul(cap)) as f64,
             _ => count as f64,
-        }
-    }
-
-    /// The expected scored count of `key` in window `window_index`, times `elapsed`.
-    fn prior(&self, key: &str, window_index: i64, elapsed: f64) -> Prior {
-        let decay = 1.0 - self.config.baseline_alpha;
-        match self.baselines.get(key) {
-            Some(b) => Prior {
-                level: b.level_at_end_of(window_index - 1, decay) * elapsed,
-                uncertainty: self.uncertainty(b.windows_seen),
-                previous_count: b.count_in(window_index - 1),
-                previous: (b.updated_window == window_index - 1).then(|| {
-                    (
-                        f64::from(b.last_scored),
-                        f64::from(b.last_baseline),
-                        self.uncertainty(b.windows_seen - 1),
-                    )
-                }),
-                windows_seen: b.windows_seen,
-                known: true,
-            },
-            None => Prior {
-                level: self.config.new_term_prior * elapsed,
-                uncertainty: 0.0,
-                previous_count: 0,
-                previous: None,
-                windows_seen: 0,
-                known: false,
-            },
-        }
-    }
-
-    /// Relative variance of a level learned from `windows` windows (0: the prior).
-    fn uncertainty(&self, windows: u32) -> f64 {
-        let alpha = self.config.baseline_alpha;
-        match windows {
-            0 => 0.0,
-            n => (1.0 / f64::from(n)).max(alpha / (2.0 - alpha)),
         }
     }
 
@@ -433,6 +401,50 @@ impl<'w> TopK<'w> {
                 })
             })
             .collect()
+    }
+}
+
+/// What a term's baseline (`None`: never seen, or forgotten) expects in window
+/// `window_index`, times `elapsed`.
+fn prior_of(
+    config: &TrendConfig,
+    baseline: Option<&Baseline>,
+    window_index: i64,
+    elapsed: f64,
+) -> Prior {
+    let alpha = config.baseline_alpha;
+    match baseline {
+        Some(b) => Prior {
+            level: b.level_at_end_of(window_index - 1, 1.0 - alpha) * elapsed,
+            uncertainty: uncertainty(alpha, b.windows_seen),
+            previous_count: b.count_in(window_index - 1),
+            previous: (b.updated_window == window_index - 1).then(|| {
+                (
+                    f64::from(b.last_scored),
+                    f64::from(b.last_baseline),
+                    uncertainty(alpha, b.windows_seen - 1),
+                )
+            }),
+            windows_seen: b.windows_seen,
+            known: true,
+        },
+        None => Prior {
+            level: config.new_term_prior * elapsed,
+            uncertainty: 0.0,
+            previous_count: 0,
+            previous: None,
+            windows_seen: 0,
+            known: false,
+        },
+    }
+}
+
+/// Relative variance of a level learned from `windows` windows (0: the prior) by an EWMA
+/// of weight `alpha` (see the module docs).
+fn uncertainty(alpha: f64, windows: u32) -> f64 {
+    match windows {
+        0 => 0.0,
+        n => (1.0 / f64::from(n)).max(alpha / (2.0 - alpha)),
     }
 }
 
