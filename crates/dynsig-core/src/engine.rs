@@ -186,38 +186,18 @@ impl Engine {
         self.check_time(input, ts)?;
         self.watermark
             .observe(origin.map_or(UNPARTITIONED, |o| o.partition), ts);
-        match input {
+        // The series this input adds to, by how much, and for a post its author (its
+        // terms are in `term_keys`/`term_ends`).
+        let key = &mut self.series_scratch;
+        key.clear();
+        let (value, post) = match input {
             Input::Post(post) => {
+                let _ = write!(key, "posts.source={}", or_unknown(&post.source));
                 let author = self.author_of(post);
                 self.collect_terms(&post.text);
-                let key = &mut self.series_scratch;
-                key.clear();
-                let _ = write!(key, "posts.source={}", or_unknown(&post.source));
-                for view in self.views.iter_mut().filter(|v| v.counts_posts) {
-                    for start in view.windows.starts_containing(ts) {
-                        let counts = open(
-                            &mut view.windows,
-                            start,
-                            origin,
-                            self.terms_per_window,
-                            self.count_authors,
-                        );
-                        counts.posts += 1;
-                        let post_ref = counts.terms.add_post(&post.id);
-                        let mut begin = 0;
-                        for &end in &self.term_ends {
-                            counts
-                                .terms
-                                .add(&self.term_keys[begin..end], author, post_ref);
-                            begin = end;
-                        }
-                        add_to_series(&mut counts.series, key, 1.0);
-                    }
-                }
+                (1.0, Some((post, author)))
             }
             Input::Event(event) => {
-                let key = &mut self.series_scratch;
-                key.clear();
                 let _ = write!(key, "events.kind={}", or_unknown(&event.kind));
                 if !event.key.is_empty() {
                     let _ = write!(key, ",key={}", event.key);
@@ -228,16 +208,28 @@ impl Engine {
                 } else {
                     0.0
                 };
-                for view in self.views.iter_mut().filter(|v| v.counts_events) {
-                    for start in view.windows.starts_containing(ts) {
-                        let counts = open(
-                            &mut view.windows,
-                            start,
-                            origin,
-                            self.terms_per_window,
-                            self.count_authors,
-                        );
-                        add_to_series(&mut counts.series, key, value);
+                (value, None)
+            }
+        };
+        for view in self.views.iter_mut().filter(|v| v.counts(input)) {
+            for start in view.windows.starts_containing(ts) {
+                let counts = open(
+                    &mut view.windows,
+                    start,
+                    origin,
+                    self.terms_per_window,
+                    self.count_authors,
+                );
+                add_to_series(&mut counts.series, &self.series_scratch, value);
+                if let Some((post, author)) = post {
+                    counts.posts += 1;
+                    let post_ref = counts.terms.add_post(&post.id);
+                    let mut begin = 0;
+                    for &end in &self.term_ends {
+                        counts
+                            .terms
+                            .add(&self.term_keys[begin..end], author, post_ref);
+                        begin = end;
                     }
                 }
             }

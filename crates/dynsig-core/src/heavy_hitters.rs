@@ -412,28 +412,11 @@ mod tests {
     use std::hash::{BuildHasher, Hasher};
 
     use super::*;
+    use crate::rng::SplitMix64;
 
-    /// Tiny deterministic PRNG for the tests (SplitMix64).
-    struct SplitMix64(u64);
-
-    impl SplitMix64 {
-        fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next_u64() % n
-        }
-
-        /// Roughly Zipf(1) over `1..=vocabulary`: log-uniform ranks.
-        fn zipf(&mut self, vocabulary: u64) -> u64 {
-            let unit = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-            ((vocabulary as f64).powf(unit) as u64).clamp(1, vocabulary)
-        }
+    /// Roughly Zipf(1) over `1..=vocabulary`: log-uniform ranks.
+    fn zipf(rng: &mut SplitMix64, vocabulary: u64) -> u64 {
+        ((vocabulary as f64).powf(rng.unit()) as u64).clamp(1, vocabulary)
     }
 
     /// Puts every key in one probe sequence, to exercise the index's collision handling.
@@ -497,8 +480,8 @@ mod tests {
         let mut hitters = HeavyHitters::<u64>::new(distinct);
         let mut expected: HashMap<String, (u64, u64)> = HashMap::new();
         for _ in 0..5_000 {
-            let key = format!("term{}", rng.below(distinct as u64));
-            let weight = 1 + rng.below(5);
+            let key = format!("term{}", rng.below(distinct));
+            let weight = 1 + rng.below(5) as u64;
             let (adds, reset) = hitters.add(&key, weight);
             *adds += 1;
             let entry = expected.entry(key).or_default();
@@ -530,8 +513,8 @@ mod tests {
                 slots: Vec::new(),
             };
             for step in 0..4_000 {
-                let key = format!("k{}", rng.zipf(4 * capacity as u64));
-                let weight = 1 + rng.below(3);
+                let key = format!("k{}", zipf(&mut rng, 4 * capacity as u64));
+                let weight = 1 + rng.below(3) as u64;
                 hitters.add(&key, weight);
                 colliding.add(&key, weight);
                 reference.add(&key, weight);
@@ -557,8 +540,8 @@ mod tests {
         let mut hitters = HeavyHitters::<()>::new(capacity);
         let mut truth: HashMap<String, u64> = HashMap::new();
         for _ in 0..100_000 {
-            let key = format!("w{}", rng.zipf(50_000));
-            let weight = 1 + rng.below(2);
+            let key = format!("w{}", zipf(&mut rng, 50_000));
+            let weight = 1 + rng.below(2) as u64;
             hitters.add(&key, weight);
             *truth.entry(key).or_default() += weight;
         }
@@ -587,7 +570,7 @@ mod tests {
             let mut rng = SplitMix64(99);
             let mut hitters = HeavyHitters::<()>::new(50);
             for _ in 0..5_000 {
-                hitters.add(&format!("t{}", rng.zipf(1_000)), 1);
+                hitters.add(&format!("t{}", zipf(&mut rng, 1_000)), 1);
             }
             snapshot(&hitters)
         });

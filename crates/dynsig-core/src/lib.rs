@@ -18,6 +18,7 @@ pub mod decode;
 pub mod engine;
 pub mod heavy_hitters;
 pub mod model;
+mod rng;
 pub mod stopwords;
 pub mod synth;
 pub mod term_key;
