@@ -89,9 +89,23 @@ struct View {
     windows: Windows<WindowCounts>,
     trends: TrendDetector,
     anomalies: AnomalyDetector,
+    /// The earliest input time seen before this view closed its first window: windows
+    /// starting before it were covered only in part (the service started inside them).
+    started_at: Option<EpochMs>,
+    closed_any: bool,
 }
 
 impl View {
+    /// The fraction of the window `[start, end)` that the input covered (see
+    /// `started_at`), at least 10%, so that a sliver of a window is not blown up.
+    fn coverage(&self, start: EpochMs, end: EpochMs) -> f64 {
+        let Some(started_at) = self.started_at else {
+            return 1.0;
+        };
+        let covered = end - start.max(started_at);
+        (covered as f64 / (end - start) as f64).clamp(0.1, 1.0)
+    }
+
     fn counts(&self, input: &Input) -> bool {
         match input {
             Input::Post(_) => self.counts_posts,
@@ -153,6 +167,8 @@ impl Engine {
                 windows: Windows::new(size, effective_hop(size, hop)),
                 trends: TrendDetector::new(&config.trends),
                 anomalies: AnomalyDetector::new(&config.anomaly),
+                started_at: None,
+                closed_any: false,
             })
             .collect();
         Ok(Engine {
@@ -212,6 +228,9 @@ impl Engine {
             }
         };
         for view in self.views.iter_mut().filter(|v| v.counts(input)) {
+            if !view.closed_any {
+                view.started_at = Some(view.started_at.map_or(ts, |s| s.min(ts)));
+            }
             for start in view.windows.starts_containing(ts) {
                 let counts = open(
                     &mut view.windows,
@@ -389,8 +408,12 @@ impl Engine {
             }
         }
         let view = &mut self.views[v];
+        view.closed_any = true;
         let index = view.windows.index(start);
-        let entries = view.trends.close_window(index, &counts.terms);
+        let coverage = view.coverage(start, end);
+        let entries = view
+            .trends
+            .close_partial_window(index, &counts.terms, coverage);
         let scores = view.anomalies.close_window(start, &counts.series);
         let mut alerts = Vec::new();
         if v == 0 {
@@ -736,7 +759,7 @@ mod tests {
             error_anomaly.score >= 0.999 && error_anomaly.expected < 12.0,
             "{error_anomaly:?}"
         );
-        assert_eq!(error_anomaly.detector, "ewma-z");
+        assert_eq!(error_anomaly.detector, DETECTOR_NAME);
     }
 
     #[test]

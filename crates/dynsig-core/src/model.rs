@@ -107,6 +107,17 @@ pub enum TrendStatus {
     Falling,
 }
 
+impl TrendStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrendStatus::New => "new",
+            TrendStatus::Rising => "rising",
+            TrendStatus::Steady => "steady",
+            TrendStatus::Falling => "falling",
+        }
+    }
+}
+
 /// One ranked entry of a [`TrendSnapshot`]: the term and why it ranks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrendEntry {

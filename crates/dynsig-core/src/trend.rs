@@ -172,6 +172,21 @@ impl TrendDetector {
     /// baseline starts at its count instead of `new_term_prior`: at startup every term is
     /// "new", and ranking the whole vocabulary as trending would flood the alerts.
     pub fn close_window(&mut self, window_index: i64, terms: &WindowTerms) -> Vec<TrendEntry> {
+        self.close_partial_window(window_index, terms, 1.0)
+    }
+
+    /// [`Self::close_window`] for a window that the input covered only in part: the
+    /// fraction `coverage` (in (0, 1]) of its span, e.g. the window in which the service
+    /// started. Its counts are compared with that fraction of the baselines, and learned
+    /// as if the window had gone on at the same rate: otherwise a half-covered first
+    /// window would teach half-size baselines and make the next full window look like a
+    /// surge of every term.
+    pub fn close_partial_window(
+        &mut self,
+        window_index: i64,
+        terms: &WindowTerms,
+        coverage: f64,
+    ) -> Vec<TrendEntry> {
         let warming_up = self.windows_closed < u64::from(self.config.warmup_windows);
         let alpha = self.config.baseline_alpha;
         let mut top = TopK::new(&self.config);
@@ -189,20 +204,23 @@ impl TrendDetector {
                     windows_seen: 0,
                     known: false,
                 },
-                known => prior_of(&self.config, known.as_deref(), window_index, 1.0),
+                known => prior_of(&self.config, known.as_deref(), window_index, coverage),
             };
+            // The level for a whole window, before and after learning this one.
+            let level = prior.level / coverage;
             let score = TermScore {
                 count: counted.count,
                 baseline: prior.level,
                 score: prior.score(scored),
             };
             let baseline = Baseline {
-                level: prior.level + alpha * (scored - prior.level),
+                level: level + alpha * (scored / coverage - level),
                 updated_window: window_index,
                 last_count: u32::try_from(score.count).unwrap_or(u32::MAX),
-                last_baseline: score.baseline as f32,
+                // As whole-window figures, so that the two-window score stays fair.
+                last_baseline: level as f32,
                 last_score: score.score as f32,
-                last_scored: scored as f32,
+                last_scored: (scored / coverage) as f32,
                 windows_seen: prior.windows_seen.saturating_add(1),
             };
             match known {
@@ -214,7 +232,7 @@ impl TrendDetector {
             }
             if !warming_up {
                 top.offer(Candidate {
-                    status: status(&prior, counted.count, 1.0),
+                    status: status(&prior, counted.count, coverage),
                     counted,
                     authors,
                     score,
@@ -614,6 +632,23 @@ mod tests {
             (second.baseline - 4.3).abs() < 1e-5,
             "the entry shows its own baseline"
         );
+    }
+
+    #[test]
+    fn a_partly_covered_first_window_teaches_whole_window_levels() {
+        let mut detector = TrendDetector::new(&TrendConfig {
+            warmup_windows: 1,
+            ..config()
+        });
+        // The service started halfway through window 0: 50 of the usual 100.
+        detector.close_partial_window(0, &counts(&[(TermKind::Word, "rocket", 50)]), 0.5);
+        let entries = detector.close_window(1, &counts(&[(TermKind::Word, "rocket", 100)]));
+        assert!(
+            entries.is_empty(),
+            "a full window is not a surge: {entries:?}"
+        );
+        let seen = detector.last_score(&rocket()).unwrap();
+        assert!((seen.baseline - 100.0).abs() < 1e-9, "{seen:?}");
     }
 
     #[test]

@@ -116,19 +116,21 @@ fn render(state: &ViewState, elapsed: Duration, duration: Duration) -> String {
             );
             let _ = writeln!(
                 out,
-                "  {:>2}  {:<24} {:<8} {:>6} {:>9} {:>7}",
-                "#", "term", "kind", "count", "baseline", "score"
+                "  {:>2}  {:<24} {:<8} {:>6} {:>7} {:>9} {:>7}  {}",
+                "#", "term", "kind", "count", "authors", "baseline", "score", "status"
             );
             for (rank, entry) in snapshot.entries.iter().enumerate() {
                 let _ = writeln!(
                     out,
-                    "  {:>2}  {:<24} {:<8} {:>6} {:>9.1} {:>7.1}",
+                    "  {:>2}  {:<24} {:<8} {:>6} {:>7} {:>9.1} {:>7.1}  {}",
                     rank + 1,
                     entry.term,
                     entry.kind.as_str(),
                     entry.count,
+                    entry.authors,
                     entry.baseline,
-                    entry.score
+                    entry.score,
+                    entry.status.as_str()
                 );
             }
         }
