@@ -28,10 +28,11 @@ pub struct OutRecord {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Content {
-    /// A signal of a window that ended at `window_end` (event time).
+    /// A signal of a window that ended at `window_end` (event time); `None` for the
+    /// update snapshot of a window still open, which has no event-time-to-publish latency.
     Signal {
         kind: &'static str,
-        window_end: i64,
+        window_end: Option<i64>,
     },
     DeadLetter {
         reason: RejectReason,
@@ -64,19 +65,19 @@ pub fn signal_record(topics: &TopicsConfig, signal: &Signal) -> OutRecord {
         Signal::Trend(t) => (
             &topics.trends,
             format!("{}@{}", t.window, t.window_start),
-            t.window_end,
+            t.is_final.then_some(t.window_end),
             serde_json::to_vec(t),
         ),
         Signal::Anomaly(a) => (
             &topics.anomalies,
             a.series.clone(),
-            a.window_end,
+            Some(a.window_end),
             serde_json::to_vec(a),
         ),
         Signal::Alert(a) => (
             &topics.alerts,
             a.id.clone(),
-            a.updated_at,
+            Some(a.updated_at),
             serde_json::to_vec(a),
         ),
     };
@@ -174,7 +175,7 @@ mod tests {
             record.content,
             Content::Signal {
                 kind: "alert",
-                window_end: 20
+                window_end: Some(20)
             }
         );
     }

@@ -405,8 +405,10 @@ fn count_published(content: Content, wall_now: i64) {
     match content {
         Content::Signal { kind, window_end } => {
             counter!(names::SIGNALS_PUBLISHED, "kind" => kind).increment(1);
-            histogram!(names::EVENT_TIME_TO_PUBLISH)
-                .record((wall_now - window_end) as f64 / 1000.0);
+            if let Some(window_end) = window_end {
+                histogram!(names::EVENT_TIME_TO_PUBLISH)
+                    .record((wall_now - window_end) as f64 / 1000.0);
+            }
         }
         Content::DeadLetter { reason } => {
             counter!(names::DLQ_RECORDS, "reason" => reason.as_str()).increment(1);
