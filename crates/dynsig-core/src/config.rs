@@ -366,14 +366,35 @@ impl Default for TrendConfig {
     }
 }
 
-/// The per-series anomaly detector.
+/// The per-series anomaly detector (see `anomaly`): a baseline with a daily profile, a
+/// spike, a shift, a range-novelty and a time-of-day test, each calibrated on the series'
+/// own history, and a refractory period after each detection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AnomalyConfig {
-    /// Weight of the newest window in each series' EWMA mean and variance (0..1].
+    /// Weight of the newest window in each series' level (0..1]: 0.05 follows a level
+    /// change within ~20 windows.
     pub alpha: f64,
+    /// Weight of the newest window in the shift statistic (0..1]: smaller waits for more
+    /// evidence of a sustained move, larger reacts faster.
+    pub shift_alpha: f64,
     /// Windows a series must have been seen in before it is scored.
     pub warmup_windows: u32,
+    /// Windows the range and the calibration of each series remember (older ones fade).
+    pub horizon_windows: u32,
+    /// After a window scores at least `refractory_score`, the next `refractory_windows`
+    /// windows of that series are capped just below it unless far more surprising (p
+    /// cubed): one event makes one detection, and its alert keeps firing while it lasts.
+    pub refractory_windows: u32,
+    /// Keep equal to `alerts.anomaly_fire` (0..1).
+    pub refractory_score: f64,
+    /// Extra evidence required of every window, in decades of probability: 1.0 asks for
+    /// events ten times rarer than the NAB-tuned default (0). See `overrides`.
+    pub strictness: f64,
+    /// Settings for the series whose name starts with a prefix (`posts.`, `events.`,
+    /// `terms.`, or longer like `events.kind=error`); the longest matching prefix wins,
+    /// unset keys keep the values above.
+    pub overrides: std::collections::BTreeMap<String, AnomalyOverride>,
     /// Terms (as written in text: `acme`, `#outage`, `@acme`, `$acme`) whose per-window
     /// counts are watched as series `terms.term=<term>`.
     pub watch_terms: Vec<String>,
@@ -393,6 +414,40 @@ impl AnomalyConfig {
             self.alpha,
         )?;
         require(
+            is_weight(self.shift_alpha),
+            "anomaly.shift_alpha",
+            "in (0, 1]",
+            self.shift_alpha,
+        )?;
+        require(
+            self.horizon_windows >= 8,
+            "anomaly.horizon_windows",
+            ">= 8",
+            self.horizon_windows,
+        )?;
+        require(
+            is_unit(self.refractory_score),
+            "anomaly.refractory_score",
+            "in [0, 1]",
+            self.refractory_score,
+        )?;
+        require(
+            is_strictness(self.strictness),
+            "anomaly.strictness",
+            "finite and >= 0",
+            self.strictness,
+        )?;
+        for (prefix, o) in &self.overrides {
+            if let Some(strictness) = o.strictness {
+                require(
+                    is_strictness(strictness),
+                    "anomaly.overrides.strictness",
+                    &format!("finite and >= 0 (prefix {prefix:?})"),
+                    strictness,
+                )?;
+            }
+        }
+        require(
             is_unit(self.publish_score),
             "anomaly.publish_score",
             "in [0, 1]",
@@ -411,8 +466,27 @@ impl AnomalyConfig {
 impl Default for AnomalyConfig {
     fn default() -> Self {
         Self {
-            alpha: 0.2,
+            alpha: 0.05,
+            shift_alpha: 0.05,
             warmup_windows: 3,
+            horizon_windows: 20_000,
+            refractory_windows: 100,
+            refractory_score: 0.9902,
+            strictness: 0.0,
+            // The service's own series: many healthy streams watched at once, where an
+            // anomaly is far rarer than in NAB's hand-picked series; one decade more
+            // evidence keeps a steady count stream to about one false alert in five days
+            // (benches/RESULTS.md).
+            overrides: ["events.", "posts.", "terms."]
+                .into_iter()
+                .map(|prefix| {
+                    let o = AnomalyOverride {
+                        strictness: Some(1.0),
+                        refractory_windows: None,
+                    };
+                    (prefix.to_owned(), o)
+                })
+                .collect(),
             watch_terms: Vec::new(),
             publish_score: 0.95,
             forget_after_zero_windows: 60,
@@ -420,11 +494,24 @@ impl Default for AnomalyConfig {
     }
 }
 
+/// Per-prefix settings of [`AnomalyConfig`]; unset keys keep the section's values.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnomalyOverride {
+    pub strictness: Option<f64>,
+    pub refractory_windows: Option<u32>,
+}
+
+fn is_strictness(x: f64) -> bool {
+    x.is_finite() && x >= 0.0
+}
+
 /// When signals become alerts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AlertConfig {
-    /// An anomaly score at or above this fires the series' alert.
+    /// An anomaly score at or above this fires the series' alert. The default is the
+    /// threshold that maximises the NAB standard profile (benches/RESULTS.md).
     pub anomaly_fire: f64,
     /// A firing anomaly alert resolves when the score falls below this (hysteresis).
     pub anomaly_resolve: f64,
@@ -459,7 +546,7 @@ impl AlertConfig {
 impl Default for AlertConfig {
     fn default() -> Self {
         Self {
-            anomaly_fire: 0.99,
+            anomaly_fire: 0.9902,
             anomaly_resolve: 0.9,
             critical_score: 0.999,
         }

@@ -1,6 +1,7 @@
 //! The `dynsig` command: `run` the service against Kafka, `demo` it on an embedded broker,
 //! `replay` files through the same pipeline, `gen` a synthetic feed.
 
+mod backtest;
 mod config;
 mod demo;
 mod gen;
@@ -67,6 +68,13 @@ enum Command {
     ///
     /// Example: dynsig gen --duration 10m --posts posts.jsonl --events events.jsonl --truth truth.json
     Gen(gen::GenArgs),
+    /// Score CSV series (NAB layout) with the service's anomaly detector, for benchmarks.
+    ///
+    /// Every <category>/<file>.csv under DATA_DIR (columns timestamp,value) is one series;
+    /// OUT_DIR/<category>/<file>.csv gets timestamp,value,anomaly_score, row for row.
+    ///
+    /// Example: dynsig backtest ../shared/nab/data /tmp/nab-out
+    Backtest(backtest::BacktestArgs),
 }
 
 #[derive(Args)]
@@ -122,6 +130,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gen(args) => gen::gen(args),
+        Command::Backtest(args) => backtest::run(args),
     }
 }
 

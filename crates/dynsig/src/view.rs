@@ -116,8 +116,8 @@ fn render(state: &ViewState, elapsed: Duration, duration: Duration) -> String {
             );
             let _ = writeln!(
                 out,
-                "  {:>2}  {:<24} {:<8} {:>6} {:>7} {:>9} {:>7}  {}",
-                "#", "term", "kind", "count", "authors", "baseline", "score", "status"
+                "  {:>2}  {:<24} {:<8} {:>6} {:>7} {:>9} {:>7}  status",
+                "#", "term", "kind", "count", "authors", "baseline", "score"
             );
             for (rank, entry) in snapshot.entries.iter().enumerate() {
                 let _ = writeln!(
