@@ -334,9 +334,9 @@ impl TrendConfig {
             alert_score,
         )?;
         require(
-            self.max_terms_per_window > 0,
+            (1..=crate::heavy_hitters::MAX_CAPACITY).contains(&self.max_terms_per_window),
             "trends.max_terms_per_window",
-            "> 0",
+            &format!("in 1..={}", crate::heavy_hitters::MAX_CAPACITY),
             self.max_terms_per_window,
         )?;
         require(

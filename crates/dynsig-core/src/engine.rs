@@ -905,8 +905,31 @@ mod tests {
     #[test]
     fn invalid_config_names_the_field() {
         type BreakConfig = fn(&mut EngineConfig);
-        let cases: [(BreakConfig, &str); 6] = [
+        let cases: [(BreakConfig, &str); 11] = [
             (|c| c.window.size_ms = 0, "window.size_ms"),
+            (|c| c.window.hop_ms = 7_000, "window.hop_ms"),
+            (
+                |c| {
+                    c.window.extra = vec![ExtraWindow {
+                        size_ms: MINUTE,
+                        hop_ms: 0,
+                        streams: vec![Stream::Posts],
+                    }]
+                },
+                "window.extra",
+            ),
+            (|c| c.window.max_future_ms = -1, "window.max_future_ms"),
+            (
+                |c| {
+                    c.window.emit = EmitMode::Updates;
+                    c.window.update_every_ms = 0;
+                },
+                "window.update_every_ms",
+            ),
+            (
+                |c| c.trends.max_terms_per_window = 0,
+                "trends.max_terms_per_window",
+            ),
             (|c| c.trends.baseline_alpha = 0.0, "trends.baseline_alpha"),
             (|c| c.anomaly.alpha = f64::NAN, "anomaly.alpha"),
             (

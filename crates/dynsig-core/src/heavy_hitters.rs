@@ -238,7 +238,9 @@ impl<V, S> HeavyHitters<V, S> {
     }
 }
 
-const MAX_CAPACITY: usize = 1 << 31;
+/// The largest capacity: slot numbers are `u32`, and the index derives bucket positions
+/// from a 32-bit tag.
+pub const MAX_CAPACITY: usize = 1 << 31;
 
 /// A bucket of the index: the slot of a key and a 32-bit tag of its hash, which gives the
 /// home bucket and filters out most string comparisons.
