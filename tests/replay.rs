@@ -2,44 +2,18 @@
 //! incident the generator planted must come out as a firing alert in the right window,
 //! and the output files must be what downstream tools parse.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod support;
 
 use serde_json::Value;
+use support::{read_jsonl, run_dynsig, TestDir};
 
 const START_MS: i64 = 1_800_000_000_000;
 const WINDOW_MS: i64 = 60_000;
 
-fn dynsig(args: &[&str]) {
-    let output = Command::new(env!("CARGO_BIN_EXE_dynsig"))
-        .args(args)
-        .output()
-        .expect("run dynsig");
-    assert!(
-        output.status.success(),
-        "dynsig {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dynsig-replay-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn read_jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("each line is JSON"))
-        .collect()
-}
-
 #[test]
 fn replay_reports_every_planted_burst_and_incident() {
-    let dir = scratch_dir("planted");
+    let scratch = TestDir::new("replay-planted");
+    let dir = scratch.path();
     let (posts, events, truth, out) = (
         dir.join("posts.jsonl"),
         dir.join("events.jsonl"),
@@ -47,7 +21,7 @@ fn replay_reports_every_planted_burst_and_incident() {
         dir.join("out"),
     );
     let start = START_MS.to_string();
-    dynsig(&[
+    run_dynsig(&[
         "gen",
         "--duration",
         "10m",
@@ -60,7 +34,7 @@ fn replay_reports_every_planted_burst_and_incident() {
         "--truth",
         truth.to_str().unwrap(),
     ]);
-    dynsig(&[
+    run_dynsig(&[
         "replay",
         "--posts",
         posts.to_str().unwrap(),
@@ -72,8 +46,8 @@ fn replay_reports_every_planted_burst_and_incident() {
 
     let truth: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(&truth).unwrap()).unwrap();
-    let alerts = read_jsonl(&out.join("signals.alerts.jsonl"));
-    let trends = read_jsonl(&out.join("signals.trends.jsonl"));
+    let alerts: Vec<Value> = read_jsonl(&out.join("signals.alerts.jsonl"));
+    let trends: Vec<Value> = read_jsonl(&out.join("signals.trends.jsonl"));
     assert_eq!(
         trends.len(),
         10,
@@ -119,12 +93,12 @@ fn replay_reports_every_planted_burst_and_incident() {
             "no firing alert {expected_id} for {planted}; alerts: {alerts:#?}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn replay_dead_letters_bad_lines_and_keeps_going() {
-    let dir = scratch_dir("bad-lines");
+    let scratch = TestDir::new("replay-bad-lines");
+    let dir = scratch.path();
     let posts = dir.join("posts.jsonl");
     let good = |ts: i64, text: &str| format!(r#"{{"ts":{ts},"author":"a","text":"{text}"}}"#);
     let lines = [
@@ -137,7 +111,7 @@ fn replay_dead_letters_bad_lines_and_keeps_going() {
     ];
     std::fs::write(&posts, lines.join("\n")).unwrap();
     let out = dir.join("out");
-    dynsig(&[
+    run_dynsig(&[
         "replay",
         "--posts",
         posts.to_str().unwrap(),
@@ -145,7 +119,7 @@ fn replay_dead_letters_bad_lines_and_keeps_going() {
         out.to_str().unwrap(),
     ]);
 
-    let letters = read_jsonl(&out.join("dynsig.dlq.jsonl"));
+    let letters: Vec<Value> = read_jsonl(&out.join("dynsig.dlq.jsonl"));
     let reasons: Vec<(&str, i64)> = letters
         .iter()
         .map(|l| {
@@ -156,7 +130,7 @@ fn replay_dead_letters_bad_lines_and_keeps_going() {
         })
         .collect();
     assert_eq!(reasons, [("invalid_json", 2), ("missing_field", 3)]);
-    let late = read_jsonl(&out.join("signals.late.jsonl"));
+    let late: Vec<Value> = read_jsonl(&out.join("signals.late.jsonl"));
     assert_eq!(late.len(), 1, "late inputs have their own topic: {late:?}");
     assert_eq!(
         (late[0]["reason"].as_str(), late[0]["source_line"].as_i64()),
@@ -167,11 +141,10 @@ fn replay_dead_letters_bad_lines_and_keeps_going() {
         lines[4].as_str(),
         "a dead letter keeps the original line"
     );
-    let trends = read_jsonl(&out.join("signals.trends.jsonl"));
+    let trends: Vec<Value> = read_jsonl(&out.join("signals.trends.jsonl"));
     let counted: u64 = trends.iter().map(|t| t["events"].as_u64().unwrap()).sum();
     assert_eq!(
         counted, 2,
         "both good posts are counted, the late one is not"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
