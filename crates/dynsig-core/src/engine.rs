@@ -93,8 +93,6 @@ struct View {
     /// starting before it were covered only in part (the service started inside them).
     started_at: Option<EpochMs>,
     closed_any: bool,
-    /// Distinct terms of the window closed last: what a new window makes room for.
-    last_distinct_terms: usize,
 }
 
 impl View {
@@ -171,7 +169,6 @@ impl Engine {
                 anomalies: AnomalyDetector::new(&config.anomaly),
                 started_at: None,
                 closed_any: false,
-                last_distinct_terms: 0,
             })
             .collect();
         Ok(Engine {
@@ -241,7 +238,6 @@ impl Engine {
                     origin,
                     self.terms_per_window,
                     self.count_authors,
-                    view.last_distinct_terms,
                 );
                 add_to_series(&mut counts.series, &self.series_scratch, value);
                 if let Some((post, author)) = post {
@@ -413,7 +409,6 @@ impl Engine {
         }
         let view = &mut self.views[v];
         view.closed_any = true;
-        view.last_distinct_terms = counts.terms.len();
         let index = view.windows.index(start);
         let coverage = view.coverage(start, end);
         let entries = view
@@ -516,18 +511,13 @@ fn open(
     origin: Option<Origin>,
     terms_per_window: usize,
     count_authors: bool,
-    expected_terms: usize,
 ) -> &mut WindowCounts {
-    let counts = windows.state_mut(start, origin, || {
-        let mut terms = WindowTerms::new(terms_per_window, count_authors);
-        terms.reserve(expected_terms);
-        WindowCounts {
-            posts: 0,
-            terms,
-            series: HashMap::new(),
-            revision: 0,
-            changed: false,
-        }
+    let counts = windows.state_mut(start, origin, || WindowCounts {
+        posts: 0,
+        terms: WindowTerms::new(terms_per_window, count_authors),
+        series: HashMap::new(),
+        revision: 0,
+        changed: false,
     });
     counts.changed = true;
     counts

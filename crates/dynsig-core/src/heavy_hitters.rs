@@ -142,18 +142,6 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
         }
     }
 
-    /// Makes room for `keys` tracked keys (at most the capacity) up front, so that a sketch
-    /// expected to fill that far skips the growth steps of its slots and index.
-    pub fn reserve(&mut self, keys: usize) {
-        let keys = keys.min(self.capacity);
-        self.slots
-            .reserve_exact(keys.saturating_sub(self.slots.len()));
-        if self.index.needs_growth(keys) {
-            let buckets = (keys * 4).div_ceil(3).next_power_of_two();
-            self.index.grow_to(buckets);
-        }
-    }
-
     /// Adds `weight` to `key`'s count and returns its payload, with `true` when the key was
     /// not tracked (new, or it just replaced an evicted key): the payload is then
     /// `V::default()`.
@@ -387,12 +375,8 @@ impl Index {
     }
 
     fn grow(&mut self) {
-        self.grow_to(self.buckets.len() * 2);
-    }
-
-    /// Moves the buckets into a table of `buckets` (a larger power of two).
-    fn grow_to(&mut self, buckets: usize) {
-        let old = std::mem::replace(&mut self.buckets, vec![Bucket::EMPTY; buckets]);
+        let doubled = vec![Bucket::EMPTY; self.buckets.len() * 2];
+        let old = std::mem::replace(&mut self.buckets, doubled);
         for bucket in old.into_iter().filter(|bucket| !bucket.is_empty()) {
             let at = self.vacant(bucket.tag);
             self.buckets[at] = bucket;

@@ -65,12 +65,6 @@ impl WindowTerms {
         }
     }
 
-    /// Makes room for `terms` distinct terms up front (e.g. as many as the previous
-    /// window had): filling the sketch then skips its growth steps.
-    pub fn reserve(&mut self, terms: usize) {
-        self.sketch.reserve(terms);
-    }
-
     /// Registers a post's id so that its terms can cite it; `None` when it has none (or
     /// the arena is full: ids are examples, not data).
     pub fn add_post(&mut self, id: &str) -> Option<PostRef> {
