@@ -29,16 +29,21 @@
 //!   allocation when the key is already tracked (lookups take `&str`).
 //! - Full: the first eviction builds an indexed binary min-heap in O(capacity); after that
 //!   incrementing a tracked key and evicting are O(log capacity). An eviction also hashes the
-//!   evicted key again and swaps one key allocation.
+//!   evicted key again and appends the new key to the key arena.
 //! - Memory is O(capacity), bounded whatever the vocabulary. Per tracked key:
-//!   `32 + size_of::<V>()` bytes of slot (key pointer, count, error, payload), the key's own
-//!   allocation, 8-byte index buckets at a load between 3/8 and 3/4 (about 11 to 21 bytes per
-//!   key), and 8 bytes of heap once evicting. The slot vector never grows past `capacity`.
+//!   `24 + size_of::<V>()` bytes of slot (key span, count, error, payload), the key's bytes
+//!   in the arena (at most twice over: see below), 8-byte index buckets at a load between
+//!   3/8 and 3/4 (about 11 to 21 bytes per key), and 8 bytes of heap once evicting. The slot
+//!   vector never grows past `capacity`.
 //!
 //! # Layout
 //!
-//! Keys live once, in the slots. The index is a small open-addressing table (linear probing,
-//! backward-shift deletion) of `(hash tag, slot number)` pairs, in the style of `indexmap`:
+//! Keys live once, concatenated in one arena string that the slots point into: no
+//! allocation per key (a window's sketch is filled anew every window), and keys sit densely
+//! in memory. An evicted key's bytes stay in the arena as garbage until garbage outweighs
+//! the live keys; then the arena is rewritten with the live keys only (amortized O(1) per
+//! eviction). The index is a small open-addressing table (linear probing, backward-shift
+//! deletion) of `(hash tag, slot number)` pairs, in the style of `indexmap`:
 //! `std::collections::HashMap` has no stable way to find and remove a key it does not own,
 //! so it would need a second copy of every key for the evictions.
 
@@ -52,6 +57,9 @@ pub struct HeavyHitters<V, S = RandomState> {
     capacity: usize,
     /// Tracked keys by slot number; `len() <= capacity`.
     slots: Vec<Slot<V>>,
+    /// The keys of the slots, and `garbage` bytes of evicted ones.
+    arena: String,
+    garbage: usize,
     index: Index,
     /// Empty until the first eviction; afterwards it holds every slot.
     heap: MinHeap,
@@ -73,20 +81,33 @@ pub struct Counted<'a, V> {
 
 #[derive(Debug, Clone)]
 struct Slot<V> {
-    key: Box<str>,
+    key: Span,
     count: u64,
     error: u64,
     value: V,
 }
 
 impl<V> Slot<V> {
-    fn counted(&self) -> Counted<'_, V> {
+    fn counted<'a>(&'a self, arena: &'a str) -> Counted<'a, V> {
         Counted {
-            key: &self.key,
+            key: self.key.of(arena),
             count: self.count,
             error: self.error,
             value: &self.value,
         }
+    }
+}
+
+/// Where a key sits in the arena.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Span {
+    fn of(self, arena: &str) -> &str {
+        &arena[self.start as usize..(self.start + self.len) as usize]
     }
 }
 
@@ -111,6 +132,8 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
         HeavyHitters {
             capacity,
             slots: Vec::new(),
+            arena: String::new(),
+            garbage: 0,
             index: Index::new(),
             heap: MinHeap::default(),
             hasher,
@@ -125,7 +148,7 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
     pub fn add(&mut self, key: &str, weight: u64) -> (&mut V, bool) {
         self.total += weight;
         let tag = self.tag(key);
-        let vacant = match self.index.find(tag, key, &self.slots) {
+        let vacant = match self.index.find(tag, key, &self.slots, &self.arena) {
             Ok(slot) => {
                 self.slots[slot].count += weight;
                 if self.heap.is_built() {
@@ -157,8 +180,9 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
             let room = self.capacity - self.slots.len();
             self.slots.reserve_exact(self.slots.len().max(4).min(room));
         }
+        let key = self.store(key);
         self.slots.push(Slot {
-            key: key.into(),
+            key,
             count: weight,
             error: 0,
             value: V::default(),
@@ -173,21 +197,50 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
             self.heap.build(&self.slots);
         }
         let slot = self.heap.min();
-        let evicted_tag = self.tag(&self.slots[slot].key);
-        self.index.remove_slot(evicted_tag, slot);
+        let evicted = self.slots[slot].key;
+        self.index
+            .remove_slot(self.tag(evicted.of(&self.arena)), slot);
         // The removal may shift buckets, so the vacant bucket found earlier is stale.
         let vacant = self.index.vacant(tag);
         self.index.set(vacant, tag, slot);
+        self.garbage += evicted.len as usize;
+        let key = self.store(key);
         let min = self.slots[slot].count;
         self.slots[slot] = Slot {
-            key: key.into(),
+            key,
             count: min + weight,
             error: min,
             value: V::default(),
         };
+        if self.garbage > self.arena.len() / 2 {
+            self.compact_arena();
+        }
         self.heap.increased(slot, &self.slots);
         self.evictions += 1;
         slot
+    }
+
+    /// Appends `key` to the arena.
+    fn store(&mut self, key: &str) -> Span {
+        let start = u32::try_from(self.arena.len()).ok();
+        let span = start
+            .zip(u32::try_from(key.len()).ok())
+            .and_then(|(start, len)| {
+                start.checked_add(len)?;
+                Some(Span { start, len })
+            });
+        self.arena.push_str(key);
+        span.expect("keys of a sketch under 4 GiB")
+    }
+
+    /// Rewrites the arena with the slots' keys only.
+    fn compact_arena(&mut self) {
+        let old = std::mem::take(&mut self.arena);
+        self.garbage = 0;
+        for at in 0..self.slots.len() {
+            let key = self.slots[at].key.of(&old);
+            self.slots[at].key = self.store(key);
+        }
     }
 
     fn tag(&self, key: &str) -> u32 {
@@ -198,15 +251,18 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
 
     /// The tracked entry of `key`, if any.
     pub fn get(&self, key: &str) -> Option<Counted<'_, V>> {
-        let slot = self.index.find(self.tag(key), key, &self.slots).ok()?;
-        Some(self.slots[slot].counted())
+        let slot = self
+            .index
+            .find(self.tag(key), key, &self.slots, &self.arena)
+            .ok()?;
+        Some(self.slots[slot].counted(&self.arena))
     }
 }
 
 impl<V, S> HeavyHitters<V, S> {
     /// Every tracked key, in slot order (deterministic for a given input sequence).
     pub fn iter(&self) -> impl Iterator<Item = Counted<'_, V>> {
-        self.slots.iter().map(Slot::counted)
+        self.slots.iter().map(|slot| slot.counted(&self.arena))
     }
 
     /// Number of tracked keys (at most [`HeavyHitters::capacity`]).
@@ -282,7 +338,7 @@ impl Index {
     }
 
     /// `Ok(slot)` of `key`, or `Err(bucket)`: the empty bucket ending its probe sequence.
-    fn find<V>(&self, tag: u32, key: &str, slots: &[Slot<V>]) -> Result<usize, usize> {
+    fn find<V>(&self, tag: u32, key: &str, slots: &[Slot<V>], arena: &str) -> Result<usize, usize> {
         let mask = self.mask();
         let mut at = tag as usize & mask;
         loop {
@@ -290,7 +346,7 @@ impl Index {
             if bucket.is_empty() {
                 return Err(at);
             }
-            if bucket.tag == tag && *slots[bucket.slot as usize].key == *key {
+            if bucket.tag == tag && slots[bucket.slot as usize].key.of(arena) == key {
                 return Ok(bucket.slot as usize);
             }
             at = (at + 1) & mask;
@@ -553,6 +609,12 @@ mod tests {
         let total = hitters.total();
         assert_eq!(total, truth.values().sum::<u64>());
         assert_eq!(hitters.iter().map(|entry| entry.count).sum::<u64>(), total);
+        let live_bytes: usize = hitters.iter().map(|entry| entry.key.len()).sum();
+        assert!(
+            hitters.arena.len() <= 2 * live_bytes,
+            "evicted keys are dropped from the arena: {} bytes for {live_bytes}",
+            hitters.arena.len()
+        );
         let bound = total / capacity as u64;
         for entry in hitters.iter() {
             let exact = truth[entry.key];

@@ -4,9 +4,10 @@
 //! A `HashMap<Box<str>, V>` costs a 16-byte box and a separate heap allocation (≥ 32 bytes
 //! with malloc's overhead) per key, and its buckets are rewritten all over after each
 //! doubling, so right after one it holds ~2.3× the space of its entries in resident
-//! memory. Here the keys are concatenated in one arena string, the entries `(key span,
-//! value)` sit in a dense vector (only its used prefix is ever touched, so the spare
-//! capacity of a doubling costs no resident memory), and the hash index holds 4-byte entry
+//! memory. Here the keys are concatenated in one arena string, their spans and the values
+//! sit in two dense vectors by entry number (only their used prefix is ever touched, so
+//! the spare capacity of a doubling costs no resident memory; the spans, which every
+//! lookup reads, stay compact and cache-friendly), and the hash index holds 4-byte entry
 //! numbers. Per term: the key's bytes, 8 bytes of span, the value, ~5–10 bytes of
 //! index, and 1 byte of filter.
 //!
@@ -31,7 +32,9 @@ struct Span {
 pub struct TermTable<V> {
     /// Entry numbers, hashed by their key.
     index: HashTable<u32>,
-    entries: Vec<(Span, V)>,
+    /// By entry number.
+    spans: Vec<Span>,
+    values: Vec<V>,
     arena: String,
     /// Bits set for each key's hash (see the module docs); a power of two long.
     filter: Vec<u64>,
@@ -46,7 +49,8 @@ impl<V> Default for TermTable<V> {
     fn default() -> Self {
         TermTable {
             index: HashTable::new(),
-            entries: Vec::new(),
+            spans: Vec::new(),
+            values: Vec::new(),
             arena: String::new(),
             filter: vec![0; 1],
             hasher: foldhash::quality::RandomState::default(),
@@ -56,21 +60,21 @@ impl<V> Default for TermTable<V> {
 
 impl<V> TermTable<V> {
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.spans.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.spans.is_empty()
     }
 
     pub fn get(&self, key: &str) -> Option<&V> {
         let at = self.find(key)?;
-        Some(&self.entries[at].1)
+        Some(&self.values[at])
     }
 
     pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
         let at = self.find(key)?;
-        Some(&mut self.entries[at].1)
+        Some(&mut self.values[at])
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
@@ -88,17 +92,18 @@ impl<V> TermTable<V> {
             len: u32::try_from(key.len()).expect("term under 4 GiB"),
         };
         self.arena.push_str(key);
-        let number = u32::try_from(self.entries.len()).expect("under 4 billion terms");
-        self.entries.push((span, value));
+        let number = u32::try_from(self.spans.len()).expect("under 4 billion terms");
+        self.spans.push(span);
+        self.values.push(value);
         let hash = self.hasher.hash_one(key);
-        if self.entries.len() * FILTER_BITS_PER_ENTRY > self.filter.len() * 64 {
+        if self.spans.len() * FILTER_BITS_PER_ENTRY > self.filter.len() * 64 {
             self.rebuild_filter(self.filter.len() * 2);
         } else {
             self.mark(hash);
         }
-        let (entries, arena, hasher) = (&self.entries, &self.arena, &self.hasher);
+        let (spans, arena, hasher) = (&self.spans, &self.arena, &self.hasher);
         self.index.insert_unique(hash, number, |&n| {
-            hasher.hash_one(key_of(arena, entries[n as usize].0))
+            hasher.hash_one(key_of(arena, spans[n as usize]))
         });
     }
 
@@ -106,31 +111,34 @@ impl<V> TermTable<V> {
     /// (so that removed keys free their space).
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &V) -> bool) {
         let old_arena = std::mem::take(&mut self.arena);
-        let old_entries = std::mem::take(&mut self.entries);
+        let old_spans = std::mem::take(&mut self.spans);
+        let old_values = std::mem::take(&mut self.values);
         self.index.clear();
-        for (span, value) in old_entries {
+        for (span, value) in old_spans.into_iter().zip(old_values) {
             let key = key_of(&old_arena, span);
             if keep(key, &value) {
                 self.insert(key, value);
             }
         }
         self.arena.shrink_to_fit();
-        self.entries.shrink_to_fit();
-        let words = (self.entries.len() * FILTER_BITS_PER_ENTRY).div_ceil(64);
+        self.spans.shrink_to_fit();
+        self.values.shrink_to_fit();
+        let words = (self.spans.len() * FILTER_BITS_PER_ENTRY).div_ceil(64);
         self.rebuild_filter(words.next_power_of_two());
-        let (arena, entries, hasher) = (&self.arena, &self.entries, &self.hasher);
+        let (arena, spans, hasher) = (&self.arena, &self.spans, &self.hasher);
         self.index
-            .shrink_to_fit(|&n| hasher.hash_one(key_of(arena, entries[n as usize].0)));
+            .shrink_to_fit(|&n| hasher.hash_one(key_of(arena, spans[n as usize])));
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
-        self.entries
+        self.spans
             .iter()
+            .zip(&self.values)
             .map(|(span, value)| (key_of(&self.arena, *span), value))
     }
 
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.entries.iter().map(|(_, value)| value)
+        self.values.iter()
     }
 
     fn find(&self, key: &str) -> Option<usize> {
@@ -140,7 +148,7 @@ impl<V> TermTable<V> {
         }
         self.index
             .find(hash, |&n| {
-                key_of(&self.arena, self.entries[n as usize].0) == key
+                key_of(&self.arena, self.spans[n as usize]) == key
             })
             .map(|&n| n as usize)
     }
@@ -171,10 +179,8 @@ impl<V> TermTable<V> {
     /// Resets the filter to `words` 64-bit words (a power of two) and marks every key.
     fn rebuild_filter(&mut self, words: usize) {
         self.filter = vec![0; words.max(1)];
-        for at in 0..self.entries.len() {
-            let hash = self
-                .hasher
-                .hash_one(key_of(&self.arena, self.entries[at].0));
+        for at in 0..self.spans.len() {
+            let hash = self.hasher.hash_one(key_of(&self.arena, self.spans[at]));
             self.mark(hash);
         }
     }
