@@ -108,26 +108,44 @@ impl<V> TermTable<V> {
     }
 
     /// Keeps the entries for which `keep` is true, then rebuilds the arena and index
-    /// (so that removed keys free their space).
+    /// (so that removed keys free their space). Entries are compacted in place and the
+    /// index keeps its allocation: a copy of the table would double its memory exactly
+    /// when it is largest.
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &V) -> bool) {
         let old_arena = std::mem::take(&mut self.arena);
-        let old_spans = std::mem::take(&mut self.spans);
-        let old_values = std::mem::take(&mut self.values);
-        self.index.clear();
-        for (span, value) in old_spans.into_iter().zip(old_values) {
+        self.arena.reserve_exact(old_arena.len());
+        let mut kept = 0;
+        for at in 0..self.spans.len() {
+            let span = self.spans[at];
             let key = key_of(&old_arena, span);
-            if keep(key, &value) {
-                self.insert(key, value);
+            if keep(key, &self.values[at]) {
+                self.spans[kept] = Span {
+                    start: u32::try_from(self.arena.len()).expect("term arena under 4 GiB"),
+                    len: span.len,
+                };
+                self.arena.push_str(key);
+                self.values.swap(kept, at);
+                kept += 1;
             }
         }
+        drop(old_arena);
+        self.spans.truncate(kept);
+        self.values.truncate(kept);
         self.arena.shrink_to_fit();
         self.spans.shrink_to_fit();
         self.values.shrink_to_fit();
-        let words = (self.spans.len() * FILTER_BITS_PER_ENTRY).div_ceil(64);
-        self.rebuild_filter(words.next_power_of_two());
         let (arena, spans, hasher) = (&self.arena, &self.spans, &self.hasher);
+        self.index.clear();
+        for (number, span) in (0u32..).zip(spans) {
+            self.index
+                .insert_unique(hasher.hash_one(key_of(arena, *span)), number, |&n| {
+                    hasher.hash_one(key_of(arena, spans[n as usize]))
+                });
+        }
         self.index
             .shrink_to_fit(|&n| hasher.hash_one(key_of(arena, spans[n as usize])));
+        let words = (self.spans.len() * FILTER_BITS_PER_ENTRY).div_ceil(64);
+        self.rebuild_filter(words.next_power_of_two());
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
