@@ -947,6 +947,10 @@ async fn backlog_to_trends_alerts_and_dead_letters() {
         svc.check(s["window_end"] == start + WINDOW_MS, || {
             format!("window {w}: bad window_end in {s}")
         });
+        svc.check(
+            s["window"] == "10s" && s["revision"] == 1 && s["final"] == true,
+            || format!("window {w}: expected the one final revision of window \"10s\": {s}"),
+        );
         let want = data.posts_per_window[&start];
         // Fewer would mean lost (or wrongly late) posts; more, double counting or a wrong window.
         svc.check(s["events"] == want, || {
@@ -966,6 +970,16 @@ async fn backlog_to_trends_alerts_and_dead_letters() {
     svc.check(
         top["score"].as_f64().is_some() && top["baseline"].as_f64().is_some(),
         || format!("burst window: entry without numeric score/baseline: {top}"),
+    );
+    // 120 distinct authors: past 16, a HyperLogLog estimate (~3% standard error).
+    let burst_prefix = format!("p{BURST_WINDOW:02}-fire-");
+    let examples = top["examples"].as_array().cloned().unwrap_or_default();
+    svc.check(
+        top["authors"].as_u64().is_some_and(|a| a.abs_diff(BURST_POSTS as u64) <= 12)
+            && top["status"] == "new"
+            && !examples.is_empty()
+            && examples.iter().all(|e| e.as_str().is_some_and(|id| id.starts_with(&burst_prefix))),
+        || format!("burst window: expected ~{BURST_POSTS} authors, status new and burst post ids as examples: {top}"),
     );
 
     // Alerts: both planted incidents fire, keyed by their id.
