@@ -121,9 +121,9 @@ struct Prior {
     /// When the term was counted in the previous window: its scored count there, and the
     /// level before it with its uncertainty.
     previous: Option<(f64, f64, f64)>,
-    /// Windows the baseline has learned, this one not included.
+    /// Windows the baseline has learned, this one not included (0: no baseline, the
+    /// term is new).
     windows_seen: u32,
-    known: bool,
 }
 
 impl Prior {
@@ -202,7 +202,6 @@ impl TrendDetector {
                     previous_count: 0,
                     previous: None,
                     windows_seen: 0,
-                    known: false,
                 },
                 known => prior_of(&self.config, known.as_deref(), window_index, coverage),
             };
@@ -444,7 +443,6 @@ fn prior_of(
                 )
             }),
             windows_seen: b.windows_seen,
-            known: true,
         },
         None => Prior {
             level: config.new_term_prior * elapsed,
@@ -452,7 +450,6 @@ fn prior_of(
             previous_count: 0,
             previous: None,
             windows_seen: 0,
-            known: false,
         },
     }
 }
@@ -468,7 +465,7 @@ fn uncertainty(alpha: f64, windows: u32) -> f64 {
 
 /// How a term moves: against the previous window's count scaled by `elapsed`.
 fn status(prior: &Prior, count: u64, elapsed: f64) -> TrendStatus {
-    if !prior.known {
+    if prior.windows_seen == 0 {
         return TrendStatus::New;
     }
     let previous = prior.previous_count as f64 * elapsed;
