@@ -278,6 +278,11 @@ pub struct TrendConfig {
     /// `score`: by trend score (count against the term's baseline), then count.
     /// `count`: by count (a plain top-k of the window), then term.
     pub rank_by: RankBy,
+    /// Learn a baseline per term and score windows against it. `false` (only with
+    /// `rank_by = "count"`) makes the detector a plain top-k: no per-term state beyond the
+    /// previous window's counts, entries scored 0 with the previous window's count as
+    /// their baseline and status, and so no trend alerts.
+    pub baselines: bool,
     /// A term needs at least this many occurrences in a window to be ranked.
     pub min_count: u64,
     /// A term needs at least this many distinct authors in a window to be ranked.
@@ -313,6 +318,12 @@ pub enum RankBy {
 
 impl TrendConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        require(
+            self.baselines || self.rank_by == RankBy::Count,
+            "trends.baselines",
+            "true unless rank_by = \"count\" (scores need baselines)",
+            self.baselines,
+        )?;
         require(
             is_weight(self.baseline_alpha),
             "trends.baseline_alpha",
@@ -353,6 +364,7 @@ impl Default for TrendConfig {
         Self {
             top_k: 20,
             rank_by: RankBy::Score,
+            baselines: true,
             min_count: 5,
             min_authors: 3,
             author_cap: 1,

@@ -93,6 +93,9 @@ struct View {
     /// starting before it were covered only in part (the service started inside them).
     started_at: Option<EpochMs>,
     closed_any: bool,
+    /// The emptied counts of a closed window, reused by the next window to open: a
+    /// sketch refilled in place does not grow and rehash again from empty every window.
+    spare_terms: Option<WindowTerms>,
 }
 
 impl View {
@@ -169,6 +172,7 @@ impl Engine {
                 anomalies: AnomalyDetector::new(&config.anomaly),
                 started_at: None,
                 closed_any: false,
+                spare_terms: None,
             })
             .collect();
         Ok(Engine {
@@ -234,10 +238,10 @@ impl Engine {
             for start in view.windows.starts_containing(ts) {
                 let counts = open(
                     &mut view.windows,
+                    &mut view.spare_terms,
                     start,
                     origin,
-                    self.terms_per_window,
-                    self.count_authors,
+                    || WindowTerms::new(self.terms_per_window, self.count_authors),
                 );
                 add_to_series(&mut counts.series, &self.series_scratch, value);
                 if let Some((post, author)) = post {
@@ -439,6 +443,10 @@ impl Engine {
             distinct_terms: counts.terms.len() as u64,
             entries,
         }));
+        if let Some(mut spare) = view.trends.retire(counts.terms) {
+            spare.clear();
+            view.spare_terms = Some(spare);
+        }
         signals.extend(
             scores
                 .into_iter()
@@ -505,16 +513,18 @@ impl Engine {
 }
 
 /// The state of an open window of `windows`, opened if needed.
-fn open(
-    windows: &mut Windows<WindowCounts>,
+/// The counts of the window starting at `start`, opened if needed with the spare terms
+/// (or `new_terms()` when there are none).
+fn open<'a>(
+    windows: &'a mut Windows<WindowCounts>,
+    spare_terms: &mut Option<WindowTerms>,
     start: EpochMs,
     origin: Option<Origin>,
-    terms_per_window: usize,
-    count_authors: bool,
-) -> &mut WindowCounts {
+    new_terms: impl FnOnce() -> WindowTerms,
+) -> &'a mut WindowCounts {
     let counts = windows.state_mut(start, origin, || WindowCounts {
         posts: 0,
-        terms: WindowTerms::new(terms_per_window, count_authors),
+        terms: spare_terms.take().unwrap_or_else(new_terms),
         series: HashMap::new(),
         revision: 0,
         changed: false,

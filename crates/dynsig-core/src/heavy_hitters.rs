@@ -142,6 +142,18 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
         }
     }
 
+    /// Forgets every key but keeps the allocations (slots, arena, index), so that a sketch
+    /// can be reused for the next window without growing (and rehashing) again from empty.
+    pub fn clear(&mut self) {
+        self.slots.clear();
+        self.arena.clear();
+        self.garbage = 0;
+        self.index.clear();
+        self.heap.clear();
+        self.total = 0;
+        self.evictions = 0;
+    }
+
     /// Adds `weight` to `key`'s count and returns its payload, with `true` when the key was
     /// not tracked (new, or it just replaced an evicted key): the payload is then
     /// `V::default()`.
@@ -333,6 +345,11 @@ impl Index {
         }
     }
 
+    /// Empties every bucket; the table keeps its size.
+    fn clear(&mut self) {
+        self.buckets.fill(Bucket::EMPTY);
+    }
+
     fn mask(&self) -> usize {
         self.buckets.len() - 1
     }
@@ -420,6 +437,11 @@ struct MinHeap {
 impl MinHeap {
     fn is_built(&self) -> bool {
         !self.order.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.order.clear();
+        self.position.clear();
     }
 
     /// Floyd's O(n) heap construction over all slots.
@@ -658,6 +680,29 @@ mod tests {
         assert!(hitters.get("b").is_none());
         assert_eq!(hitters.get("a").expect("kept").value, &[1]);
         assert_eq!(hitters.evictions(), 1);
+    }
+
+    #[test]
+    fn a_cleared_sketch_counts_anew_exactly() {
+        let mut hitters = HeavyHitters::<Vec<u32>>::new(2);
+        hitters.add("a", 2).0.push(1);
+        hitters.add("b", 1);
+        hitters.add("c", 1);
+        assert_eq!(hitters.evictions(), 1);
+        hitters.clear();
+        assert!(hitters.is_empty() && hitters.is_exact());
+        assert_eq!(hitters.total(), 0);
+        assert!(hitters.get("a").is_none());
+        let (ids, new) = hitters.add("a", 1);
+        assert!(new && ids.is_empty(), "no payload survives a clear");
+        hitters.add("d", 4);
+        hitters.add("a", 1);
+        let counts: Vec<_> = hitters.iter().map(|c| (c.key, c.count, c.error)).collect();
+        assert_eq!(counts, [("a", 2, 0), ("d", 4, 0)]);
+        // Full again: evicting works on the reused heap and index.
+        hitters.add("e", 1);
+        assert_eq!(hitters.get("e").map(|c| (c.count, c.error)), Some((3, 2)));
+        assert!(hitters.get("a").is_none());
     }
 
     #[test]

@@ -150,6 +150,9 @@ pub struct TrendDetector {
     windows_closed: u64,
     last_window: Option<i64>,
     prune_at_len: usize,
+    /// The counts of the window closed last, kept only without baselines
+    /// (`trends.baselines = false`): they alone give the status of the next window's terms.
+    previous: Option<WindowTerms>,
 }
 
 impl TrendDetector {
@@ -161,6 +164,7 @@ impl TrendDetector {
             windows_closed: 0,
             last_window: None,
             prune_at_len: MIN_PRUNE_LEN,
+            previous: None,
         }
     }
 
@@ -188,6 +192,15 @@ impl TrendDetector {
         coverage: f64,
     ) -> Vec<TrendEntry> {
         let warming_up = self.windows_closed < u64::from(self.config.warmup_windows);
+        if !self.config.baselines {
+            self.windows_closed += 1;
+            self.last_window = Some(window_index);
+            return if warming_up {
+                Vec::new()
+            } else {
+                self.rank_counts(terms, 1.0)
+            };
+        }
         let alpha = self.config.baseline_alpha;
         let mut top = TopK::new(&self.config);
         for counted in terms.iter() {
@@ -244,6 +257,50 @@ impl TrendDetector {
         top.into_entries(terms)
     }
 
+    /// Hands over the counts of the window just closed (after [`Self::close_window`]) and
+    /// returns counts the detector no longer needs, so that their memory can be reused
+    /// for a new window: without baselines it keeps the latest window's counts (they
+    /// give the next window's status) and returns the ones before; with baselines it
+    /// keeps none.
+    pub fn retire(&mut self, terms: WindowTerms) -> Option<WindowTerms> {
+        if self.config.baselines {
+            Some(terms)
+        } else {
+            self.previous.replace(terms)
+        }
+    }
+
+    /// The top-k by count, without baselines: each entry's status and baseline come from
+    /// the previous window's count (scaled by `elapsed` for a part of a window), and its
+    /// score is 0. Only the ranked entries look at the previous window.
+    fn rank_counts(&self, terms: &WindowTerms, elapsed: f64) -> Vec<TrendEntry> {
+        let mut top = TopK::new(&self.config);
+        for counted in terms.iter() {
+            top.offer(Candidate {
+                authors: terms.authors(counted.value),
+                score: TermScore {
+                    count: counted.count,
+                    baseline: 0.0,
+                    score: 0.0,
+                },
+                status: TrendStatus::New,
+                counted,
+            });
+        }
+        for candidate in &mut top.items {
+            let previous = self
+                .previous
+                .as_ref()
+                .and_then(|p| p.get(candidate.counted.key));
+            if let Some(previous) = previous {
+                let expected = previous.count as f64 * elapsed;
+                candidate.score.baseline = expected;
+                candidate.status = movement(candidate.counted.count, expected);
+            }
+        }
+        top.into_entries(terms)
+    }
+
     /// Scores a window that is still open (`elapsed` of it, in (0, 1], has been seen)
     /// without learning from it: the baselines are scaled by `elapsed`, so a quarter of a
     /// window is compared with a quarter of the usual count. For update mode.
@@ -255,6 +312,9 @@ impl TrendDetector {
     ) -> Vec<TrendEntry> {
         if self.windows_closed < u64::from(self.config.warmup_windows) {
             return Vec::new();
+        }
+        if !self.config.baselines {
+            return self.rank_counts(terms, elapsed);
         }
         let mut top = TopK::new(&self.config);
         for candidate in terms.iter().map(|counted| {
@@ -468,7 +528,11 @@ fn status(prior: &Prior, count: u64, elapsed: f64) -> TrendStatus {
     if prior.windows_seen == 0 {
         return TrendStatus::New;
     }
-    let previous = prior.previous_count as f64 * elapsed;
+    movement(count, prior.previous_count as f64 * elapsed)
+}
+
+/// Rising, falling or steady: `count` against the `previous` window's (scaled) count.
+fn movement(count: u64, previous: f64) -> TrendStatus {
     match (count as f64).total_cmp(&previous) {
         Ordering::Greater => TrendStatus::Rising,
         Ordering::Less => TrendStatus::Falling,
@@ -708,6 +772,76 @@ mod tests {
         );
         let ranked: Vec<_> = entries.iter().map(|e| (e.term.as_str(), e.count)).collect();
         assert_eq!(ranked, [("c", 7), ("#b", 3), ("b", 3), ("a", 1)]);
+    }
+
+    #[test]
+    fn without_baselines_counts_rank_against_the_previous_window_only() {
+        let mut detector = TrendDetector::new(&TrendConfig {
+            top_k: 2,
+            min_count: 1,
+            warmup_windows: 0,
+            rank_by: RankBy::Count,
+            baselines: false,
+            ..config()
+        });
+        // Closes window `w` and hands its counts over, as the engine does.
+        let mut close = |w, items: &[(TermKind, &str, u64)]| {
+            let terms = counts(items);
+            let entries = detector.close_window(w, &terms);
+            let spare = detector.retire(terms);
+            let ranked: Vec<_> = entries
+                .iter()
+                .map(|e| (e.term.clone(), e.count, e.baseline, e.score, e.status))
+                .collect();
+            (ranked, spare.map(|s| s.len()))
+        };
+        let (first, spare) = close(
+            0,
+            &[(TermKind::Word, "fire", 50), (TermKind::Word, "smoke", 5)],
+        );
+        assert_eq!(
+            first,
+            [
+                ("fire".into(), 50, 0.0, 0.0, TrendStatus::New),
+                ("smoke".into(), 5, 0.0, 0.0, TrendStatus::New)
+            ]
+        );
+        assert_eq!(
+            spare, None,
+            "the first window's counts are kept for the next one"
+        );
+        let (second, spare) = close(
+            1,
+            &[
+                (TermKind::Word, "fire", 40),
+                (TermKind::Word, "smoke", 9),
+                (TermKind::Word, "ash", 60),
+            ],
+        );
+        assert_eq!(
+            second,
+            [
+                ("ash".into(), 60, 0.0, 0.0, TrendStatus::New),
+                ("fire".into(), 40, 50.0, 0.0, TrendStatus::Falling)
+            ]
+        );
+        assert_eq!(spare, Some(2), "window 0's counts come back for reuse");
+        assert_eq!(detector.vocabulary(), 0, "no per-term state");
+        assert_eq!(detector.last_score(&key(TermKind::Word, "fire")), None);
+    }
+
+    #[test]
+    fn baselines_off_needs_rank_by_count() {
+        let config = TrendConfig {
+            baselines: false,
+            ..TrendConfig::default()
+        };
+        assert_eq!(config.validate().unwrap_err().field, "trends.baselines");
+        let count_only = TrendConfig {
+            rank_by: RankBy::Count,
+            ..config
+        };
+        assert!(count_only.validate().is_ok());
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub const EXAMPLES_PER_TERM: usize = 3;
 pub struct PostRef(u32);
 
 /// Per-term payload of the sketch.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct TermStats {
     pub authors: AuthorSet,
     examples: [u32; EXAMPLES_PER_TERM],
@@ -42,7 +42,7 @@ impl TermStats {
 }
 
 /// The term counts of one window.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct WindowTerms {
     /// foldhash: several times faster than SipHash on short keys, and still seeded at
     /// random per map, since the keys come from anyone who posts.
@@ -63,6 +63,13 @@ impl WindowTerms {
             post_id_ends: Vec::new(),
             count_authors,
         }
+    }
+
+    /// Empties the window's counts but keeps the allocations, for reuse by the next window.
+    pub fn clear(&mut self) {
+        self.sketch.clear();
+        self.post_ids.clear();
+        self.post_id_ends.clear();
     }
 
     /// Registers a post's id so that its terms can cite it; `None` when it has none (or
