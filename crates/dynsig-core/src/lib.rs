@@ -13,6 +13,7 @@
 pub mod alert;
 pub mod anomaly;
 pub mod authors;
+pub mod catalog;
 pub mod config;
 pub mod decode;
 pub mod engine;
