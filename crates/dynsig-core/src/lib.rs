@@ -14,6 +14,7 @@ pub mod alert;
 pub mod anomaly;
 pub mod authors;
 pub mod catalog;
+pub mod co_mentions;
 pub mod config;
 pub mod decode;
 pub mod engine;
