@@ -21,6 +21,7 @@ pub mod engine;
 pub mod heavy_hitters;
 pub mod model;
 mod rng;
+pub mod routing;
 pub mod stopwords;
 pub mod synth;
 pub mod term_key;
