@@ -34,8 +34,8 @@
 //! `preset` writes the usual trees from a list of `teams`; each team says which actors
 //! (`actors`, by catalog id) and which actor kinds (`actor_kinds`) it owns, and gets the
 //! spoke topic `signals.alerts.<name>` unless it names its own `topic`. The teams that own
-//! an alert are, by precedence: the team its `team` label names; else the teams listing its
-//! actor; else the teams listing its actor kind; else none.
+//! an alert are, by precedence: the configured team its `team` label names; else the teams
+//! listing its actor; else the teams listing its actor kind; else none.
 //!
 //! ```toml
 //! [routing]
