@@ -13,12 +13,15 @@
 pub mod alert;
 pub mod anomaly;
 pub mod authors;
+pub mod catalog;
+pub mod co_mentions;
 pub mod config;
 pub mod decode;
 pub mod engine;
 pub mod heavy_hitters;
 pub mod model;
 mod rng;
+pub mod routing;
 pub mod stopwords;
 pub mod synth;
 pub mod term_key;
