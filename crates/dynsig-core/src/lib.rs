@@ -19,6 +19,7 @@ pub mod config;
 pub mod decode;
 pub mod engine;
 pub mod heavy_hitters;
+pub mod metafilter;
 pub mod model;
 mod rng;
 pub mod routing;
