@@ -18,6 +18,7 @@ pub mod co_mentions;
 pub mod config;
 pub mod decode;
 pub mod engine;
+pub mod feedback;
 pub mod heavy_hitters;
 pub mod metafilter;
 pub mod model;
