@@ -8,7 +8,7 @@
 //! resolved. Everything is driven by [`Grouper::push`] and [`Grouper::flush`] with the
 //! caller's time, so the outcome is deterministic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -74,6 +74,9 @@ pub struct Notification {
     /// The members, latest message of each, by id; resolved members appear in one
     /// notification and then leave the group.
     pub alerts: Vec<Alert>,
+    /// Ids of the members that joined or changed since the group's previous notification
+    /// (all of them in the first), by id.
+    pub changed: Vec<String>,
     /// When the group opened.
     pub first_at: EpochMs,
     pub sent_at: EpochMs,
@@ -88,8 +91,8 @@ struct Group {
     first_at: EpochMs,
     /// The earliest time of the next notification.
     next_at: EpochMs,
-    /// A member joined or changed since the last notification.
-    changed: bool,
+    /// Ids of the members that joined or changed since the last notification.
+    changed: BTreeSet<String>,
     sent: u32,
 }
 
@@ -126,11 +129,11 @@ impl Grouper {
             members: BTreeMap::new(),
             first_at: now,
             next_at: now + wait,
-            changed: false,
+            changed: BTreeSet::new(),
             sent: 0,
         });
+        group.changed.insert(alert.id.clone());
         group.members.insert(alert.id.clone(), alert);
-        group.changed = true;
         if group.members.len() > 1 {
             Placement::WithOthers
         } else {
@@ -164,13 +167,13 @@ impl Grouper {
         let interval = self.config.group_interval_ms;
         let mut due = Vec::new();
         for (key, group) in &mut self.groups {
-            if !group.changed || now < group.next_at {
+            if group.changed.is_empty() || now < group.next_at {
                 continue;
             }
             group.sent += 1;
-            group.changed = false;
             group.next_at = now + interval;
             due.push(notification(key, group, now));
+            group.changed.clear();
             group
                 .members
                 .retain(|_, alert| alert.status == AlertStatus::Firing);
@@ -204,6 +207,7 @@ fn notification(key: &str, group: &Group, now: EpochMs) -> Notification {
         status,
         severity,
         alerts,
+        changed: group.changed.iter().cloned().collect(),
         first_at: group.first_at,
         sent_at: now,
         sequence: group.sent,
@@ -253,6 +257,7 @@ mod tests {
         assert_eq!(n.group_key, "actor=acme");
         assert_eq!(n.group_labels["actor"], "acme");
         assert_eq!(ids(n), ["a", "b"]);
+        assert_eq!(n.changed, ["a", "b"]);
         assert_eq!(n.status, AlertStatus::Firing);
         assert_eq!(
             (n.first_at, n.sent_at, n.sequence),
@@ -279,6 +284,7 @@ mod tests {
         let update = grouper.flush(T0 + 330 * SECOND);
         assert_eq!(update.len(), 1);
         assert_eq!(ids(&update[0]), ["a", "c"]);
+        assert_eq!(update[0].changed, ["c"]);
         assert_eq!(update[0].sequence, 2);
         assert_eq!(update[0].first_at, T0);
     }

@@ -10,7 +10,7 @@
 //!    its group, `Grouped` when sharing it with others);
 //! 4. [`budget`]: at [`Metafilter::flush`], each due notification uses its team's hourly
 //!    budget or, over it and not severe enough to bypass, is held for the team's next
-//!    [`Digest`] (counted as `digested`, per notification).
+//!    [`Digest`] (its new or changed members are counted as `digested`).
 //!
 //! Resolves follow their firing: the first firing message of an occurrence that was
 //! delivered (passed or grouped) makes its resolve delivered too, even if a silence or
@@ -78,15 +78,20 @@ pub enum Outcome {
     Inhibited { by: String },
 }
 
-/// Alert messages by outcome, and held notifications, since start. The service exports
+/// Alert messages by what became of them, since start. The service exports
 /// [`Counters::suppressed_by_reason`] as `dynsig_alerts_suppressed_total{reason}`.
+///
+/// A message is counted once by [`Metafilter::push`] (passed, grouped, silenced or
+/// inhibited), again as passed or grouped if a muted alert is released later, and again as
+/// digested if the notification that carries it is held by the budget.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     pub passed: u64,
     pub grouped: u64,
     pub silenced: u64,
     pub inhibited: u64,
-    /// Notifications (not alert messages) held for a digest by the budget.
+    /// Messages whose notification was held for a digest (the notification's new or
+    /// changed members).
     pub digested: u64,
 }
 
@@ -223,9 +228,10 @@ impl Metafilter {
         let mut flushed = Flushed::default();
         for notification in self.grouper.flush(now) {
             let team = self.budget.team_of(&notification).to_owned();
+            let held_messages = notification.changed.len() as u64;
             match self.budget.admit(&team, notification, now) {
                 Admission::Send(notification) => flushed.notifications.push(notification),
-                Admission::Held => self.counters.digested += 1,
+                Admission::Held => self.counters.digested += held_messages,
             }
         }
         flushed.digests = self.budget.digest(now);
@@ -288,6 +294,7 @@ pub(crate) mod tests {
             common_labels: alert.labels.clone(),
             status: alert.status,
             severity: alert.severity,
+            changed: vec![alert.id.clone()],
             alerts: vec![alert],
             first_at: T0,
             sent_at: T0,
@@ -476,15 +483,36 @@ pub(crate) mod tests {
         .unwrap();
         filter.push(trend("fire", "acme"), T0);
         filter.push(trend("recall", "globex"), T0);
+        filter.push(trend("battery", "globex"), T0);
         let flushed = filter.flush(T0 + WAIT);
         assert_eq!(member_ids(&flushed), [vec!["trend:word:fire"]]);
-        assert_eq!(filter.counters().digested, 1);
+        assert_eq!(filter.counters().digested, 2);
+
+        // The held group's update (one member resolved) is held too.
+        filter.push(resolved(trend("battery", "globex")), T0 + 60 * SECOND);
+        assert!(filter
+            .flush(T0 + WAIT + 300 * SECOND)
+            .notifications
+            .is_empty());
+        assert_eq!(filter.counters().digested, 3);
 
         let later = filter.flush(T0 + WAIT + HOUR);
         assert!(later.notifications.is_empty());
         assert_eq!(later.digests.len(), 1);
-        assert_eq!(later.digests[0].team, "social");
-        assert_eq!(later.digests[0].alerts[0].id, "trend:word:recall");
+        let digest = &later.digests[0];
+        assert_eq!((digest.team.as_str(), digest.notifications), ("social", 2));
+        let held: Vec<(&str, AlertStatus)> = digest
+            .alerts
+            .iter()
+            .map(|a| (a.id.as_str(), a.status))
+            .collect();
+        assert_eq!(
+            held,
+            [
+                ("trend:word:battery", AlertStatus::Resolved),
+                ("trend:word:recall", AlertStatus::Firing)
+            ]
+        );
     }
 
     #[test]
