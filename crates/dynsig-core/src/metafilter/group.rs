@@ -330,6 +330,23 @@ mod tests {
     }
 
     #[test]
+    fn without_group_by_labels_all_alerts_form_one_group() {
+        let mut grouper = Grouper::new(GroupConfig {
+            group_by: vec![],
+            ..GroupConfig::default()
+        });
+        grouper.push(acme("a"), T0);
+        assert_eq!(grouper.push(alert("x", &[]), T0), Placement::WithOthers);
+        let sent = grouper.flush(T0 + 30 * SECOND);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            (sent[0].group_key.as_str(), ids(&sent[0])),
+            ("", vec!["a", "x"])
+        );
+        assert!(sent[0].common_labels.is_empty());
+    }
+
+    #[test]
     fn severity_is_the_highest_among_members() {
         let mut grouper = Grouper::new(GroupConfig::default());
         grouper.push(acme("a"), T0);
