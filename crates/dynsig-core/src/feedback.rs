@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{require, ConfigError};
 use crate::model::{Alert, EpochMs};
+use crate::routing::LABEL_RULE;
 
 /// `[feedback]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,7 +122,7 @@ impl Subject {
     /// From an alert: its `rule` label (its `cause` without one) and its id, the dedup key.
     pub fn of(alert: &Alert) -> Subject {
         Subject {
-            rule: alert.labels.get("rule").unwrap_or(&alert.cause).clone(),
+            rule: alert.labels.get(LABEL_RULE).unwrap_or(&alert.cause).clone(),
             series: alert.id.clone(),
         }
     }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{require, ConfigError};
 use crate::model::{Alert, EpochMs, Severity};
+use crate::routing::{LABEL_ACTOR, LABEL_RULE, LABEL_TEAM};
 
 use super::group::Notification;
 
@@ -38,7 +39,7 @@ pub struct BudgetConfig {
 impl Default for BudgetConfig {
     fn default() -> Self {
         BudgetConfig {
-            team_label: "team".into(),
+            team_label: LABEL_TEAM.into(),
             per_hour: 20,
             min_severity_to_bypass: Severity::Critical,
             digest_interval_ms: HOUR_MS,
@@ -199,8 +200,8 @@ fn make_digest(team: &str, held: Vec<Notification>, from: EpochMs, to: EpochMs) 
         from,
         to,
         notifications: held.len() as u64,
-        by_rule: count_by("rule"),
-        by_actor: count_by("actor"),
+        by_rule: count_by(LABEL_RULE),
+        by_actor: count_by(LABEL_ACTOR),
         alerts: latest.into_values().collect(),
     }
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{require, ConfigError};
 use crate::model::{Alert, AlertStatus, EpochMs, Severity};
+use crate::routing::LABEL_ACTOR;
 
 /// `[metafilter.group]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,7 +33,7 @@ pub struct GroupConfig {
 impl Default for GroupConfig {
     fn default() -> Self {
         GroupConfig {
-            group_by: vec!["actor".into()],
+            group_by: vec![LABEL_ACTOR.into()],
             group_wait_ms: 30_000,
             group_interval_ms: 300_000,
         }

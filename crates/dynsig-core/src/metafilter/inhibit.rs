@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{require, ConfigError};
 use crate::model::{Alert, AlertStatus};
+use crate::routing::{LABEL_ACTOR, LABEL_RULE};
 
 use super::labels_match;
 
@@ -21,6 +22,11 @@ use super::labels_match;
 pub struct InhibitConfig {
     pub rules: Vec<InhibitRule>,
 }
+
+/// The label saying what an anomaly alert measures; [`SCOPE_ACTOR`] marks a series about
+/// one actor as a whole (its volume), which the default inhibition rule treats as parent.
+pub const LABEL_SCOPE: &str = "scope";
+pub const SCOPE_ACTOR: &str = "actor";
 
 impl Default for InhibitConfig {
     /// One rule: an actor-wide anomaly (`rule=anomaly`, `scope=actor`) inhibits the trend
@@ -34,9 +40,9 @@ impl Default for InhibitConfig {
         };
         InhibitConfig {
             rules: vec![InhibitRule {
-                source_match: labels(&[("rule", "anomaly"), ("scope", "actor")]),
-                target_match: labels(&[("rule", "trend")]),
-                equal: vec!["actor".into()],
+                source_match: labels(&[(LABEL_RULE, "anomaly"), (LABEL_SCOPE, SCOPE_ACTOR)]),
+                target_match: labels(&[(LABEL_RULE, "trend")]),
+                equal: vec![LABEL_ACTOR.into()],
             }],
         }
     }
