@@ -221,6 +221,21 @@ impl ActorMatcher {
         scratch: &mut MatchScratch,
         out: &mut Vec<&'m str>,
     ) {
+        let mut indexes = Vec::new();
+        self.find_indexes(text, lang, scratch, &mut indexes);
+        out.clear();
+        out.extend(indexes.into_iter().map(|i| self.actors[i].id.as_str()));
+    }
+
+    /// [`Self::find`] giving positions in [`Self::actors`] instead of ids (what the engine
+    /// counts per post, without allocating).
+    pub fn find_indexes(
+        &self,
+        text: &str,
+        lang: &str,
+        scratch: &mut MatchScratch,
+        out: &mut Vec<usize>,
+    ) {
         out.clear();
         scratch.tokens.clear();
         scratch.token_ends.clear();
@@ -240,14 +255,16 @@ impl ActorMatcher {
                 continue;
             };
             for pattern in candidates {
-                let actor = &self.actors[pattern.actor];
                 let rest = start + 1..start + 1 + pattern.following_words.len();
                 let complete = rest.end <= token_count
                     && rest
                         .zip(pattern.following_words.iter())
                         .all(|(i, word)| scratch.token(i) == &**word);
-                if complete && !out.contains(&actor.id.as_str()) && speaks(actor, lang) {
-                    out.push(&actor.id);
+                if complete
+                    && !out.contains(&pattern.actor)
+                    && speaks(&self.actors[pattern.actor], lang)
+                {
+                    out.push(pattern.actor);
                 }
             }
         }

@@ -128,18 +128,17 @@ pub struct CoMentionGraph {
 
 type PairMap<V> = hashbrown::HashMap<ActorPair, V, foldhash::quality::RandomState>;
 
-/// The co-mention counts of the open window and the baselines of past windows.
+/// The pairs counted in one window. The engine keeps one per open event-time window
+/// (several are open at once while late posts may still arrive).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CoMentions {
+pub struct WindowPairs {
     #[serde(with = "pair_list")]
-    window: PairMap<u64>,
-    #[serde(with = "pair_list")]
-    baselines: PairMap<f64>,
+    counts: PairMap<u64>,
     posts: u64,
     pairs_dropped: u64,
 }
 
-impl CoMentions {
+impl WindowPairs {
     /// Counts one post mentioning `actors`: distinct ids, as
     /// [`crate::catalog::ActorMatcher::find`] gives them.
     pub fn record(&mut self, actors: &[&str], config: &CoMentionConfig) {
@@ -150,22 +149,47 @@ impl CoMentions {
         for (i, first) in actors.iter().enumerate() {
             for second in &actors[i + 1..] {
                 let pair = PairRef::new(first, second);
-                if let Some(count) = self.window.get_mut(&pair) {
+                if let Some(count) = self.counts.get_mut(&pair) {
                     *count += 1;
-                } else if self.window.len() < config.max_pairs {
-                    self.window.insert(pair.to_owned(), 1);
+                } else if self.counts.len() < config.max_pairs {
+                    self.counts.insert(pair.to_owned(), 1);
                 } else {
                     self.pairs_dropped += 1;
                 }
             }
         }
     }
+}
 
-    /// Closes the window: its graph against the baselines, which then learn it. The next
-    /// window starts empty.
+/// The co-mention counts of the open window and the baselines of past windows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CoMentions {
+    window: WindowPairs,
+    #[serde(with = "pair_list")]
+    baselines: PairMap<f64>,
+}
+
+impl CoMentions {
+    /// Counts one post of the open window (see [`WindowPairs::record`]).
+    pub fn record(&mut self, actors: &[&str], config: &CoMentionConfig) {
+        self.window.record(actors, config);
+    }
+
+    /// Closes the open window: its graph against the baselines, which then learn it. The
+    /// next window starts empty.
     pub fn close(&mut self, config: &CoMentionConfig) -> CoMentionGraph {
         let window = std::mem::take(&mut self.window);
-        let mut edges: Vec<CoMention> = window
+        self.close_window(window, config)
+    }
+
+    /// Closes `window`, counted apart (windows must close in time order).
+    pub fn close_window(&mut self, window: WindowPairs, config: &CoMentionConfig) -> CoMentionGraph {
+        let WindowPairs {
+            counts,
+            posts,
+            pairs_dropped,
+        } = window;
+        let mut edges: Vec<CoMention> = counts
             .iter()
             .map(|(pair, &count)| {
                 let baseline = self.baselines.get(pair).copied();
@@ -185,10 +209,10 @@ impl CoMentions {
                 .cmp(&x.count)
                 .then_with(|| (&x.a, &x.b).cmp(&(&y.a, &y.b)))
         });
-        self.learn(window, config);
+        self.learn(counts, config);
         CoMentionGraph {
-            posts: std::mem::take(&mut self.posts),
-            pairs_dropped: std::mem::take(&mut self.pairs_dropped),
+            posts,
+            pairs_dropped,
             edges,
         }
     }

@@ -6,6 +6,11 @@ use std::fmt::Display;
 
 use serde::{Deserialize, Serialize};
 
+use crate::co_mentions::CoMentionConfig;
+use crate::feedback::FeedbackConfig;
+use crate::metafilter::MetafilterConfig;
+use crate::routing::RoutingConfig;
+
 /// A setting out of its range; `field` is its dotted path, e.g. `window.size_ms`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{field} {reason}")]
@@ -49,15 +54,24 @@ pub struct EngineConfig {
     pub trends: TrendConfig,
     pub anomaly: AnomalyConfig,
     pub alerts: AlertConfig,
+    pub metafilter: MetafilterConfig,
+    /// Checked by [`crate::routing::Router::new`] (its errors name nested routes).
+    pub routing: RoutingConfig,
+    pub feedback: FeedbackConfig,
+    pub co_mentions: CoMentionConfig,
 }
 
 impl EngineConfig {
-    /// Checks every section; the first setting out of range is named in the error.
+    /// Checks every section but `routing`; the first setting out of range is named in
+    /// the error.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.window.validate()?;
         self.trends.validate()?;
         self.anomaly.validate()?;
-        self.alerts.validate()
+        self.alerts.validate()?;
+        self.metafilter.validate()?;
+        self.feedback.validate()?;
+        self.co_mentions.validate()
     }
 }
 
@@ -529,6 +543,16 @@ pub struct AlertConfig {
     pub anomaly_resolve: f64,
     /// Anomaly scores at or above this make the alert critical (else warning).
     pub critical_score: f64,
+    /// How long (event time) a condition must hold before its alert fires; meanwhile it
+    /// is pending. 0 fires at the first window.
+    pub for_ms: i64,
+    /// A firing alert does not resolve before it has fired this long (no flapping).
+    pub min_firing_ms: i64,
+    /// At most one `updated` message per alert per this interval (severity rises are
+    /// sent at once).
+    pub update_interval_ms: i64,
+    /// After resolving, the same alert cannot fire again for this long.
+    pub cooldown_ms: i64,
 }
 
 impl AlertConfig {
@@ -551,7 +575,16 @@ impl AlertConfig {
             "alerts.critical_score",
             "in [0, 1]",
             self.critical_score,
-        )
+        )?;
+        for (field, value) in [
+            ("alerts.for_ms", self.for_ms),
+            ("alerts.min_firing_ms", self.min_firing_ms),
+            ("alerts.update_interval_ms", self.update_interval_ms),
+            ("alerts.cooldown_ms", self.cooldown_ms),
+        ] {
+            require(value >= 0, field, ">= 0", value)?;
+        }
+        Ok(())
     }
 }
 
@@ -561,6 +594,10 @@ impl Default for AlertConfig {
             anomaly_fire: 0.9902,
             anomaly_resolve: 0.9,
             critical_score: 0.999,
+            for_ms: 0,
+            min_firing_ms: 60_000,
+            update_interval_ms: 300_000,
+            cooldown_ms: 120_000,
         }
     }
 }

@@ -19,16 +19,25 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use crate::alert::{AlertBook, AlertRules, WindowSpan};
+use crate::alert::text::WindowFacts;
+use crate::alert::WindowSpan;
+use crate::alerting::AlertStage;
 use crate::anomaly::{AnomalyDetector, DETECTOR_NAME};
+use crate::catalog::{ActorMatcher, MatchScratch};
+use crate::co_mentions::{CoMentionConfig, CoMentions, WindowPairs};
 use crate::authors::author_hash;
 use crate::config::{effective_hop, window_name, ConfigError, EmitMode, EngineConfig, Stream};
-use crate::model::{Anomaly, EpochMs, Input, Origin, Post, Signal, Term, TrendSnapshot};
+use crate::model::{
+    Anomaly, EcosystemSnapshot, EpochMs, Input, Origin, Post, Signal, Term, TermKind,
+    TrendSnapshot,
+};
+use crate::routing::RoutingError;
 use crate::term_key;
 use crate::tokenizer::{Scratch, Tokenizer, TokenizerError};
 use crate::trend::TrendDetector;
 use crate::watermark::{Watermark, UNPARTITIONED};
 use crate::window::{ClosedWindow, Windows};
+use crate::window_alerts::{self, ACTOR_SERIES_PREFIX};
 use crate::window_terms::WindowTerms;
 
 /// Why the engine did not count an input.
@@ -58,6 +67,8 @@ pub enum EngineError {
     InvalidConfig { field: &'static str, reason: String },
     #[error("invalid config: {0}")]
     Tokenizer(#[from] TokenizerError),
+    #[error("invalid config: {0}")]
+    Routing(#[from] RoutingError),
 }
 
 /// What one open window accumulates.
@@ -65,6 +76,11 @@ pub enum EngineError {
 struct WindowCounts {
     posts: u64,
     terms: WindowTerms,
+    /// Actor pairs mentioned together (main view, with a catalog).
+    pairs: WindowPairs,
+    /// The catalog generation the window opened with: its terms' actor votes are
+    /// positions in that catalog.
+    catalog_generation: u64,
     /// Series name → value in this window.
     series: HashMap<String, f64>,
     /// Snapshots emitted so far (update mode).
@@ -122,8 +138,14 @@ pub struct Engine {
     /// The main view first: it alone drives alerts.
     views: Vec<View>,
     watermark: Watermark,
-    alerts: AlertBook,
-    rules: AlertRules,
+    alerting: AlertStage,
+    /// The actor catalog, when one is loaded; `catalog_generation` counts the loads.
+    catalog: Option<ActorMatcher>,
+    catalog_generation: u64,
+    co_mentions: CoMentions,
+    co_mention_config: CoMentionConfig,
+    /// The stage's clock was last flushed at this watermark.
+    flushed_at: Option<EpochMs>,
     watch_terms: Vec<WatchTerm>,
     publish_score: f64,
     terms_per_window: usize,
@@ -143,6 +165,12 @@ pub struct Engine {
     term_keys: String,
     term_ends: Vec<usize>,
     series_scratch: String,
+    match_scratch: MatchScratch,
+    /// The catalog positions of the actors the current post mentions.
+    post_actors: Vec<usize>,
+    /// Their series keys (`actors.actor=<id>`), concatenated; each ends at `actor_series_ends[i]`.
+    actor_series: String,
+    actor_series_ends: Vec<usize>,
 }
 
 impl Engine {
@@ -178,8 +206,12 @@ impl Engine {
         Ok(Engine {
             views,
             watermark: Watermark::new(w.allowed_lateness_ms, w.idle_timeout_ms),
-            alerts: AlertBook::new(),
-            rules: AlertRules::new(&config.alerts, &config.trends),
+            alerting: AlertStage::new(&config)?,
+            catalog: None,
+            catalog_generation: 0,
+            co_mentions: CoMentions::default(),
+            co_mention_config: config.co_mentions.clone(),
+            flushed_at: None,
             watch_terms,
             publish_score: config.anomaly.publish_score,
             terms_per_window: config.trends.max_terms_per_window,
@@ -196,7 +228,23 @@ impl Engine {
             term_keys: String::new(),
             term_ends: Vec::new(),
             series_scratch: String::new(),
+            match_scratch: MatchScratch::default(),
+            post_actors: Vec::new(),
+            actor_series: String::new(),
+            actor_series_ends: Vec::new(),
         })
+    }
+
+    /// Loads (or reloads) the actor catalog. Posts are matched against it from now on;
+    /// windows already open keep their counts, but their terms are tagged with actors
+    /// only if they opened with this catalog.
+    pub fn set_catalog(&mut self, catalog: ActorMatcher) {
+        self.catalog = Some(catalog);
+        self.catalog_generation += 1;
+    }
+
+    pub fn catalog(&self) -> Option<&ActorMatcher> {
+        self.catalog.as_ref()
     }
 
     /// Adds one input to every window of every view that counts it, or refuses it (see
@@ -215,6 +263,7 @@ impl Engine {
                 let _ = write!(key, "posts.source={}", or_unknown(&post.source));
                 let author = self.author_of(post);
                 self.collect_terms(&post.text);
+                self.collect_actors(post);
                 (1.0, Some((post, author)))
             }
             Input::Event(event) => {
@@ -231,7 +280,11 @@ impl Engine {
                 (value, None)
             }
         };
-        for view in self.views.iter_mut().filter(|v| v.counts(input)) {
+        let first_actor = self.post_actors.first().copied();
+        for (v, view) in self.views.iter_mut().enumerate() {
+            if !view.counts(input) {
+                continue;
+            }
             if !view.closed_any {
                 view.started_at = Some(view.started_at.map_or(ts, |s| s.min(ts)));
             }
@@ -241,18 +294,30 @@ impl Engine {
                     &mut view.spare_terms,
                     start,
                     origin,
+                    self.catalog_generation,
                     || WindowTerms::new(self.terms_per_window, self.count_authors),
                 );
                 add_to_series(&mut counts.series, &self.series_scratch, value);
-                if let Some((post, author)) = post {
-                    counts.posts += 1;
-                    let post_ref = counts.terms.add_post(&post.id);
-                    let mut begin = 0;
-                    for &end in &self.term_ends {
-                        counts
-                            .terms
-                            .add(&self.term_keys[begin..end], author, post_ref);
-                        begin = end;
+                let Some((post, author)) = post else {
+                    continue;
+                };
+                counts.posts += 1;
+                let post_ref = counts.terms.add_post(&post.id);
+                for key in split_at_ends(&self.term_keys, &self.term_ends) {
+                    counts.terms.add_about(key, author, post_ref, first_actor);
+                }
+                for series in split_at_ends(&self.actor_series, &self.actor_series_ends) {
+                    add_to_series(&mut counts.series, series, 1.0);
+                }
+                if v == 0 && self.post_actors.len() > 1 {
+                    if let Some(catalog) = &self.catalog {
+                        let actors = catalog.actors();
+                        let ids: Vec<&str> = self
+                            .post_actors
+                            .iter()
+                            .map(|&i| actors[i].id.as_str())
+                            .collect();
+                        counts.pairs.record(&ids, &self.co_mention_config);
                     }
                 }
             }
@@ -280,13 +345,20 @@ impl Engine {
 
     /// Closes every window whose end <= watermark (oldest first, main view first) and
     /// returns, per closed window: its trend snapshot, its anomalies scoring >=
-    /// `anomaly.publish_score`, then its alert transitions. In update mode, then the
-    /// update snapshots of open windows that are due.
+    /// `anomaly.publish_score`, (main view) its co-mention graph when a catalog is
+    /// loaded, its alert messages, then the notifications and digests due. In update
+    /// mode, then the update snapshots of open windows that are due. Between windows, the
+    /// notifications whose grouping wait ends as the watermark advances.
     pub fn poll_closed(&mut self) -> Vec<Signal> {
         let Some(watermark) = self.watermark.value() else {
             return Vec::new();
         };
         let mut signals = self.close_windows_ended_by(watermark);
+        // Grouping waits are seconds long: a flush per second of event time is enough.
+        if self.flushed_at.is_none_or(|at| watermark >= at.saturating_add(1_000)) {
+            self.flushed_at = Some(watermark);
+            self.alerting.flush(watermark, &mut signals);
+        }
         if self.emit == EmitMode::Updates {
             self.emit_due_updates(
                 watermark.saturating_add(self.allowed_lateness_ms),
@@ -300,7 +372,12 @@ impl Engine {
     /// +inf, same output as poll_closed. The watermark then stands at the last window's
     /// end, so stragglers for the closed windows are late.
     pub fn finish(&mut self) -> Vec<Signal> {
-        self.close_windows_ended_by(EpochMs::MAX)
+        let mut signals = self.close_windows_ended_by(EpochMs::MAX);
+        // Nothing more will come: what waits for its group goes out now.
+        if let Some(last) = self.watermark.value() {
+            self.alerting.flush(last.saturating_add(1_000_000_000), &mut signals);
+        }
+        signals
     }
 
     /// Smallest offset of input partition `partition` still held by an open window; None
@@ -321,9 +398,13 @@ impl Engine {
         self.views.iter().map(|v| v.windows.len()).sum()
     }
 
-    /// The alert book (firing alerts), e.g. for an HTTP view or a checkpoint.
-    pub fn alerts(&self) -> &AlertBook {
-        &self.alerts
+    /// The alert stage: active alerts, silences, feedback (for the HTTP API).
+    pub fn alerting(&self) -> &AlertStage {
+        &self.alerting
+    }
+
+    pub fn alerting_mut(&mut self) -> &mut AlertStage {
+        &mut self.alerting
     }
 
     fn check_time(&self, input: &Input, ts: EpochMs) -> Result<(), Refused> {
@@ -382,6 +463,31 @@ impl Engine {
         });
     }
 
+    /// Matches the post against the catalog into `post_actors` and their series keys,
+    /// and adds one `actor` term per actor to the post's terms.
+    fn collect_actors(&mut self, post: &Post) {
+        self.post_actors.clear();
+        self.actor_series.clear();
+        self.actor_series_ends.clear();
+        let Some(catalog) = &self.catalog else {
+            return;
+        };
+        catalog.find_indexes(
+            &post.text,
+            &post.lang,
+            &mut self.match_scratch,
+            &mut self.post_actors,
+        );
+        for &actor in &self.post_actors {
+            let id = &catalog.actors()[actor].id;
+            term_key::push_key(&mut self.term_keys, TermKind::Actor, id);
+            self.term_ends.push(self.term_keys.len());
+            self.actor_series.push_str(ACTOR_SERIES_PREFIX);
+            self.actor_series.push_str(id);
+            self.actor_series_ends.push(self.actor_series.len());
+        }
+    }
+
     fn close_windows_ended_by(&mut self, limit: EpochMs) -> Vec<Signal> {
         let mut signals = Vec::new();
         for v in 0..self.views.len() {
@@ -415,21 +521,30 @@ impl Engine {
         view.closed_any = true;
         let index = view.windows.index(start);
         let coverage = view.coverage(start, end);
-        let entries = view
+        let mut entries = view
             .trends
             .close_partial_window(index, &counts.terms, coverage);
+        let tagging_catalog = self
+            .catalog
+            .as_ref()
+            .filter(|_| counts.catalog_generation == self.catalog_generation);
+        window_alerts::tag_actors(&mut entries, &counts.terms, tagging_catalog);
         let scores = view.anomalies.close_window(start, &counts.series);
+        let span = WindowSpan { start, end };
         let mut alerts = Vec::new();
         if v == 0 {
-            let span = WindowSpan { start, end };
-            self.alerts
-                .observe_anomalies(&self.rules, span, &scores, &mut alerts);
-            let trends = &view.trends;
-            self.alerts.observe_trends(
-                &self.rules,
+            let window = WindowFacts {
+                name: &view.name,
                 span,
+            };
+            window_alerts::evaluate(
+                &mut self.alerting,
+                self.catalog.as_ref(),
+                &view.trends,
+                window,
                 &entries,
-                |kind, text| trends.last_score(&term_key::key(kind, text)),
+                &scores,
+                &counts.terms,
                 &mut alerts,
             );
         }
@@ -454,6 +569,7 @@ impl Engine {
                 .map(|s| {
                     Signal::Anomaly(Anomaly {
                         window: view.name.clone(),
+                        actor: s.series.strip_prefix(ACTOR_SERIES_PREFIX).map(str::to_owned),
                         series: s.series,
                         window_start: start,
                         window_end: end,
@@ -465,7 +581,20 @@ impl Engine {
                     })
                 }),
         );
-        signals.extend(alerts.into_iter().map(Signal::Alert));
+        if v == 0 {
+            if self.catalog.is_some() {
+                let graph = self
+                    .co_mentions
+                    .close_window(counts.pairs, &self.co_mention_config);
+                signals.push(Signal::Ecosystem(EcosystemSnapshot {
+                    window: view.name.clone(),
+                    window_start: start,
+                    window_end: end,
+                    graph,
+                }));
+            }
+            self.alerting.dispatch(alerts, end, signals);
+        }
     }
 
     /// Update mode: once event time (`now`) reaches the next multiple of
@@ -512,7 +641,6 @@ impl Engine {
     }
 }
 
-/// The state of an open window of `windows`, opened if needed.
 /// The counts of the window starting at `start`, opened if needed with the spare terms
 /// (or `new_terms()` when there are none).
 fn open<'a>(
@@ -520,17 +648,26 @@ fn open<'a>(
     spare_terms: &mut Option<WindowTerms>,
     start: EpochMs,
     origin: Option<Origin>,
+    catalog_generation: u64,
     new_terms: impl FnOnce() -> WindowTerms,
 ) -> &'a mut WindowCounts {
     let counts = windows.state_mut(start, origin, || WindowCounts {
         posts: 0,
         terms: spare_terms.take().unwrap_or_else(new_terms),
+        pairs: WindowPairs::default(),
+        catalog_generation,
         series: HashMap::new(),
         revision: 0,
         changed: false,
     });
     counts.changed = true;
     counts
+}
+
+/// The pieces of `joined`, each ending at the next of `ends`.
+fn split_at_ends<'a>(joined: &'a str, ends: &'a [usize]) -> impl Iterator<Item = &'a str> + 'a {
+    let starts = std::iter::once(0).chain(ends.iter().copied());
+    starts.zip(ends).map(|(start, &end)| &joined[start..end])
 }
 
 fn or_unknown(name: &str) -> &str {
@@ -717,7 +854,7 @@ mod tests {
         let alerts = alerts(&signals);
         let transitions: Vec<(&str, AlertStatus, EpochMs)> = alerts
             .iter()
-            .map(|a| (a.id.as_str(), a.status, (a.updated_at - BASE) / MINUTE))
+            .map(|a| (a.dedup_key.as_str(), a.status, (a.updated_at - BASE) / MINUTE))
             .collect();
         for expected in [
             ("trend:hashtag:#acmefire", AlertStatus::Firing, 7),
@@ -740,19 +877,20 @@ mod tests {
         }
         let fired = alerts
             .iter()
-            .find(|a| a.id == "trend:hashtag:#acmefire")
+            .find(|a| a.dedup_key == "trend:hashtag:#acmefire")
             .unwrap();
         assert_eq!(fired.title, "Trending hashtag #acmefire");
+        assert_eq!(fired.id, format!("trend:hashtag:#acmefire@{}", BASE + 7 * MINUTE));
         assert!(
             fired
                 .summary
-                .starts_with("#acmefire: 120 mentions in window 12:06:00–12:07:00 UTC"),
+                .starts_with("#acmefire is trending in 1m: 120 mentions by "),
             "{}",
             fired.summary
         );
         let error_alert = alerts
             .iter()
-            .find(|a| a.id == "anomaly:events.kind=error,key=checkout")
+            .find(|a| a.dedup_key == "anomaly:events.kind=error,key=checkout")
             .unwrap();
         assert_eq!(error_alert.severity, Severity::Critical);
 
@@ -778,7 +916,9 @@ mod tests {
         let rank = |s: &Signal| match s {
             Signal::Trend(_) => 0,
             Signal::Anomaly(_) => 1,
-            Signal::Alert(_) => 2,
+            Signal::Ecosystem(_) => 2,
+            Signal::Alert(_) => 3,
+            Signal::Notification(_) | Signal::Digest(_) => 4,
         };
         let mut previous = None;
         for s in &signals {

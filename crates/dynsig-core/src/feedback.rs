@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{require, ConfigError};
-use crate::model::{Alert, EpochMs};
-use crate::routing::LABEL_RULE;
+use crate::alert::Rule;
+use crate::model::EpochMs;
 
 /// `[feedback]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,8 +106,15 @@ pub struct Feedback {
     pub alert_id: String,
     pub verdict: Verdict,
     pub who: String,
-    /// When the person voted; a time after `now` counts as `now`.
+    /// When the person voted; a time after `now` counts as `now`, and so does a missing
+    /// one.
+    #[serde(default = "unknown_time")]
     pub at: EpochMs,
+}
+
+/// A vote without a time counts as cast now (see [`Feedback::at`]).
+fn unknown_time() -> EpochMs {
+    EpochMs::MAX
 }
 
 /// What a verdict is about: the alert's rule (`trend`, `anomaly`) and series (its dedup
@@ -119,12 +126,17 @@ pub struct Subject {
 }
 
 impl Subject {
-    /// From an alert: its `rule` label (its `cause` without one) and its id, the dedup key.
-    pub fn of(alert: &Alert) -> Subject {
-        Subject {
-            rule: alert.labels.get(LABEL_RULE).unwrap_or(&alert.cause).clone(),
-            series: alert.id.clone(),
-        }
+    /// From an alert's id, `<dedup_key>@<starts_at>` (see [`crate::model::Alert`]): the
+    /// rule is the dedup key's prefix. Works for any occurrence, even long resolved, and
+    /// `None` for an id of another shape.
+    pub fn of_alert_id(id: &str) -> Option<Subject> {
+        let (dedup_key, starts_at) = id.rsplit_once('@')?;
+        starts_at.parse::<EpochMs>().ok()?;
+        let rule = Rule::of_key(dedup_key)?;
+        Some(Subject {
+            rule: rule.as_str().to_owned(),
+            series: dedup_key.to_owned(),
+        })
     }
 }
 
@@ -592,25 +604,20 @@ mod tests {
     }
 
     #[test]
-    fn subject_of_an_alert_is_its_rule_label_and_id() {
-        let alert = Alert {
-            id: "anomaly:posts.source=x".into(),
-            status: crate::model::AlertStatus::Firing,
-            severity: crate::model::Severity::Warning,
-            title: String::new(),
-            summary: String::new(),
-            cause: "anomaly".into(),
-            labels: BTreeMap::new(),
-            starts_at: T0,
-            updated_at: T0,
-        };
+    fn subject_of_an_alert_id_is_its_rule_and_dedup_key() {
         assert_eq!(
-            Subject::of(&alert),
-            Subject {
-                rule: "anomaly".into(),
-                series: "anomaly:posts.source=x".into()
-            }
+            Subject::of_alert_id("trend:mention:@acme@1767268860000"),
+            Some(Subject {
+                rule: "trend".into(),
+                series: "trend:mention:@acme".into()
+            })
         );
+        assert_eq!(
+            Subject::of_alert_id("anomaly:posts.source=x@5").map(|s| s.rule),
+            Some("anomaly".into())
+        );
+        assert_eq!(Subject::of_alert_id("anomaly:posts.source=x"), None);
+        assert_eq!(Subject::of_alert_id("other:x@5"), None);
     }
 
     #[test]

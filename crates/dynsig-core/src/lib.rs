@@ -11,6 +11,7 @@
 //! [`trend`] and [`anomaly`] detectors on each closed window → [`alert`] lifecycle.
 
 pub mod alert;
+pub mod alerting;
 pub mod anomaly;
 pub mod authors;
 pub mod catalog;
@@ -32,4 +33,5 @@ pub mod tokenizer;
 pub mod trend;
 pub mod watermark;
 pub mod window;
+pub mod window_alerts;
 pub mod window_terms;

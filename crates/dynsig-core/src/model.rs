@@ -7,6 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::co_mentions::CoMentionGraph;
+use crate::metafilter::budget::Digest;
+use crate::metafilter::group::Notification;
+
 /// Event time or wall time, in milliseconds since the Unix epoch.
 pub type EpochMs = i64;
 
@@ -74,6 +78,20 @@ pub enum TermKind {
 }
 
 impl TermKind {
+    /// The kind named `name` (as [`Self::as_str`] writes it).
+    pub fn parse(name: &str) -> Option<TermKind> {
+        [
+            TermKind::Word,
+            TermKind::Hashtag,
+            TermKind::Cashtag,
+            TermKind::Mention,
+            TermKind::Actor,
+            TermKind::Bigram,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             TermKind::Word => "word",
@@ -136,6 +154,10 @@ pub struct TrendEntry {
     /// `count` overestimates the true count by at most this (0 while the window's term
     /// sketch stayed under capacity).
     pub count_error: u64,
+    /// The catalog actor the term concerns: the actor itself for an `actor` term, else
+    /// the one most posts using the term mention, if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
 }
 
 /// The top terms of one window, ranked (highest first).
@@ -171,16 +193,40 @@ pub struct Anomaly {
     pub detector: String,
     /// Which component of the detector fired and why, e.g. "level shift: 3.1σ above the seasonal baseline".
     pub explanation: String,
+    /// The catalog actor of an `actors.actor=<id>` series.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
 }
 
+/// Where an alert is in its lifecycle. Only `firing`, `updated` and `resolved` are
+/// published; `pending` is visible through the API while a rule's `for` duration runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertStatus {
+    Pending,
     Firing,
+    /// Still firing, with new figures (rate-limited: `alerts.update_interval_ms`).
+    Updated,
     Resolved,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+impl AlertStatus {
+    /// Pending, firing or updated: not resolved.
+    pub fn is_active(self) -> bool {
+        self != AlertStatus::Resolved
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Pending => "pending",
+            AlertStatus::Firing => "firing",
+            AlertStatus::Updated => "updated",
+            AlertStatus::Resolved => "resolved",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Info,
@@ -188,19 +234,89 @@ pub enum Severity {
     Critical,
 }
 
-/// An alert's state change. `id` is the stable dedup key (rule and series).
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// A signal that caused an alert: a trend entry or a scored series of one window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertCause {
+    /// `trend` or `anomaly`.
+    pub kind: String,
+    /// The window's name, as in [`TrendSnapshot::window`].
+    pub window: String,
+    pub window_start: EpochMs,
+    pub window_end: EpochMs,
+    /// The series (anomaly) or the term key `<kind>:<term>` (trend).
+    pub subject: String,
+    pub observed: f64,
+    pub expected: f64,
+    pub score: f64,
+}
+
+/// One message about an alert: it fired, was updated, or resolved.
+///
+/// `dedup_key` names what is watched (rule and series: `trend:hashtag:#acmefire`,
+/// `anomaly:posts.source=twitter`) and is the Kafka key, so a compacted topic keeps each
+/// alert's latest state. `id` names one occurrence: `<dedup_key>@<starts_at>`; an alert
+/// that resolves and fires again is a new occurrence with a new id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     pub id: String,
+    #[serde(default)]
+    pub dedup_key: String,
     pub status: AlertStatus,
     pub severity: Severity,
     pub title: String,
+    /// One human sentence with the figures that matter.
     pub summary: String,
     /// The kind of signal that caused the alert: `trend` or `anomaly`.
     pub cause: String,
+    /// The signals of the latest window that kept it firing (or resolved it).
+    #[serde(default)]
+    pub signals: Vec<AlertCause>,
+    /// The catalog actor the alert concerns, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// When the condition started to hold (pending), event time.
+    #[serde(default)]
+    pub active_at: EpochMs,
+    /// When it fired: the end of the window that fired it.
     pub starts_at: EpochMs,
     pub updated_at: EpochMs,
+    /// When it resolved (resolved messages only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<EpochMs>,
+    /// Ids of a few posts behind the alert.
+    #[serde(default)]
+    pub examples: Vec<String>,
+    /// How feedback changed this rule's threshold for this series, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adjustment: Option<String>,
+}
+
+/// A message and the topic routing chose for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routed<T> {
+    pub topic: String,
+    pub message: T,
+}
+
+/// A closed window's co-mention graph of the catalog's actors (topic `signals.ecosystem`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EcosystemSnapshot {
+    pub window: String,
+    pub window_start: EpochMs,
+    pub window_end: EpochMs,
+    #[serde(flatten)]
+    pub graph: CoMentionGraph,
 }
 
 /// Everything the engine publishes.
@@ -208,5 +324,11 @@ pub struct Alert {
 pub enum Signal {
     Trend(TrendSnapshot),
     Anomaly(Anomaly),
+    /// Every alert message, unfiltered (topic `signals.alerts`).
     Alert(Alert),
+    /// What the metafilter lets through, grouped, for the team topics routing picks.
+    Notification(Routed<Notification>),
+    /// What a team's attention budget held back.
+    Digest(Routed<Digest>),
+    Ecosystem(EcosystemSnapshot),
 }

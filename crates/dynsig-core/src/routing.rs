@@ -15,7 +15,7 @@
 //!
 //! ```toml
 //! [routing]
-//! topic = "signals.alerts"          # the root's topic: where unmatched alerts go
+//! topic = "signals.notifications"   # the root's topic: where unmatched alerts go
 //! [[routing.routes]]
 //! actor_kind = "competitor"
 //! topic = "signals.alerts.strategy"
@@ -55,7 +55,7 @@
 //! - `distributed`: every department reads its own topic. An alert goes to the spoke of
 //!   each owning team (a supplier alert above: `signals.alerts.purchasing` and
 //!   `signals.alerts.sales`); an alert no team owns goes to the root topic, by default
-//!   `signals.alerts`.
+//!   `signals.notifications`.
 //! - `centralised` (or `centralized`): one social-media team triages everything; every
 //!   alert goes to the root topic, by default `signals.alerts.social`. Teams are ignored.
 //! - `collegial`: a shared hub plus per-team spokes, never both for one alert. An alert
@@ -93,7 +93,7 @@ pub const LABEL_TEAM: &str = "team";
 pub struct RoutingConfig {
     pub preset: Option<Preset>,
     /// The root's topic; defaults to the preset's (see [`Preset::default_topic`]), or
-    /// `signals.alerts` without a preset.
+    /// `signals.notifications` without a preset.
     pub topic: Option<String>,
     /// The teams presets route to.
     pub teams: Vec<TeamConfig>,
@@ -131,8 +131,9 @@ impl Preset {
     }
 }
 
-/// The root topic without a preset: the service's single alerts topic before routing.
-const DEFAULT_TOPIC: &str = "signals.alerts";
+/// The root topic without a preset: one topic of notifications for everyone.
+/// (`signals.alerts` carries every alert message, unfiltered, beside it.)
+const DEFAULT_TOPIC: &str = "signals.notifications";
 
 /// A team that presets route to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -477,6 +478,16 @@ impl Route {
         self.matchers.iter().all(|matcher| matcher.matches(alert))
     }
 
+    /// Adds this route's topic and its descendants' to `out`, each once.
+    fn all_topics<'r>(&'r self, out: &mut Vec<&'r str>) {
+        if !out.contains(&self.topic.as_str()) {
+            out.push(&self.topic);
+        }
+        for child in &self.routes {
+            child.all_topics(out);
+        }
+    }
+
     /// Adds the topics of this (matching) route to `out`.
     fn collect<'r>(&'r self, alert: &Routable<'_>, out: &mut Vec<&'r str>) {
         let mut any_child = false;
@@ -507,6 +518,13 @@ impl Router {
     pub fn topics<'a>(&self, alert: impl Into<Routable<'a>>) -> Vec<&str> {
         let mut topics = Vec::new();
         self.root.collect(&alert.into(), &mut topics);
+        topics
+    }
+
+    /// Every topic the tree can route to (to create them at start), each once.
+    pub fn destinations(&self) -> Vec<&str> {
+        let mut topics = Vec::new();
+        self.root.all_topics(&mut topics);
         topics
     }
 }
@@ -584,15 +602,16 @@ mod tests {
     }
 
     #[test]
-    fn no_config_sends_everything_to_signals_alerts() {
+    fn no_config_sends_everything_to_signals_notifications() {
         let r = router(&RoutingConfig::default());
-        assert_eq!(r.topics(labels(&[]).warning()), ["signals.alerts"]);
+        assert_eq!(r.topics(labels(&[]).warning()), ["signals.notifications"]);
+        assert_eq!(r.destinations(), ["signals.notifications"]);
     }
 
     #[test]
     fn parses_the_documented_example() {
         let config: RoutingConfig = serde_json::from_value(serde_json::json!({
-            "topic": "signals.alerts",
+            "topic": "signals.notifications",
             "routes": [
                 {"actor_kind": "competitor", "topic": "signals.alerts.strategy"},
                 {"severity": "critical", "match_any": {"source": ["x", "reddit"]},
@@ -603,6 +622,15 @@ mod tests {
         .unwrap();
         assert!(config.routes[1].continue_matching);
         let r = router(&config);
+        assert_eq!(
+            r.destinations(),
+            [
+                "signals.notifications",
+                "signals.alerts.strategy",
+                "signals.alerts.oncall",
+                "signals.alerts.support"
+            ]
+        );
         let critical_support = labels(&[("source", "x"), ("team", "support")]);
         assert_eq!(
             r.topics(critical_support.with(Severity::Critical)),
@@ -619,7 +647,7 @@ mod tests {
         );
         assert_eq!(
             r.topics(labels(&[("source", "rss")]).with(Severity::Critical)),
-            ["signals.alerts"]
+            ["signals.notifications"]
         );
     }
 
@@ -716,7 +744,7 @@ mod tests {
         assert_eq!(r.topics(hooli.warning()), ["strategy"], "no child matched");
         assert_eq!(
             r.topics(labels(&[("actor", "globex")]).warning()),
-            ["signals.alerts"],
+            ["signals.notifications"],
             "a missing label matches nothing"
         );
     }
@@ -744,13 +772,13 @@ mod tests {
             partial.remove(missing);
             assert_eq!(
                 r.topics(labels(&partial).warning()),
-                ["signals.alerts"],
+                ["signals.notifications"],
                 "{partial:?}"
             );
         }
         assert_eq!(
             r.topics(labels(&[("rule", "Volume"), all[1], all[2]]).warning()),
-            ["signals.alerts"],
+            ["signals.notifications"],
             "values are exact"
         );
     }
@@ -794,7 +822,7 @@ mod tests {
         let r = router(&config);
         assert_eq!(r.topics(&alert), ["strategy"]);
         alert.severity = Severity::Warning;
-        assert_eq!(r.topics(&alert), ["signals.alerts"]);
+        assert_eq!(r.topics(&alert), ["signals.notifications"]);
     }
 
     #[test]
@@ -846,8 +874,8 @@ mod tests {
                 &[("team", "sales"), ("actor_kind", "product")],
                 &["signals.alerts.sales"],
             ),
-            (&[("actor_kind", "competitor")], &["signals.alerts"]),
-            (&[("team", "legal")], &["signals.alerts"]),
+            (&[("actor_kind", "competitor")], &["signals.notifications"]),
+            (&[("team", "legal")], &["signals.notifications"]),
         ];
         for (alert, expected) in cases {
             assert_eq!(r.topics(labels(alert).warning()), expected, "{alert:?}");

@@ -475,6 +475,8 @@ impl<'w> TopK<'w> {
                     status: c.status,
                     examples: terms.examples(c.counted.value),
                     count_error: c.counted.error,
+                    // The engine knows the catalog: it tags entries (window_alerts).
+                    actor: None,
                 })
             })
             .collect()

@@ -17,11 +17,31 @@ pub const EXAMPLES_PER_TERM: usize = 3;
 pub struct PostRef(u32);
 
 /// Per-term payload of the sketch.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TermStats {
     pub authors: AuthorSet,
     examples: [u32; EXAMPLES_PER_TERM],
     example_count: u8,
+    /// The catalog actor (by position) most posts using the term mention, by the
+    /// Boyer–Moore majority vote over its occurrences (`NO_ACTOR` is a candidate too, so
+    /// a word used mostly without actors is about none); `actor_votes` is the lead.
+    actor: u16,
+    actor_votes: u16,
+}
+
+/// "No actor" in [`TermStats`]' vote.
+const NO_ACTOR: u16 = u16::MAX;
+
+impl Default for TermStats {
+    fn default() -> Self {
+        TermStats {
+            authors: AuthorSet::default(),
+            examples: [0; EXAMPLES_PER_TERM],
+            example_count: 0,
+            actor: NO_ACTOR,
+            actor_votes: 0,
+        }
+    }
 }
 
 impl TermStats {
@@ -32,6 +52,23 @@ impl TermStats {
             self.examples[n] = post.0;
             self.example_count += 1;
         }
+    }
+
+    fn vote_actor(&mut self, actor: u16) {
+        if self.actor_votes == 0 {
+            self.actor = actor;
+            self.actor_votes = 1;
+        } else if self.actor == actor {
+            self.actor_votes = self.actor_votes.saturating_add(1);
+        } else {
+            self.actor_votes -= 1;
+        }
+    }
+
+    /// The actor (position in the catalog) that most posts using the term mention, when
+    /// one does.
+    pub fn actor(&self) -> Option<usize> {
+        (self.actor != NO_ACTOR && self.actor_votes > 0).then_some(usize::from(self.actor))
     }
 
     fn examples(&self) -> impl Iterator<Item = PostRef> + '_ {
@@ -88,7 +125,18 @@ impl WindowTerms {
     /// Counts one occurrence of the term `key` (see [`crate::term_key`]) by `author`
     /// (a hash from [`crate::authors::author_hash`]) in `post`.
     pub fn add(&mut self, key: &str, author: u64, post: Option<PostRef>) {
+        self.add_about(key, author, post, None);
+    }
+
+    /// [`Self::add`] for a post that mentions the catalog actor at position `actor`
+    /// first (`None`: no actor; actors past `u16::MAX - 1` count as none).
+    pub fn add_about(&mut self, key: &str, author: u64, post: Option<PostRef>, actor: Option<usize>) {
         let (stats, _) = self.sketch.add(key, 1);
+        let actor = actor
+            .and_then(|a| u16::try_from(a).ok())
+            .filter(|&a| a != NO_ACTOR)
+            .unwrap_or(NO_ACTOR);
+        stats.vote_actor(actor);
         if self.count_authors {
             stats.authors.insert(author);
         }
@@ -169,6 +217,22 @@ mod tests {
         assert_eq!((smoke.count, terms.authors(smoke.value)), (1, Some(1)));
         assert_eq!(terms.examples(smoke.value), ["p3"]);
         assert_eq!(terms.len(), 2);
+    }
+
+    #[test]
+    fn a_term_is_about_the_actor_most_of_its_posts_mention() {
+        let mut terms = WindowTerms::new(100, false);
+        for actor in [Some(3), None, Some(3), Some(1), Some(3)] {
+            terms.add_about("recall", 0, None, actor);
+        }
+        for actor in [None, Some(3), None] {
+            terms.add_about("today", 0, None, actor);
+        }
+        terms.add("plain", 0, None);
+        let actor = |key| terms.get(key).unwrap().value.actor();
+        assert_eq!(actor("recall"), Some(3));
+        assert_eq!(actor("today"), None, "mostly without actors");
+        assert_eq!(actor("plain"), None);
     }
 
     #[test]

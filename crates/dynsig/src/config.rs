@@ -8,9 +8,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use dynsig_core::co_mentions::CoMentionConfig;
 use dynsig_core::config::{
     AlertConfig, AnomalyConfig, EngineConfig, TokenizerConfig, TrendConfig, WindowConfig,
 };
+use dynsig_core::feedback::FeedbackConfig;
+use dynsig_core::metafilter::MetafilterConfig;
+use dynsig_core::routing::RoutingConfig;
 use dynsig_core::decode::{Format, Limits, RejectReason};
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +51,31 @@ pub struct Config {
     pub trends: TrendConfig,
     pub anomaly: AnomalyConfig,
     pub alerts: AlertConfig,
+    pub metafilter: MetafilterConfig,
+    pub routing: RoutingConfig,
+    pub feedback: FeedbackConfig,
+    pub co_mentions: CoMentionConfig,
+    pub catalog: CatalogConfig,
+}
+
+/// The actor catalog file (see `dynsig_core::catalog`), reloaded when it changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// TOML file with `[[actors]]`; empty: no catalog (no actor tagging, no ecosystem
+    /// graph).
+    pub path: String,
+    /// How often the file's modification time is checked.
+    pub reload_check_ms: u64,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        Self {
+            path: String::new(),
+            reload_check_ms: 5_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +118,10 @@ pub struct TopicsConfig {
     pub trends: String,
     pub anomalies: String,
     pub alerts: String,
+    /// Co-mention graphs of the catalog's actors, per window.
+    pub ecosystem: String,
+    /// Verdicts on alerts (`{alert_id, verdict, who}`), read by the service.
+    pub feedback: String,
     pub dlq: String,
     /// Inputs refused as late go here, with the dead-letter headers (reason `late`);
     /// empty: to `dlq` like other rejected inputs.
@@ -105,6 +138,8 @@ impl Default for TopicsConfig {
             trends: "signals.trends".into(),
             anomalies: "signals.anomalies".into(),
             alerts: "signals.alerts".into(),
+            ecosystem: "signals.ecosystem".into(),
+            feedback: "signals.feedback".into(),
             dlq: "dynsig.dlq".into(),
             late: "signals.late".into(),
         }
@@ -121,6 +156,7 @@ impl TopicsConfig {
             self.trends.as_str(),
             &self.anomalies,
             &self.alerts,
+            &self.ecosystem,
             &self.dlq,
         ];
         if !self.late.is_empty() {
@@ -163,6 +199,10 @@ impl Config {
             trends: self.trends.clone(),
             anomaly: self.anomaly.clone(),
             alerts: self.alerts.clone(),
+            metafilter: self.metafilter.clone(),
+            routing: self.routing.clone(),
+            feedback: self.feedback.clone(),
+            co_mentions: self.co_mentions.clone(),
         }
     }
 
@@ -212,6 +252,8 @@ impl Config {
             ("topics.trends", &self.topics.trends),
             ("topics.anomalies", &self.topics.anomalies),
             ("topics.alerts", &self.topics.alerts),
+            ("topics.ecosystem", &self.topics.ecosystem),
+            ("topics.feedback", &self.topics.feedback),
             ("topics.dlq", &self.topics.dlq),
         ];
         for (field, topic) in named {

@@ -53,13 +53,17 @@ pub fn signal_kind(signal: &Signal) -> &'static str {
         Signal::Trend(_) => "trend",
         Signal::Anomaly(_) => "anomaly",
         Signal::Alert(_) => "alert",
+        Signal::Notification(_) => "notification",
+        Signal::Digest(_) => "digest",
+        Signal::Ecosystem(_) => "ecosystem",
     }
 }
 
 /// Encodes a signal for its topic. Keys: trends by window name and start (`1m@<ms>`: the
 /// revisions of a window replace each other on a compacted topic),
-/// anomalies by series (a series' history stays in one partition, in order), alerts by id
-/// (a compacted topic keeps each alert's current state).
+/// anomalies by series (a series' history stays in one partition, in order), alerts by
+/// dedup key (a compacted topic keeps each alert's current state), notifications by group
+/// (a group's updates stay in order), digests by team, co-mention graphs by window.
 pub fn signal_record(topics: &TopicsConfig, signal: &Signal) -> OutRecord {
     let (topic, key, window_end, payload) = match signal {
         Signal::Trend(t) => (
@@ -76,9 +80,27 @@ pub fn signal_record(topics: &TopicsConfig, signal: &Signal) -> OutRecord {
         ),
         Signal::Alert(a) => (
             &topics.alerts,
-            a.id.clone(),
+            a.dedup_key.clone(),
             Some(a.updated_at),
             serde_json::to_vec(a),
+        ),
+        Signal::Notification(n) => (
+            &n.topic,
+            n.message.group_key.clone(),
+            None,
+            serde_json::to_vec(&n.message),
+        ),
+        Signal::Digest(d) => (
+            &d.topic,
+            d.message.team.clone(),
+            None,
+            serde_json::to_vec(&d.message),
+        ),
+        Signal::Ecosystem(e) => (
+            &topics.ecosystem,
+            format!("{}@{}", e.window, e.window_start),
+            Some(e.window_end),
+            serde_json::to_vec(e),
         ),
     };
     OutRecord {
@@ -154,23 +176,32 @@ mod tests {
     }
 
     #[test]
-    fn alerts_are_keyed_by_id_as_json() {
+    fn alerts_are_keyed_by_dedup_key_as_json() {
         let alert = Alert {
-            id: "trend:hashtag:#x".into(),
+            id: "trend:hashtag:#x@10".into(),
+            dedup_key: "trend:hashtag:#x".into(),
             status: AlertStatus::Firing,
             severity: Severity::Warning,
             title: "t".into(),
             summary: "s".into(),
             cause: "trend".into(),
+            signals: Vec::new(),
+            actor: None,
             labels: Default::default(),
+            active_at: 10,
             starts_at: 10,
             updated_at: 20,
+            ends_at: None,
+            examples: Vec::new(),
+            adjustment: None,
         };
         let record = signal_record(&TopicsConfig::default(), &Signal::Alert(alert));
         assert_eq!(record.topic, "signals.alerts");
         assert_eq!(record.key.as_deref(), Some(&b"trend:hashtag:#x"[..]));
         let json: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
         assert_eq!(json["status"], "firing");
+        assert_eq!(json["id"], "trend:hashtag:#x@10");
+        assert!(json.get("actor").is_none(), "absent, not null");
         assert_eq!(
             record.content,
             Content::Signal {

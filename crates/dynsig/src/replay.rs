@@ -3,15 +3,16 @@
 //! in roughly event-time order, as a topic partition would be), and every output topic
 //! becomes one JSONL file in the output folder.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use dynsig_core::decode::{InputKind, RejectReason, Rejection};
+use dynsig_core::decode::{InputKind, Rejection};
 use dynsig_core::model::{Input, Signal};
 
-use crate::config::Config;
+use crate::config::{Config, TopicsConfig};
 use crate::output::signal_record;
 use crate::processor::{Processor, RawInput};
 
@@ -23,6 +24,7 @@ pub struct ReplaySummary {
     pub trend_snapshots: u64,
     pub anomalies: u64,
     pub alerts: u64,
+    pub notifications: u64,
 }
 
 /// Runs the pipeline over `posts` (and `events`) and writes `<topic>.jsonl` files for the
@@ -76,9 +78,9 @@ pub fn replay(
         } else {
             next_event = next;
         }
-        sinks.write_signals(config, processor.poll(None), &mut summary)?;
+        sinks.write_signals(processor.poll(None), &mut summary)?;
     }
-    sinks.write_signals(config, processor.finish(), &mut summary)?;
+    sinks.write_signals(processor.finish(), &mut summary)?;
     sinks.finish()?;
     Ok(summary)
 }
@@ -150,50 +152,58 @@ fn trim_line_end(line: &[u8]) -> &[u8] {
     &line[..end]
 }
 
-/// The output files, one per topic.
+/// The output files, one per topic: those of the fixed topics are created up front (so
+/// that an empty one says "nothing was published"), routed team topics when first used.
 struct Sinks {
-    trends: BufWriter<File>,
-    anomalies: BufWriter<File>,
-    alerts: BufWriter<File>,
-    dlq: BufWriter<File>,
-    /// `topics.late`, when set.
-    late: Option<BufWriter<File>>,
+    dir: PathBuf,
+    topics: TopicsConfig,
+    files: BTreeMap<String, BufWriter<File>>,
 }
 
 impl Sinks {
     fn create(config: &Config, dir: &Path) -> anyhow::Result<Self> {
-        let open = |topic: &str| -> anyhow::Result<BufWriter<File>> {
-            let path = dir.join(format!("{topic}.jsonl"));
+        let mut sinks = Sinks {
+            dir: dir.to_owned(),
+            topics: config.topics.clone(),
+            files: BTreeMap::new(),
+        };
+        let topics = &config.topics;
+        for topic in [&topics.trends, &topics.anomalies, &topics.alerts, &topics.dlq]
+            .into_iter()
+            .chain(Some(&topics.late).filter(|late| !late.is_empty()))
+        {
+            sinks.file(topic)?;
+        }
+        Ok(sinks)
+    }
+
+    /// The file of `topic`, created on first use.
+    fn file(&mut self, topic: &str) -> anyhow::Result<&mut BufWriter<File>> {
+        if !self.files.contains_key(topic) {
+            let path = self.dir.join(format!("{topic}.jsonl"));
             let file =
                 File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-            Ok(BufWriter::new(file))
-        };
-        Ok(Self {
-            trends: open(&config.topics.trends)?,
-            anomalies: open(&config.topics.anomalies)?,
-            alerts: open(&config.topics.alerts)?,
-            dlq: open(&config.topics.dlq)?,
-            late: match config.topics.late.as_str() {
-                "" => None,
-                topic => Some(open(topic)?),
-            },
-        })
+            self.files.insert(topic.to_owned(), BufWriter::new(file));
+        }
+        Ok(self.files.get_mut(topic).expect("just inserted"))
     }
 
     fn write_signals(
         &mut self,
-        config: &Config,
         signals: Vec<Signal>,
         summary: &mut ReplaySummary,
     ) -> anyhow::Result<()> {
         for signal in signals {
-            let (sink, counter) = match &signal {
-                Signal::Trend(_) => (&mut self.trends, &mut summary.trend_snapshots),
-                Signal::Anomaly(_) => (&mut self.anomalies, &mut summary.anomalies),
-                Signal::Alert(_) => (&mut self.alerts, &mut summary.alerts),
-            };
-            *counter += 1;
-            sink.write_all(&signal_record(&config.topics, &signal).payload)?;
+            match &signal {
+                Signal::Trend(_) => summary.trend_snapshots += 1,
+                Signal::Anomaly(_) => summary.anomalies += 1,
+                Signal::Alert(_) => summary.alerts += 1,
+                Signal::Notification(_) => summary.notifications += 1,
+                Signal::Digest(_) | Signal::Ecosystem(_) => {}
+            }
+            let record = signal_record(&self.topics, &signal);
+            let sink = self.file(&record.topic)?;
+            sink.write_all(&record.payload)?;
             sink.write_all(b"\n")?;
         }
         Ok(())
@@ -216,25 +226,15 @@ impl Sinks {
             "source_line": line_no,
             "payload": String::from_utf8_lossy(payload),
         });
-        let sink = match &mut self.late {
-            Some(late) if rejection.reason == RejectReason::Late => late,
-            _ => &mut self.dlq,
-        };
+        let topic = self.topics.rejected(rejection.reason).to_owned();
+        let sink = self.file(&topic)?;
         serde_json::to_writer(&mut *sink, &letter)?;
         sink.write_all(b"\n")?;
         Ok(())
     }
 
     fn finish(mut self) -> anyhow::Result<()> {
-        for sink in [
-            &mut self.trends,
-            &mut self.anomalies,
-            &mut self.alerts,
-            &mut self.dlq,
-        ]
-        .into_iter()
-        .chain(&mut self.late)
-        {
+        for sink in self.files.values_mut() {
             sink.flush()?;
         }
         Ok(())

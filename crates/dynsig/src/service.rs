@@ -76,8 +76,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let topics = Arc::new(config.topics.clone());
     if config.kafka.create_topics {
+        let router = dynsig_core::routing::Router::new(&config.routing)?;
         let mut all: Vec<&str> = topics.inputs().to_vec();
         all.extend(topics.outputs());
+        all.push(&topics.feedback);
+        all.extend(router.destinations());
         kafka::ensure_topics(&config.kafka, &all).await?;
     }
     let health = Arc::new(Health::default());

@@ -71,11 +71,14 @@ pub async fn live(
                     match alert.status {
                         AlertStatus::Firing => {
                             state.fired += 1;
-                            state.active.insert(alert.id.clone(), alert);
+                            state.active.insert(alert.dedup_key.clone(), alert);
+                        }
+                        AlertStatus::Updated | AlertStatus::Pending => {
+                            state.active.insert(alert.dedup_key.clone(), alert);
                         }
                         AlertStatus::Resolved => {
                             state.resolved += 1;
-                            state.active.remove(&alert.id);
+                            state.active.remove(&alert.dedup_key);
                         }
                     }
                 }

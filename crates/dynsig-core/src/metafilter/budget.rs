@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{require, ConfigError};
 use crate::model::{Alert, EpochMs, Severity};
-use crate::routing::{LABEL_ACTOR, LABEL_RULE, LABEL_TEAM};
+use crate::routing::{LABEL_ACTOR, LABEL_RULE};
 
 use super::group::Notification;
 
@@ -25,10 +25,7 @@ pub const NO_LABEL: &str = "(none)";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BudgetConfig {
-    /// The label naming a notification's team (among the labels all its alerts share);
-    /// notifications without it share the budget of team `""`.
-    pub team_label: String,
-    /// Notifications per team per rolling hour.
+    /// Notifications per destination (a team's topic, as routing decides) per rolling hour.
     pub per_hour: u32,
     /// Notifications at least this severe are sent even over budget (they still use it).
     pub min_severity_to_bypass: Severity,
@@ -39,7 +36,6 @@ pub struct BudgetConfig {
 impl Default for BudgetConfig {
     fn default() -> Self {
         BudgetConfig {
-            team_label: LABEL_TEAM.into(),
             per_hour: 20,
             min_severity_to_bypass: Severity::Critical,
             digest_interval_ms: HOUR_MS,
@@ -49,12 +45,6 @@ impl Default for BudgetConfig {
 
 impl BudgetConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        require(
-            !self.team_label.is_empty(),
-            "metafilter.budget.team_label",
-            "non-empty",
-            "\"\"",
-        )?;
         require(
             self.per_hour > 0,
             "metafilter.budget.per_hour",
@@ -115,15 +105,6 @@ impl Budget {
             config,
             teams: BTreeMap::new(),
         }
-    }
-
-    /// The team a notification counts against: its alerts' common `team_label` value, or
-    /// `""`. Callers that route by other means pass their own team to [`Budget::admit`].
-    pub fn team_of<'a>(&self, notification: &'a Notification) -> &'a str {
-        notification
-            .common_labels
-            .get(&self.config.team_label)
-            .map_or("", String::as_str)
     }
 
     /// Sends the notification if `team` has budget left in the last hour or the
@@ -236,8 +217,7 @@ mod tests {
     fn over_budget_notifications_are_held_and_all_appear_in_the_digest() {
         let mut budget = budget(2);
         let n1 = warning("a1", "acme", "trend");
-        let team = budget.team_of(&n1).to_owned();
-        assert_eq!(team, "social");
+        let team = "signals.alerts.social".to_owned();
         assert!(sent(&budget.admit(&team, n1, T0)));
         assert!(sent(&budget.admit(
             &team,
@@ -257,7 +237,7 @@ mod tests {
         let digests = budget.digest(T0 + 62 * MINUTE);
         assert_eq!(digests.len(), 1);
         let digest = &digests[0];
-        assert_eq!(digest.team, "social");
+        assert_eq!(digest.team, "signals.alerts.social");
         assert_eq!(
             (digest.from, digest.to),
             (T0 + 2 * MINUTE, T0 + 62 * MINUTE)

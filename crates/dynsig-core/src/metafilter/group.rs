@@ -177,7 +177,7 @@ impl Grouper {
             group.changed.clear();
             group
                 .members
-                .retain(|_, alert| alert.status == AlertStatus::Firing);
+                .retain(|_, alert| alert.status.is_active());
         }
         self.groups.retain(|_, group| !group.members.is_empty());
         due
@@ -191,7 +191,7 @@ impl Grouper {
 
 fn notification(key: &str, group: &Group, now: EpochMs) -> Notification {
     let alerts: Vec<Alert> = group.members.values().cloned().collect();
-    let status = if alerts.iter().any(|a| a.status == AlertStatus::Firing) {
+    let status = if alerts.iter().any(|a| a.status.is_active()) {
         AlertStatus::Firing
     } else {
         AlertStatus::Resolved

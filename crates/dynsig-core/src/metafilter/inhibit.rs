@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{require, ConfigError};
-use crate::model::{Alert, AlertStatus};
+use crate::model::Alert;
 use crate::routing::{LABEL_ACTOR, LABEL_RULE};
 
 use super::labels_match;
@@ -120,7 +120,7 @@ impl Inhibitor {
             .rules
             .iter()
             .any(|rule| labels_match(&alert.labels, &rule.source_match));
-        if is_source && alert.status == AlertStatus::Firing {
+        if is_source && alert.status.is_active() {
             self.firing_sources.insert(alert.id.clone(), alert.clone());
         } else {
             self.firing_sources.remove(&alert.id);

@@ -117,10 +117,11 @@ impl Counters {
     }
 }
 
-/// What to publish after a [`Metafilter::flush`].
+/// What to publish after a [`Metafilter::flush`]: notifications by destination, and
+/// digests (whose `team` is their destination).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Flushed {
-    pub notifications: Vec<Notification>,
+    pub notifications: Vec<(String, Notification)>,
     pub digests: Vec<Digest>,
 }
 
@@ -162,7 +163,9 @@ impl Metafilter {
     pub fn push(&mut self, alert: Alert, now: EpochMs) -> Outcome {
         self.inhibitor.observe(&alert);
         let muting = match alert.status {
-            AlertStatus::Firing => self.muting(&alert, now),
+            AlertStatus::Pending | AlertStatus::Firing | AlertStatus::Updated => {
+                self.muting(&alert, now)
+            }
             AlertStatus::Resolved if self.delivered.remove(&alert.id) => None,
             AlertStatus::Resolved => match self.muted.remove(&alert.id) {
                 Some(muted) => Some(muted.outcome),
@@ -172,7 +175,7 @@ impl Metafilter {
         };
         let outcome = match muting {
             Some(outcome) => {
-                if alert.status == AlertStatus::Firing && !self.delivered.contains(&alert.id) {
+                if alert.status.is_active() && !self.delivered.contains(&alert.id) {
                     let muted = Muted {
                         alert,
                         outcome: outcome.clone(),
@@ -197,7 +200,7 @@ impl Metafilter {
     }
 
     fn deliver(&mut self, alert: Alert, now: EpochMs) -> Outcome {
-        if alert.status == AlertStatus::Firing {
+        if alert.status.is_active() {
             self.muted.remove(&alert.id);
             self.delivered.insert(alert.id.clone());
         }
@@ -208,9 +211,14 @@ impl Metafilter {
     }
 
     /// Releases muted alerts whose silence ended or parent resolved, forgets ended
-    /// silences, and returns the notifications due at `now` that fit their team's budget
-    /// and the digests due.
-    pub fn flush(&mut self, now: EpochMs) -> Flushed {
+    /// silences, and returns the notifications due at `now` that fit their destination's
+    /// budget, and the digests due. `destinations` says where a notification goes (the
+    /// team topics routing picks); each destination has its own budget.
+    pub fn flush(
+        &mut self,
+        now: EpochMs,
+        destinations: impl Fn(&Notification) -> Vec<String>,
+    ) -> Flushed {
         let released: Vec<String> = self
             .muted
             .iter()
@@ -227,11 +235,14 @@ impl Metafilter {
 
         let mut flushed = Flushed::default();
         for notification in self.grouper.flush(now) {
-            let team = self.budget.team_of(&notification).to_owned();
             let held_messages = notification.changed.len() as u64;
-            match self.budget.admit(&team, notification, now) {
-                Admission::Send(notification) => flushed.notifications.push(notification),
-                Admission::Held => self.counters.digested += held_messages,
+            for destination in destinations(&notification) {
+                match self.budget.admit(&destination, notification.clone(), now) {
+                    Admission::Send(notification) => {
+                        flushed.notifications.push((destination, notification));
+                    }
+                    Admission::Held => self.counters.digested += held_messages,
+                }
             }
         }
         flushed.digests = self.budget.digest(now);
@@ -267,18 +278,35 @@ pub(crate) mod tests {
     pub(crate) fn alert(id: &str, labels: &[(&str, &str)]) -> Alert {
         Alert {
             id: id.to_owned(),
+            dedup_key: id.to_owned(),
             status: AlertStatus::Firing,
             severity: Severity::Warning,
             title: id.to_owned(),
             summary: String::new(),
             cause: "trend".to_owned(),
+            signals: Vec::new(),
+            actor: None,
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            active_at: T0,
             starts_at: T0,
             updated_at: T0,
+            ends_at: None,
+            examples: Vec::new(),
+            adjustment: None,
         }
+    }
+
+    /// Each notification to its alerts' common `team` label (`""` without one): the
+    /// destinations routing would pick.
+    fn by_team(notification: &Notification) -> Vec<String> {
+        vec![notification
+            .common_labels
+            .get("team")
+            .cloned()
+            .unwrap_or_default()]
     }
 
     pub(crate) fn resolved(mut alert: Alert) -> Alert {
@@ -340,7 +368,7 @@ pub(crate) mod tests {
         flushed
             .notifications
             .iter()
-            .map(|n| n.alerts.iter().map(|a| a.id.as_str()).collect())
+            .map(|(_, n)| n.alerts.iter().map(|a| a.id.as_str()).collect())
             .collect()
     }
 
@@ -369,7 +397,7 @@ pub(crate) mod tests {
         sibling.id = "anomaly:actor=acme,terms".into();
         assert_eq!(filter.push(sibling, T0), Outcome::Grouped);
 
-        let flushed = filter.flush(T0 + WAIT);
+        let flushed = filter.flush(T0 + WAIT, by_team);
         assert_eq!(
             member_ids(&flushed),
             [vec!["anomaly:actor=acme", "anomaly:actor=acme,terms"]]
@@ -411,11 +439,11 @@ pub(crate) mod tests {
         // Even after the parent resolved, the child's resolve stays muted.
         filter.push(resolved(parent("acme")), T0 + SECOND);
         assert_eq!(filter.push(resolved(child), T0 + SECOND), inhibited);
-        let flushed = filter.flush(T0 + WAIT);
+        let flushed = filter.flush(T0 + WAIT, by_team);
         assert!(flushed
             .notifications
             .iter()
-            .all(|n| n.alerts.iter().all(|a| a.id != "trend:word:fire")));
+            .all(|(_, n)| n.alerts.iter().all(|a| a.id != "trend:word:fire")));
         assert_eq!(filter.counters().inhibited, 2);
     }
 
@@ -424,12 +452,12 @@ pub(crate) mod tests {
         let mut filter = metafilter();
         let child = trend("fire", "acme");
         assert_eq!(filter.push(child.clone(), T0), Outcome::Passed);
-        filter.flush(T0 + WAIT);
+        filter.flush(T0 + WAIT, by_team);
         silence(&mut filter, &[("actor", "acme")], T0 + HOUR);
         assert_eq!(filter.push(resolved(child), T0 + WAIT), Outcome::Passed);
-        let flushed = filter.flush(T0 + WAIT + 300 * SECOND);
+        let flushed = filter.flush(T0 + WAIT + 300 * SECOND, by_team);
         assert_eq!(flushed.notifications.len(), 1);
-        assert_eq!(flushed.notifications[0].status, AlertStatus::Resolved);
+        assert_eq!(flushed.notifications[0].1.status, AlertStatus::Resolved);
     }
 
     #[test]
@@ -437,11 +465,11 @@ pub(crate) mod tests {
         let mut filter = metafilter();
         filter.push(parent("acme"), T0);
         filter.push(trend("fire", "acme"), T0);
-        let first = filter.flush(T0 + WAIT);
+        let first = filter.flush(T0 + WAIT, by_team);
         assert_eq!(member_ids(&first), [vec!["anomaly:actor=acme"]]);
 
         filter.push(resolved(parent("acme")), T0 + 60 * SECOND);
-        let update = filter.flush(T0 + WAIT + 300 * SECOND);
+        let update = filter.flush(T0 + WAIT + 300 * SECOND, by_team);
         assert_eq!(
             member_ids(&update),
             [vec!["anomaly:actor=acme", "trend:word:fire"]]
@@ -463,11 +491,11 @@ pub(crate) mod tests {
         let mut filter = metafilter();
         silence(&mut filter, &[("actor", "acme")], T0 + 60 * SECOND);
         filter.push(trend("fire", "acme"), T0);
-        assert!(filter.flush(T0 + WAIT).notifications.is_empty());
+        assert!(filter.flush(T0 + WAIT, by_team).notifications.is_empty());
         // Released at the flush after the silence ended; then it waits for its group.
-        assert!(filter.flush(T0 + 60 * SECOND).notifications.is_empty());
+        assert!(filter.flush(T0 + 60 * SECOND, by_team).notifications.is_empty());
         assert_eq!(filter.silences().all().count(), 0);
-        let flushed = filter.flush(T0 + 60 * SECOND + WAIT);
+        let flushed = filter.flush(T0 + 60 * SECOND + WAIT, by_team);
         assert_eq!(member_ids(&flushed), [vec!["trend:word:fire"]]);
     }
 
@@ -484,19 +512,19 @@ pub(crate) mod tests {
         filter.push(trend("fire", "acme"), T0);
         filter.push(trend("recall", "globex"), T0);
         filter.push(trend("battery", "globex"), T0);
-        let flushed = filter.flush(T0 + WAIT);
+        let flushed = filter.flush(T0 + WAIT, by_team);
         assert_eq!(member_ids(&flushed), [vec!["trend:word:fire"]]);
         assert_eq!(filter.counters().digested, 2);
 
         // The held group's update (one member resolved) is held too.
         filter.push(resolved(trend("battery", "globex")), T0 + 60 * SECOND);
         assert!(filter
-            .flush(T0 + WAIT + 300 * SECOND)
+            .flush(T0 + WAIT + 300 * SECOND, by_team)
             .notifications
             .is_empty());
         assert_eq!(filter.counters().digested, 3);
 
-        let later = filter.flush(T0 + WAIT + HOUR);
+        let later = filter.flush(T0 + WAIT + HOUR, by_team);
         assert!(later.notifications.is_empty());
         assert_eq!(later.digests.len(), 1);
         let digest = &later.digests[0];
