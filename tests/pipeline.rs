@@ -864,7 +864,7 @@ fn parse(r: &Record) -> Value {
 fn has_firing_alert(alerts: &[Record], id: &str) -> bool {
     alerts.iter().any(|r| {
         let v = parse(r);
-        v["id"] == id && v["status"] == "firing"
+        v["dedup_key"] == id && v["status"] == "firing"
     })
 }
 
@@ -982,7 +982,7 @@ async fn backlog_to_trends_alerts_and_dead_letters() {
         || format!("burst window: expected ~{BURST_POSTS} authors, status new and burst post ids as examples: {top}"),
     );
 
-    // Alerts: both planted incidents fire, keyed by their id.
+    // Alerts: both planted incidents fire, keyed by their dedup key.
     let trend_alert = "trend:hashtag:#acmefire";
     let error_alert = "anomaly:events.kind=error,key=checkout";
     let alerts = svc
@@ -1000,19 +1000,22 @@ async fn backlog_to_trends_alerts_and_dead_letters() {
             .iter()
             .filter(|r| {
                 let v = parse(r);
-                v["id"] == id && v["status"] == "firing"
+                v["dedup_key"] == id && v["status"] == "firing"
             })
             .collect();
         let first = firing[0];
         let v = parse(first);
         svc.check(first.key_str().as_deref() == Some(id), || {
             format!(
-                "alert {id}: record key is {:?}, expected the id",
+                "alert {id}: record key is {:?}, expected the dedup key",
                 first.key_str()
             )
         });
         svc.check(v["cause"] == cause, || {
             format!("alert {id}: expected cause {cause:?}: {v}")
+        });
+        svc.check(v["id"] == format!("{id}@{}", v["starts_at"]), || {
+            format!("alert {id}: the occurrence id is <dedup_key>@<starts_at>: {v}")
         });
         let starts_at = v["starts_at"].as_i64().unwrap_or(0);
         svc.check((burst_start..=burst_start + WINDOW_MS).contains(&starts_at), || {

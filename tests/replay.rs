@@ -81,7 +81,7 @@ fn replay_reports_every_planted_burst_and_incident() {
         );
         let fired = alerts.iter().any(|alert| {
             let at = alert["starts_at"].as_i64().unwrap();
-            alert["id"] == expected_id.as_str()
+            alert["dedup_key"] == expected_id.as_str()
                 && alert["status"] == "firing"
                 // Fired by the first or second window that overlaps the planted interval.
                 && at > start
