@@ -90,12 +90,10 @@ pub fn evaluate(
     }
     // Alerting terms that fell out of the ranking are scored from the detector.
     for key in stage.tracked_keys(Rule::Trend) {
-        let Some((kind, term)) = observed
-            .get(&key)
-            .is_none()
-            .then(|| key.strip_prefix("trend:")?.split_once(':'))
-            .flatten()
-        else {
+        if observed.contains(&key) {
+            continue;
+        }
+        let Some((kind, term)) = key.strip_prefix("trend:").and_then(|s| s.split_once(':')) else {
             continue;
         };
         let Some(kind_of_term) = TermKind::parse(kind) else {

@@ -12,10 +12,10 @@ use dynsig_core::co_mentions::CoMentionConfig;
 use dynsig_core::config::{
     AlertConfig, AnomalyConfig, EngineConfig, TokenizerConfig, TrendConfig, WindowConfig,
 };
+use dynsig_core::decode::{Format, Limits, RejectReason};
 use dynsig_core::feedback::FeedbackConfig;
 use dynsig_core::metafilter::MetafilterConfig;
 use dynsig_core::routing::RoutingConfig;
-use dynsig_core::decode::{Format, Limits, RejectReason};
 use serde::{Deserialize, Serialize};
 
 /// Prefix of environment overrides: `DYNSIG_WINDOW__SIZE_MS=10000` sets `window.size_ms`.

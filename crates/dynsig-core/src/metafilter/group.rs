@@ -94,6 +94,10 @@ struct Group {
     next_at: EpochMs,
     /// Ids of the members that joined or changed since the last notification.
     changed: BTreeSet<String>,
+    /// Ids of the members some notification already showed active: only their
+    /// resolution is news (as Alertmanager, a resolve never announced as firing is not).
+    #[serde(default)]
+    announced: BTreeSet<String>,
     sent: u32,
 }
 
@@ -110,6 +114,8 @@ pub enum Placement {
     Alone,
     /// The alert shares its group with other members: one notification for all.
     WithOthers,
+    /// A resolve of an alert no notification showed firing: nothing to announce.
+    Unannounced,
 }
 
 impl Grouper {
@@ -124,6 +130,23 @@ impl Grouper {
     /// the member's previous one. It goes out with the group's next [`Grouper::flush`].
     pub fn push(&mut self, alert: Alert, now: EpochMs) -> Placement {
         let (key, group_labels) = self.key_of(&alert);
+        if !alert.status.is_active() {
+            let announced = self
+                .groups
+                .get(&key)
+                .is_some_and(|group| group.announced.contains(&alert.id));
+            if !announced {
+                // It fired and resolved between two notifications: nobody saw it fire.
+                if let Some(group) = self.groups.get_mut(&key) {
+                    group.members.remove(&alert.id);
+                    group.changed.remove(&alert.id);
+                    if group.members.is_empty() {
+                        self.groups.remove(&key);
+                    }
+                }
+                return Placement::Unannounced;
+            }
+        }
         let wait = self.config.group_wait_ms;
         let group = self.groups.entry(key).or_insert_with(|| Group {
             group_labels,
@@ -131,6 +154,7 @@ impl Grouper {
             first_at: now,
             next_at: now + wait,
             changed: BTreeSet::new(),
+            announced: BTreeSet::new(),
             sent: 0,
         });
         group.changed.insert(alert.id.clone());
@@ -175,9 +199,8 @@ impl Grouper {
             group.next_at = now + interval;
             due.push(notification(key, group, now));
             group.changed.clear();
-            group
-                .members
-                .retain(|_, alert| alert.status.is_active());
+            group.members.retain(|_, alert| alert.status.is_active());
+            group.announced = group.members.keys().cloned().collect();
         }
         self.groups.retain(|_, group| !group.members.is_empty());
         due
@@ -316,6 +339,28 @@ mod tests {
             (reopened[0].sequence, reopened[0].first_at),
             (1, T0 + 700 * SECOND)
         );
+    }
+
+    #[test]
+    fn a_member_resolved_before_any_notification_showed_it_is_not_announced() {
+        let mut grouper = Grouper::new(GroupConfig::default());
+        grouper.push(acme("a"), T0);
+        grouper.push(acme("b"), T0 + SECOND);
+        assert_eq!(
+            grouper.push(resolved(acme("b")), T0 + 2 * SECOND),
+            Placement::Unannounced
+        );
+        let first = grouper.flush(T0 + 30 * SECOND);
+        assert_eq!(ids(&first[0]), ["a"], "b came and went unseen");
+        // Alone in its group, the same happens without a notification at all.
+        assert_eq!(
+            grouper.push(resolved(acme("c")), T0 + 40 * SECOND),
+            Placement::Unannounced
+        );
+        grouper.push(resolved(acme("a")), T0 + 50 * SECOND);
+        let last = grouper.flush(T0 + 330 * SECOND);
+        assert_eq!(ids(&last[0]), ["a"], "a was announced: its resolve is news");
+        assert_eq!(grouper.open_groups(), 0);
     }
 
     #[test]
