@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::service::{self, wall_now_ms};
 use crate::{gen, telemetry, view};
+use dynsig_core::routing::Router;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -45,16 +46,23 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     // The mock cluster lives on this task: it is not Send, and it must outlive the clients.
     let cluster = MockCluster::new(1).context("starting the embedded broker")?;
     let bootstrap = cluster.bootstrap_servers();
-    let mut config = demo_config(&bootstrap, &args)?;
+    let catalog_dir = tempfile_dir()?;
+    let mut config = demo_config(&bootstrap, &args, &catalog_dir)?;
+    let router = Router::new(&config.routing)?;
     // The mock cluster has no admin API: topics are created through it directly.
+    let outputs = config
+        .topics
+        .outputs()
+        .into_iter()
+        .chain([config.topics.feedback.as_str()])
+        .chain(router.destinations());
     for (topic, partitions) in [
         (config.topics.posts.as_str(), 3),
         (config.topics.events.as_str(), 2),
-        (config.topics.trends.as_str(), 1),
-        (config.topics.anomalies.as_str(), 1),
-        (config.topics.alerts.as_str(), 1),
-        (config.topics.dlq.as_str(), 1),
-    ] {
+    ]
+    .into_iter()
+    .chain(outputs.map(|topic| (topic, 1)))
+    {
         cluster
             .create_topic(topic, partitions, 1)
             .with_context(|| format!("creating topic {topic}"))?;
@@ -62,13 +70,18 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     config.kafka.create_topics = false;
     println!("dynsig demo: embedded Kafka-protocol broker at {bootstrap}");
     println!(
-        "  topics: {} {} -> {} {} {} {}; metrics on http://{}/metrics",
+        "  topics: {} {} -> {} {} {} {} {}; notifications to {}",
         config.topics.posts,
         config.topics.events,
         config.topics.trends,
         config.topics.anomalies,
         config.topics.alerts,
+        config.topics.ecosystem,
         config.topics.dlq,
+        router.destinations().join(" ")
+    );
+    println!(
+        "  http://{0}/metrics, http://{0}/api/trends, /api/alerts, /api/actors",
         config.http.addr
     );
 
@@ -109,7 +122,32 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo_config(bootstrap: &str, args: &DemoArgs) -> anyhow::Result<Config> {
+/// The demo's routing: hub and spokes over the example catalog's kinds of actor.
+const DEMO_ROUTING: &str = r#"
+preset = "collegial"
+teams = [
+    { name = "marketing", actor_kinds = ["own_brand", "product"] },
+    { name = "strategy", actor_kinds = ["competitor"] },
+    { name = "partnerships", actor_kinds = ["partner", "supplier"] },
+]
+"#;
+
+/// The example catalog (ACME, its product, a competitor, a supplier), which the
+/// synthetic feed mentions.
+const DEMO_CATALOG: &str = include_str!("../../../deploy/catalog.example.toml");
+
+/// A fresh directory for the demo's catalog file, under the system's temp dir.
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("dynsig-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn demo_config(
+    bootstrap: &str,
+    args: &DemoArgs,
+    catalog_dir: &std::path::Path,
+) -> anyhow::Result<Config> {
     let mut config = Config::default();
     config.kafka.brokers = bootstrap.to_string();
     config.kafka.group_id = "dynsig-demo".into();
@@ -124,6 +162,19 @@ fn demo_config(bootstrap: &str, args: &DemoArgs) -> anyhow::Result<Config> {
     config.window.idle_timeout_ms = 3_000;
     config.trends.top_k = 10;
     config.anomaly.warmup_windows = 3;
+    // Alert timings in windows of the demo, not minutes: incidents fire and resolve
+    // within a minute, and notifications are not held back for long.
+    let window_ms = config.window.size_ms;
+    config.alerts.min_firing_ms = 2 * window_ms;
+    config.alerts.cooldown_ms = 2 * window_ms;
+    config.alerts.update_interval_ms = 6 * window_ms;
+    config.metafilter.group.group_wait_ms = window_ms / 2;
+    config.metafilter.group.group_interval_ms = 4 * window_ms;
+    config.routing = toml::from_str(DEMO_ROUTING).context("the demo's routing")?;
+    let catalog = catalog_dir.join("catalog.toml");
+    std::fs::write(&catalog, DEMO_CATALOG)
+        .with_context(|| format!("writing {}", catalog.display()))?;
+    config.catalog.path = catalog.display().to_string();
     anyhow::ensure!(
         config.window.size_ms >= 1_000,
         "--window must be at least 1s"
