@@ -7,14 +7,24 @@ use dynsig_core::model::TermKind;
 use dynsig_core::term_key;
 use dynsig_core::tokenizer::Tokenizer;
 use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
+
+/// Built once: building the stopword sets per input would be most of the run.
+fn tokenizers() -> &'static [Tokenizer; 2] {
+    static TOKENIZERS: OnceLock<[Tokenizer; 2]> = OnceLock::new();
+    TOKENIZERS.get_or_init(|| {
+        [TokenizerMode::Words, TokenizerMode::Whitespace].map(|mode| {
+            Tokenizer::new(&TokenizerConfig {
+                mode,
+                ..TokenizerConfig::default()
+            })
+            .expect("the default config is valid")
+        })
+    })
+}
 
 fuzz_target!(|text: &str| {
-    for mode in [TokenizerMode::Words, TokenizerMode::Whitespace] {
-        let tokenizer = Tokenizer::new(&TokenizerConfig {
-            mode,
-            ..TokenizerConfig::default()
-        })
-        .expect("the default config is valid");
+    for tokenizer in tokenizers() {
         let mut terms = Vec::new();
         tokenizer.tokenize(text, &mut terms);
         for term in terms {
