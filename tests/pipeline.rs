@@ -16,13 +16,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prost::Message as _;
 use serde_json::{json, Value};
 use support::{
-    free_port, http_get, metric_sum, poll_until, Delivered, DynsigProcess, OutRecord, Record,
-    TestBroker, TestDir,
+    http_get, metric_sum, parse, poll_until, Delivered, OutRecord, Record, Service, TestBroker,
+    WAIT,
 };
 
 /// Event-time origin of the backlog test, aligned to the window size.
@@ -35,8 +35,6 @@ const POSTS_PER_WINDOW: usize = 60;
 const EVENTS_PER_SERIES_PER_WINDOW: usize = 10;
 const BURST_POSTS: usize = 120;
 const BURST_ERRORS: usize = 300;
-/// The longest any single wait of these tests may take.
-const WAIT: Duration = Duration::from_secs(90);
 
 const PROTOBUF: &str = "application/x-protobuf";
 
@@ -706,161 +704,6 @@ top_k = 10
     )
 }
 
-/// A running `dynsig run`, with the helpers that fail with its logs.
-struct Service {
-    process: DynsigProcess,
-    http: String,
-    dlq: String,
-    _dir: TestDir,
-}
-
-impl Service {
-    fn start(broker: &TestBroker, topics: &Topics, config: &str) -> Service {
-        let dir = TestDir::new("e2e-config");
-        let path = dir.write("dynsig.toml", config);
-        let http = format!("127.0.0.1:{}", free_port());
-        let process = DynsigProcess::spawn(
-            &[
-                "run",
-                "--config",
-                path.to_str().unwrap(),
-                "--brokers",
-                broker.bootstrap(),
-                "--http-addr",
-                &http,
-            ],
-            &[],
-        );
-        Service {
-            process,
-            http,
-            dlq: topics.dlq.clone(),
-            _dir: dir,
-        }
-    }
-
-    /// Panics with `msg` and the end of the service's logs.
-    fn fail(&self, msg: impl std::fmt::Display) -> ! {
-        let logs = self.process.logs();
-        let lines: Vec<&str> = logs.lines().collect();
-        let tail = lines[lines.len().saturating_sub(200)..].join("\n");
-        panic!("{msg}\n----- dynsig logs (last 200 lines) -----\n{tail}\n----- end of dynsig logs -----");
-    }
-
-    fn check(&self, ok: bool, msg: impl FnOnce() -> String) {
-        if !ok {
-            self.fail(msg());
-        }
-    }
-
-    fn ensure_running(&mut self, when: &str) {
-        if let Some(status) = self.process.exit_status() {
-            self.fail(format!("dynsig exited ({status}) {when}"));
-        }
-    }
-
-    /// Waits until `GET path` answers 200; fails early if the service exits.
-    async fn wait_http_ok(&mut self, path: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        let mut last;
-        loop {
-            self.ensure_running(&format!("while waiting for {path} to answer 200"));
-            match http_get(&self.http, path).await {
-                Ok((200, body)) => return body,
-                Ok((status, body)) => last = format!("{status} {body}"),
-                Err(e) => last = e.to_string(),
-            }
-            if Instant::now() >= deadline {
-                self.fail(format!(
-                    "GET {path} not 200 after {timeout:?}; last answer: {last}"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Reads `topic` from the start until `done` holds; fails (with the logs and the last
-    /// records read) when it does not within [`WAIT`] or when the service exits meanwhile.
-    async fn wait_for_records(
-        &mut self,
-        broker: &TestBroker,
-        topic: &str,
-        what: &str,
-        mut done: impl FnMut(&[Record]) -> bool,
-    ) -> Vec<Record> {
-        let deadline = Instant::now() + WAIT;
-        let Some(mut reader) = broker.reader(topic, WAIT).await else {
-            self.fail(format!(
-                "topic {topic} was not created within {WAIT:?} (waiting for {what})"
-            ));
-        };
-        let process = &mut self.process;
-        let mut exited = None;
-        let ok = reader
-            .read_until(deadline, |records| {
-                if done(records) {
-                    return true;
-                }
-                exited = process.exit_status();
-                exited.is_some()
-            })
-            .await
-            && exited.is_none();
-        let records = reader.into_records();
-        if !ok {
-            let last: Vec<String> = records
-                .iter()
-                .rev()
-                .take(5)
-                .map(|r| {
-                    let p = String::from_utf8_lossy(r.payload.as_deref().unwrap_or_default())
-                        .into_owned();
-                    format!(
-                        "  {}@{} {}",
-                        r.partition,
-                        r.offset,
-                        p.chars().take(400).collect::<String>()
-                    )
-                })
-                .collect();
-            let why = match exited {
-                Some(status) => format!("dynsig exited ({status})"),
-                None => format!("not within {WAIT:?}"),
-            };
-            self.fail(format!(
-                "waiting for {what} on {topic}: {why}; read {} records, the last ones:\n{}",
-                records.len(),
-                last.join("\n")
-            ));
-        }
-        // Outputs are JSON; the dead-letter topic holds the rejected inputs as they were.
-        let not_json: Vec<String> = records
-            .iter()
-            .filter(|r| !parse(r).is_object())
-            .map(|r| {
-                format!(
-                    "{}@{}: {}",
-                    r.partition,
-                    r.offset,
-                    String::from_utf8_lossy(r.payload.as_deref().unwrap_or_default())
-                )
-            })
-            .collect();
-        if topic != self.dlq && !not_json.is_empty() {
-            self.fail(format!(
-                "{topic}: every output record must be a JSON object; not: {not_json:?}"
-            ));
-        }
-        records
-    }
-}
-
-/// The record's JSON payload, or Null when it is not JSON ([`Service::wait_for_records`]
-/// fails on such records, with the logs, before any assertion looks at them).
-fn parse(r: &Record) -> Value {
-    serde_json::from_slice(r.payload.as_deref().unwrap_or_default()).unwrap_or(Value::Null)
-}
-
 fn has_firing_alert(alerts: &[Record], id: &str) -> bool {
     alerts.iter().any(|r| {
         let v = parse(r);
@@ -913,7 +756,7 @@ async fn backlog_to_trends_alerts_and_dead_letters() {
     let group = broker.topic("dynsig-e2e");
     let mut svc = Service::start(
         &broker,
-        &topics,
+        &topics.dlq,
         &config_toml(&topics, &group, MAX_MESSAGE_BYTES, 0),
     );
     svc.wait_http_ok("/healthz", Duration::from_secs(30)).await;
@@ -1239,7 +1082,7 @@ async fn live_records_produced_after_start() {
     // Only posts are produced: the empty events partition must go idle (2 s of wall time)
     // to stop holding the watermark back.
     let config = config_toml(&topics, &group, 1_000_000, 2_000);
-    let mut svc = Service::start(&broker, &topics, &config);
+    let mut svc = Service::start(&broker, &topics.dlq, &config);
     // Ready = partitions assigned: from here on, records produced must be picked up.
     svc.wait_http_ok("/readyz", WAIT).await;
     svc.ensure_running("once ready");

@@ -18,6 +18,10 @@
 
 #![allow(dead_code)] // each test binary uses a different subset of the harness
 
+mod service;
+#[allow(unused_imports)] // like the rest of the harness: not every test binary uses it
+pub use service::{parse, Service, WAIT};
+
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Read as _;
