@@ -330,6 +330,8 @@ impl TestBroker {
                 .set("acks", "all")
                 .set("linger.ms", "5")
                 .set("message.timeout.ms", "30000")
+                // Tests produce oversized records on purpose (5 MB).
+                .set("message.max.bytes", "16000000")
                 .create()
                 .expect("create producer")
         })

@@ -23,7 +23,7 @@ pub mod feedback;
 pub mod heavy_hitters;
 pub mod metafilter;
 pub mod model;
-mod rng;
+pub mod rng;
 pub mod routing;
 pub mod stopwords;
 pub mod synth;

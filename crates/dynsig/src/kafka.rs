@@ -148,7 +148,12 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", "0")
         .set("linger.ms", "5")
-        .set("compression.type", "lz4");
+        .set("compression.type", "lz4")
+        // A dead letter carries the rejected record byte for byte, and the broker already
+        // accepted that record: the producer's own limit (1 MB by default) must not be
+        // the one to refuse it, or the publish would fail forever. The broker's limit
+        // still applies.
+        .set("message.max.bytes", "100000000");
     apply_common(&mut config, kafka);
     config
 }
