@@ -193,28 +193,8 @@ impl TestBroker {
         let mut last_error = String::new();
         for attempt in 1..=3 {
             let port = free_port();
-            let url = format!("tcp://127.0.0.1:{port}");
-            let out = File::create(&log).expect("create broker log");
-            let err = out.try_clone().expect("clone log handle");
-            let mut child = Command::new(&bin)
-                .arg("broker")
-                // Both flags, always: by default tansu listens on 0.0.0.0:9092 and advertises
-                // localhost:9092, which would collide between tests and leak outside the host.
-                .args(["--listener-url", &url, "--advertised-listener-url", &url])
-                .args(["--storage-engine", "memory://tansu/"])
-                // The same settings can come from the environment; keep an outer shell's
-                // (or an OTLP collector's) values from reaching the test broker.
-                .env_remove("LISTENER_URL")
-                .env_remove("ADVERTISED_LISTENER_URL")
-                .env_remove("STORAGE_ENGINE")
-                .env_remove("SCHEMA_REGISTRY")
-                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
             let bootstrap = format!("127.0.0.1:{port}");
+            let mut child = spawn_tansu(&bin, &bootstrap, &log);
             match wait_for_metadata(&bootstrap, BROKER_READY_TIMEOUT, Some(&mut child)) {
                 Ok(()) => {
                     return TestBroker {
@@ -237,6 +217,36 @@ impl TestBroker {
             "the test broker ({}) did not become ready: {last_error}",
             bin.display()
         );
+    }
+
+    /// Kills the broker (an outage, not a clean stop). Its memory storage, and so every
+    /// topic, offset and group, is gone. Panics on an external broker.
+    pub fn kill(&mut self) {
+        drop(self.producer.take());
+        let child = self
+            .child
+            .as_mut()
+            .expect("only a broker of our own can be killed");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts the broker again on the same port, empty, after [`TestBroker::kill`].
+    pub fn restart(&mut self) {
+        let log = self
+            .log
+            .clone()
+            .expect("only a broker of our own can restart");
+        let mut child = spawn_tansu(&find_tansu(), &self.bootstrap, &log);
+        if let Err(e) = wait_for_metadata(&self.bootstrap, BROKER_READY_TIMEOUT, Some(&mut child)) {
+            terminate_child(&mut child, Duration::from_secs(2));
+            panic!(
+                "the test broker did not restart on {}: {e}\n{}",
+                self.bootstrap,
+                read_log(&log)
+            );
+        }
+        self.child = Some(child);
     }
 
     /// The bootstrap address, `host:port`.
@@ -468,6 +478,36 @@ impl Drop for TestBroker {
             terminate_child(child, Duration::from_secs(5));
         }
     }
+}
+
+/// Starts tansu with memory storage, listening on and advertising `bootstrap`, its output
+/// appended to `log`.
+fn spawn_tansu(bin: &Path, bootstrap: &str, log: &Path) -> Child {
+    let url = format!("tcp://{bootstrap}");
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open broker log");
+    let err = out.try_clone().expect("clone log handle");
+    Command::new(bin)
+        .arg("broker")
+        // Both flags, always: by default tansu listens on 0.0.0.0:9092 and advertises
+        // localhost:9092, which would collide between tests and leak outside the host.
+        .args(["--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", "memory://tansu/"])
+        // The same settings can come from the environment; keep an outer shell's
+        // (or an OTLP collector's) values from reaching the test broker.
+        .env_remove("LISTENER_URL")
+        .env_remove("ADVERTISED_LISTENER_URL")
+        .env_remove("STORAGE_ENGINE")
+        .env_remove("SCHEMA_REGISTRY")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
 }
 
 /// Where the harness looks for tansu: `DYNSIG_TANSU_BIN`, else `<repo>/.broker/tansu`.
