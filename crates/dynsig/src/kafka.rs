@@ -49,9 +49,20 @@ impl Health {
 pub struct Assignment {
     generation: AtomicU64,
     partitions: Mutex<Vec<(String, i32)>>,
+    /// Bumped when an input topic had to be created again (the broker came back without
+    /// it): its offsets start over, so offsets seen before mean nothing any more.
+    inputs_recreated: AtomicU64,
 }
 
 impl Assignment {
+    pub fn inputs_recreated(&self) -> u64 {
+        self.inputs_recreated.load(Ordering::Acquire)
+    }
+
+    pub fn note_inputs_recreated(&self) {
+        self.inputs_recreated.fetch_add(1, Ordering::Release);
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
@@ -159,7 +170,8 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
 }
 
 /// Creates the topics among `names` that do not exist yet.
-pub async fn ensure_topics(kafka: &KafkaConfig, names: &[&str]) -> anyhow::Result<()> {
+/// Returns the names of the topics it created.
+pub async fn ensure_topics(kafka: &KafkaConfig, names: &[&str]) -> anyhow::Result<Vec<String>> {
     let admin: AdminClient<DefaultClientContext> = base_config(kafka)
         .create()
         .context("creating the Kafka admin client")?;
@@ -184,7 +196,7 @@ pub async fn ensure_topics(kafka: &KafkaConfig, names: &[&str]) -> anyhow::Resul
         })
         .collect();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let results = admin
         .create_topics(
@@ -193,12 +205,16 @@ pub async fn ensure_topics(kafka: &KafkaConfig, names: &[&str]) -> anyhow::Resul
         )
         .await
         .context("creating topics")?;
+    let mut created = Vec::new();
     for result in results {
         match result {
-            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            Ok(name) => {
+                tracing::info!(topic = %name, "created topic");
+                created.push(name);
+            }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => anyhow::bail!("cannot create topic {name}: {code}"),
         }
     }
-    Ok(())
+    Ok(created)
 }

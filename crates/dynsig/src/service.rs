@@ -24,11 +24,12 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Config, TopicsConfig};
+use crate::config::{Config, KafkaConfig, TopicsConfig};
 use crate::http;
 use crate::kafka::{self, Assignment, Health, TrackingContext};
 use crate::output::{self, Content, OutRecord, SourcePosition};
@@ -75,14 +76,19 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let topics = Arc::new(config.topics.clone());
-    if config.kafka.create_topics {
+    // Re-created too when the broker comes back empty (see `watch_broker`).
+    let needed_topics: Vec<String> = if config.kafka.create_topics {
         let router = dynsig_core::routing::Router::new(&config.routing)?;
         let mut all: Vec<&str> = topics.inputs().to_vec();
         all.extend(topics.outputs());
         all.push(&topics.feedback);
         all.extend(router.destinations());
-        kafka::ensure_topics(&config.kafka, &all).await?;
-    }
+        all.into_iter().map(str::to_owned).collect()
+    } else {
+        Vec::new()
+    };
+    let needed: Vec<&str> = needed_topics.iter().map(String::as_str).collect();
+    kafka::ensure_topics(&config.kafka, &needed).await?;
     let health = Arc::new(Health::default());
     let assignment = Arc::new(Assignment::default());
     let listener = http::bind(config.http.addr).await?;
@@ -104,15 +110,16 @@ pub async fn run(
     consumer
         .subscribe(&topics.inputs())
         .context("subscribing to the input topics")?;
-    let producer: FutureProducer = kafka::producer_config(&config.kafka)
-        .create()
-        .context("creating the Kafka producer")?;
+    let publisher = Arc::new(Publisher::new(&config.kafka)?);
+    let producer = publisher.current().1;
     let processor = Processor::new(&config)?;
     tracing::info!(brokers = %config.kafka.brokers, group = %config.kafka.group_id, "dynsig running");
 
     let watch_broker = tokio::spawn(watch_broker(
         producer.clone(),
         health.clone(),
+        assignment.clone(),
+        (config.kafka.clone(), needed_topics, topics.clone()),
         shutdown.clone(),
     ));
     let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
@@ -131,7 +138,7 @@ pub async fn run(
         batch_tx,
     ));
     let sink = tokio::spawn(sink(
-        producer.clone(),
+        publisher.clone(),
         consumer.clone(),
         topics.clone(),
         batch_rx,
@@ -152,7 +159,9 @@ pub async fn run(
         Ok(result) => result?,
         Err(_) => anyhow::bail!("shutdown did not finish within {SHUTDOWN_DEADLINE:?}"),
     }
-    producer
+    publisher
+        .current()
+        .1
         .flush(Timeout::After(SHUTDOWN_DEADLINE))
         .context("flushing the producer")?;
     match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -227,7 +236,12 @@ async fn transform(
     let mut ticker = tokio::time::interval(TICK);
     let mut state = TransformState::default();
     let mut seen_generation = 0;
+    let mut seen_recreated = 0;
     loop {
+        if assignment.inputs_recreated() != seen_recreated {
+            seen_recreated = assignment.inputs_recreated();
+            state.forget_input_offsets();
+        }
         // Records of a new assignment are fetched after the rebalance callback ran, so
         // checking before each record keeps the watermark's partition set current.
         if assignment.generation() != seen_generation {
@@ -269,6 +283,14 @@ struct TransformState {
 }
 
 impl TransformState {
+    /// The input topics were created anew: their offsets start over, and records at
+    /// offsets below those seen before are new data, not redeliveries.
+    fn forget_input_offsets(&mut self) {
+        tracing::warn!("input topics were re-created: their offsets start over");
+        self.next_offsets.clear();
+        self.safe_offsets_sent.clear();
+    }
+
     fn handle(&mut self, processor: &mut Processor, topics: &TopicsConfig, record: Consumed) {
         let partition_key = (record.kind, record.partition);
         // After a rebalance that gives a partition back, librdkafka re-delivers from the
@@ -335,7 +357,7 @@ impl TransformState {
 
 /// Publishes each batch, then stores the offsets it made safe.
 async fn sink(
-    producer: FutureProducer,
+    publisher: Arc<Publisher>,
     consumer: Arc<InputConsumer>,
     topics: Arc<TopicsConfig>,
     mut rx: mpsc::Receiver<Batch>,
@@ -345,7 +367,7 @@ async fn sink(
             batch
                 .records
                 .iter()
-                .map(|record| publish(&producer, record)),
+                .map(|record| publish(&publisher, record)),
         )
         .await;
         let now = wall_now_ms();
@@ -373,12 +395,63 @@ async fn sink(
     }
 }
 
+/// The output producer, replaced when it fails for good: an idempotent producer whose
+/// broker lost its state (a wiped cluster answers "unknown producer id") turns fatal and can
+/// never send again. Records in flight are sent again by the new one (at-least-once).
+struct Publisher {
+    config: KafkaConfig,
+    /// The producer and its generation, so that concurrent failures replace it once.
+    current: std::sync::Mutex<(u64, FutureProducer)>,
+}
+
+impl Publisher {
+    fn new(config: &KafkaConfig) -> anyhow::Result<Publisher> {
+        Ok(Publisher {
+            config: config.clone(),
+            current: std::sync::Mutex::new((0, Self::create(config)?)),
+        })
+    }
+
+    fn create(config: &KafkaConfig) -> anyhow::Result<FutureProducer> {
+        kafka::producer_config(config)
+            .create()
+            .context("creating the Kafka producer")
+    }
+
+    fn current(&self) -> (u64, FutureProducer) {
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replaces the producer of `generation` (if it is still the current one).
+    fn renew(&self, generation: u64) {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if current.0 != generation {
+            return;
+        }
+        match Self::create(&self.config) {
+            Ok(producer) => {
+                tracing::warn!("the producer failed for good; replaced by a new one");
+                counter!(names::PRODUCER_RENEWALS).increment(1);
+                *current = (generation + 1, producer);
+            }
+            Err(error) => tracing::error!(%error, "cannot replace the failed producer"),
+        }
+    }
+}
+
 /// Sends one record and waits for the broker's acknowledgement, retrying on failure:
 /// a signal is never dropped (the producer itself retries without a deadline, so an error
-/// here is rare, e.g. a fatal idempotence error).
-async fn publish(producer: &FutureProducer, record: &OutRecord) {
+/// here is rare, e.g. a fatal idempotence error, after which the producer is replaced).
+async fn publish(publisher: &Publisher, record: &OutRecord) {
     let mut backoff = Duration::from_millis(100);
     loop {
+        let (generation, producer) = publisher.current();
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (key, value) in &record.headers {
             headers = headers.insert(Header {
@@ -397,6 +470,9 @@ async fn publish(producer: &FutureProducer, record: &OutRecord) {
             Err((error, _)) => {
                 counter!(names::PUBLISH_ERRORS).increment(1);
                 tracing::error!(%error, topic = %record.topic, "publish failed; retrying");
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+                    publisher.renew(generation);
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -423,8 +499,14 @@ fn count_published(content: Content, wall_now: i64) {
 async fn watch_broker(
     producer: FutureProducer,
     health: Arc<Health>,
+    assignment: Arc<Assignment>,
+    (kafka_config, needed_topics, topics): (KafkaConfig, Vec<String>, Arc<TopicsConfig>),
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // The topics were ensured at start; after an outage they are checked again, because a
+    // broker back from one may have lost them (a wiped or replaced cluster): without them
+    // the consumer waits forever and every publish fails.
+    let mut topics_ensured = true;
     loop {
         let client = producer.clone();
         let up = tokio::task::spawn_blocking(move || {
@@ -436,6 +518,25 @@ async fn watch_broker(
         .await
         .unwrap_or(false);
         health.set_broker_up(up);
+        if !up {
+            topics_ensured = false;
+        } else if !topics_ensured {
+            let needed: Vec<&str> = needed_topics.iter().map(String::as_str).collect();
+            match kafka::ensure_topics(&kafka_config, &needed).await {
+                Ok(created) => {
+                    topics_ensured = true;
+                    tracing::info!(?created, "broker reachable again; topics ensured");
+                    if created
+                        .iter()
+                        .any(|t| topics.inputs().contains(&t.as_str()))
+                    {
+                        assignment.note_inputs_recreated();
+                    }
+                }
+                // Retried at the next check.
+                Err(error) => tracing::warn!(%error, "broker back, topics not ensured yet"),
+            }
+        }
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}

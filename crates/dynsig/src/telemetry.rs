@@ -16,6 +16,7 @@ pub mod names {
     pub const WINDOWS_CLOSED: &str = "dynsig_windows_closed_total";
     pub const SIGNALS_PUBLISHED: &str = "dynsig_signals_published_total";
     pub const PUBLISH_ERRORS: &str = "dynsig_publish_errors_total";
+    pub const PRODUCER_RENEWALS: &str = "dynsig_producer_renewals_total";
     pub const EVENT_TIME_TO_PUBLISH: &str = "dynsig_event_time_to_publish_seconds";
     pub const ASSIGNED_PARTITIONS: &str = "dynsig_assigned_partitions";
     pub const REBALANCES: &str = "dynsig_rebalances_total";
@@ -82,6 +83,10 @@ fn describe() {
     describe_counter!(
         PUBLISH_ERRORS,
         "Output records the broker failed to acknowledge (retried)."
+    );
+    describe_counter!(
+        PRODUCER_RENEWALS,
+        "Output producers replaced after a fatal error (e.g. the broker lost their state)."
     );
     describe_histogram!(
         EVENT_TIME_TO_PUBLISH,
