@@ -11,6 +11,13 @@
 //! level, a profile bin or a scale, so one outage does not teach the baseline that outages
 //! are normal. Counts (series whose values have all been non-negative integers) get a
 //! Poisson floor under their deviation: 5, 5, 5 then 7 is not a surprise.
+//!
+//! The clipped scale of a series that sits flat between bursts (0, 0, …, 0, 9.9, 0, …)
+//! shrinks towards 0: clipped bursts are too rare to hold it up. Then every burst has a
+//! z-score larger than the last (10^6, 10^7, …) and is never recognised as the series'
+//! habit. The deviation is therefore never taken below [`SPREAD_FLOOR`] of the spread, a
+//! mean absolute residual that bursts do hold up (clipped only at [`SPREAD_CLIP`] spreads):
+//! a bound that a series with any steady noise never reaches.
 
 use crate::model::EpochMs;
 
@@ -32,6 +39,13 @@ const DAILY_LEVEL_SLOWDOWN: f64 = 0.2;
 const STEP_ALPHA: f64 = 0.05;
 /// Points before the sampling step is trusted enough to size the daily profile.
 const STEP_SAMPLES: u32 = 8;
+/// The usual deviation is at least this fraction of the spread (the mean absolute residual,
+/// bursts included).
+const SPREAD_FLOOR: f64 = 1e-3;
+/// A residual counts in the spread as at most this many spreads: bursts of any size hold
+/// the spread up, but one absurd outlier cannot raise it more than tenfold (with
+/// `scale_alpha` 0.01), which leaves the floor far below a noisy series' usual deviation.
+const SPREAD_CLIP: f64 = 1e3;
 
 /// Tuning of the baseline.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -111,6 +125,9 @@ pub struct Baseline {
     log_step: f64,
     level: f64,
     scale: f64,
+    /// Mean absolute residual against the flat level, clipped only at [`SPREAD_CLIP`]
+    /// spreads (bursts included).
+    spread: f64,
     flat_error: f64,
     counts: bool,
     daily: Option<DailyProfile>,
@@ -126,6 +143,7 @@ impl Baseline {
             log_step: f64::NAN,
             level: value,
             scale: 0.0,
+            spread: 0.0,
             flat_error: 0.0,
             counts: is_count(value),
             daily: None,
@@ -157,7 +175,9 @@ impl Baseline {
         };
         Prediction {
             expected,
-            sigma: self.sigma_floor(expected).max(scale * MAD_TO_SIGMA),
+            sigma: self
+                .sigma_floor(expected)
+                .max(scale.max(SPREAD_FLOOR * self.spread) * MAD_TO_SIGMA),
             daily,
         }
     }
@@ -192,6 +212,8 @@ impl Baseline {
         // The first points set the scale quickly (running mean), then it is exponential.
         let scale_alpha = params.scale_alpha.max(1.0 / f64::from(self.points));
         self.scale += scale_alpha * (flat_clipped.abs() - self.scale);
+        let spread_clipped = clip(flat_residual, SPREAD_CLIP * self.spread);
+        self.spread += scale_alpha * (spread_clipped.abs() - self.spread);
 
         if self.daily.is_none() && self.points >= STEP_SAMPLES {
             self.daily = Some(DailyProfile::new(self.step_ms(), self.level, self.scale));
@@ -289,6 +311,23 @@ mod tests {
             "moved {moved}"
         );
         assert!(after.sigma < before.sigma * 1.2, "{before:?} -> {after:?}");
+    }
+
+    #[test]
+    fn bursts_between_flat_stretches_keep_a_finite_deviation() {
+        // 0 for 49 points, then a burst near 10: alone, the clipped scale shrinks to nothing.
+        let mut b = Baseline::new(0, 0.0);
+        for i in 1..5000 {
+            let v = if i % 50 == 0 {
+                9.5 + (i % 7) as f64 * 0.1
+            } else {
+                0.0
+            };
+            b.update(&PARAMS, i * FIVE_MINUTES, v);
+        }
+        let p = b.predict(5000 * FIVE_MINUTES);
+        let z = (10.0 - p.expected) / p.sigma;
+        assert!(z < 1e5, "a burst at z {z}: {p:?}");
     }
 
     #[test]
