@@ -24,8 +24,12 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 echo "installing prometheus (apt-get)" >&2
+# apt's chatter (debconf notices included) is shown only when something fails.
+LOG="$(mktemp)"
+trap 'rm -f "$LOG"' EXIT
 if ! apt-cache policy prometheus 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-  "${SUDO[@]}" apt-get update -qq >&2
+  "${SUDO[@]}" apt-get update -qq >"$LOG" 2>&1 || { cat "$LOG" >&2; exit 1; }
 fi
-"${SUDO[@]}" apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+"${SUDO[@]}" apt-get install -y -qq --no-install-recommends prometheus >"$LOG" 2>&1 \
+  || { cat "$LOG" >&2; exit 1; }
 command -v promtool >/dev/null
