@@ -343,8 +343,20 @@ fn live_posts(batch: usize) -> Vec<OutRecord> {
         .collect()
 }
 
+/// A child process killed when the test ends (e.g. fails) before taking it back.
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// The Python consumer of the guide, started on `topic`; its stdout is read when it exits.
-fn start_python_consumer(broker: &TestBroker, topic: &str, dir: &TestDir) -> Child {
+fn start_python_consumer(broker: &TestBroker, topic: &str, dir: &TestDir) -> KillOnDrop {
     let root = workspace_root();
     let python = install_test_python();
     let generated = dir.path().join("generated");
@@ -363,7 +375,7 @@ fn start_python_consumer(broker: &TestBroker, topic: &str, dir: &TestDir) -> Chi
         None,
     );
     assert_tool_ok("protoc (grpcio-tools) on proto/", &out);
-    Command::new(&python)
+    let child = Command::new(&python)
         .arg(root.join("tests/python/consume_trends.py"))
         .args(["--bootstrap", broker.bootstrap(), "--topic", topic])
         .arg(format!("--proto-dir={}", generated.display()))
@@ -379,7 +391,8 @@ fn start_python_consumer(broker: &TestBroker, topic: &str, dir: &TestDir) -> Chi
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start the Python consumer")
+        .expect("start the Python consumer");
+    KillOnDrop(Some(child))
 }
 
 /// `scripts/install-test-python.sh`: the venv with confluent-kafka and grpcio-tools
@@ -462,7 +475,7 @@ warmup_windows = 0
     }
 
     let prometheus = Prometheus::start(&http);
-    let consumer = start_python_consumer(&broker, &trends, &dir);
+    let mut consumer = start_python_consumer(&broker, &trends, &dir);
 
     // Live traffic until Prometheus has seen it all: a rate needs two scrapes that differ,
     // so records keep coming while the checks run. One malformed record makes the
@@ -549,6 +562,7 @@ warmup_windows = 0
     }
 
     // The Python consumer: two closed windows, the hashtag leading at least one.
+    let consumer = consumer.0.take().expect("the consumer is still running");
     let python = tokio::task::spawn_blocking(move || consumer.wait_with_output())
         .await
         .unwrap()
