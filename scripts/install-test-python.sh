@@ -4,8 +4,10 @@
 # - confluent-kafka: the client of docs/python-consumer.md, run against the test broker
 #   (tests/python_client.rs runs tests/python/consume_trends.py);
 # - grpcio-tools (bundles protoc) and protobuf: the Python code generated from proto/;
-# - PyYAML and kubernetes-validate: parse deploy/ and check the k8s manifests against the
-#   Kubernetes schemas the package ships (tests/deploy.rs runs tests/python/validate_deploy.py).
+# - PyYAML, kubernetes-validate and check-jsonschema: parse deploy/ and check the k8s manifests
+#   and the compose file against the schemas those packages ship (the Kubernetes OpenAPI
+#   schemas; the Compose specification's), offline (tests/deploy.rs runs
+#   tests/python/validate_deploy.py).
 #
 # Idempotent and quick when done: a stamp names the pinned set, so changing a pin reinstalls.
 # Called by the tests that need it (first call ~20 s); prints the venv's python on stdout.
@@ -13,7 +15,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv-tests"
-PACKAGES=(confluent-kafka==2.16.1 grpcio-tools==1.85.1 pyyaml==6.0.3 kubernetes-validate==1.37.0)
+PACKAGES=(confluent-kafka==2.16.1 grpcio-tools==1.85.1 pyyaml==6.0.3 kubernetes-validate==1.37.0
+  check-jsonschema==0.39.0)
 STAMP="$VENV/.installed-$(echo "${PACKAGES[*]}" | sha1sum | cut -c1-12)"
 PYTHON="${PYTHON:-python3}"
 

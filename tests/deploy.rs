@@ -1,8 +1,8 @@
 //! What an operator deploys, checked without a container engine, and `dynsig check-config`.
 //!
-//! - `deploy_files_validate`: `tests/python/validate_deploy.py` (PyYAML, and
-//!   kubernetes-validate's strict Kubernetes schemas; see its docstring for the list) on
-//!   `deploy/`, then `dynsig check-config` on the config and catalog of the k8s ConfigMap
+//! - `deploy_files_validate`: `tests/python/validate_deploy.py` (PyYAML, kubernetes-validate's
+//!   strict Kubernetes schemas, the Compose specification's schema; see its docstring for the
+//!   list) on `deploy/`, then `dynsig check-config` on the config and catalog of the k8s ConfigMap
 //!   with the Secret's variables set, as the pod would run.
 //! - `check_config_*`: the subcommand prints the effective config (file, then environment)
 //!   as TOML that it accepts again, hides credentials, and names the field of each error.

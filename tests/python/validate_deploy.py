@@ -9,8 +9,9 @@ scripts/install-test-python.sh.
   agree with each other: the Deployment mounts the ConfigMap, reads existing Secret keys,
   probes /healthz and /readyz on its HTTP port, carries the scrape annotations, and the
   Service selects its pods; the ConfigMap's catalog is deploy/catalog.example.toml verbatim;
-- deploy/docker-compose.yml: every file it builds or mounts exists, images are pinned,
-  depends_on names existing services;
+- deploy/docker-compose.yml: passes the Compose specification's JSON schema (as vendored by
+  check-jsonschema), every file it builds or mounts exists, images are pinned, depends_on
+  names existing services;
 - Grafana: the dashboard's data source is the provisioned one, and the provisioned
   dashboard folder is where compose mounts deploy/grafana/dashboards.
 
@@ -18,10 +19,12 @@ Writes the ConfigMap's files into EXTRACT_DIR (for `dynsig check-config`) and th
 variables as EXTRACT_DIR/env.json. Prints every problem and exits 1 if there is any.
 """
 
+import importlib.resources
 import json
 import pathlib
 import sys
 
+import jsonschema
 import kubernetes_validate
 import yaml
 
@@ -104,6 +107,12 @@ def check_compose(deploy):
     (compose,) = load_yaml_docs(path) or [None]
     if not compose:
         return {}
+    schema = json.loads(
+        (importlib.resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json").read_text()
+    )
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    for error in validator.iter_errors(compose):
+        check(False, f"{path}: {'.'.join(map(str, error.absolute_path))}: {error.message}")
     services = compose["services"]
     for name, service in services.items():
         image = service.get("image")
