@@ -11,7 +11,8 @@ scripts/install-test-python.sh.
   Service selects its pods; the ConfigMap's catalog is deploy/catalog.example.toml verbatim;
 - deploy/docker-compose.yml: passes the Compose specification's JSON schema (as vendored by
   check-jsonschema), every file it builds or mounts exists, images are pinned, depends_on
-  names existing services;
+  names existing services; the Dockerfile it builds copies files that exist and ends as a
+  non-root user;
 - Grafana: the dashboard's data source is the provisioned one, and the provisioned
   dashboard folder is where compose mounts deploy/grafana/dashboards.
 
@@ -121,7 +122,9 @@ def check_compose(deploy):
         build = service.get("build")
         if build:
             context = deploy / build["context"]
-            check((context / build.get("dockerfile", "Dockerfile")).is_file(), f"compose: {name}: no Dockerfile in {context}")
+            dockerfile = context / build.get("dockerfile", "Dockerfile")
+            if check(dockerfile.is_file(), f"compose: {name}: no Dockerfile in {context}"):
+                check_dockerfile(context, dockerfile)
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             if source.startswith("."):
@@ -129,6 +132,19 @@ def check_compose(deploy):
         for dependency in service.get("depends_on", []):
             check(dependency in services, f"compose: {name}: depends on unknown service {dependency}")
     return services
+
+
+def check_dockerfile(context, dockerfile):
+    """COPY sources (from the build context) exist, and the last USER is not root."""
+    users = []
+    for line in dockerfile.read_text().replace("\\\n", " ").splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(w.startswith("--from") for w in words):
+            for source in [w for w in words[1:-1] if not w.startswith("--")]:
+                check((context / source).exists(), f"{dockerfile}: COPY {source}: not in the build context")
+        if words[:1] == ["USER"]:
+            users.append(words[1])
+    check(users and users[-1].split(":")[0] not in ("root", "0"), f"{dockerfile}: the image must run as a non-root USER")
 
 
 def check_grafana(deploy, services):
