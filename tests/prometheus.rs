@@ -5,9 +5,9 @@
 //!   `scripts/install-prometheus.sh`) scrapes it every second and evaluates the alert rules
 //!   of `deploy/prometheus/`; the test queries Prometheus's HTTP API until the input rate is
 //!   positive, the event-time-to-publish histogram has samples and every rule evaluates
-//!   cleanly. Then: `promtool check metrics` on the service's `/metrics`; every `dynsig_*`
-//!   metric that the rules and the Grafana dashboard use exists in that output; every
-//!   dashboard query is accepted by Prometheus. Meanwhile the consumer of
+//!   cleanly. Then: `promtool check metrics` on the service's `/metrics`; its labels are all
+//!   bounded ones; every `dynsig_*` metric that the rules and the Grafana dashboard use
+//!   exists in that output; every dashboard query is accepted by Prometheus. Meanwhile the consumer of
 //!   `docs/python-consumer.md` (`tests/python/consume_trends.py`, confluent-kafka, with the
 //!   Python code generated from `proto/`) reads `signals.trends` and must see the hashtag.
 //! - `alert_rules_unit_tests`: `promtool check rules` and `promtool test rules` on
@@ -36,6 +36,11 @@ const HASHTAG: &str = "#opscheck";
 /// (`metrics` renders a counter only once incremented): they must at least be defined in
 /// `crates/dynsig/src/telemetry.rs`.
 const NOT_EMITTED_HERE: &[&str] = &["dynsig_publish_errors_total"];
+/// Label names whose values come from a small fixed set (an input kind, a reject reason, a
+/// signal kind, a histogram bucket). A metric labelled with anything else (a term, an
+/// author, an alert id) would grow one series per value: extend this list only with labels
+/// that are bounded too.
+const BOUNDED_LABELS: &[&str] = &["topic", "reason", "kind", "le"];
 
 /// Runs `tool args`, panicking with instructions when it is not installed.
 fn run_tool(tool: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
@@ -290,6 +295,26 @@ fn sample_names(metrics: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Label names used in a Prometheus exposition text, with a metric using each.
+fn label_names(metrics: &str) -> Vec<(String, String)> {
+    let mut labels = Vec::new();
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, rest)) = line.split_once('{') else {
+            continue;
+        };
+        let Some((set, _)) = rest.rsplit_once('}') else {
+            continue;
+        };
+        // Values are quoted and may hold `,` or `=`: take the name before each `="`.
+        for part in set.split("\",") {
+            if let Some((label, _)) = part.split_once("=\"") {
+                labels.push((label.trim().to_string(), name.to_string()));
+            }
+        }
+    }
+    labels
+}
+
 /// The dashboard's queries, with Grafana's variables replaced by what Prometheus accepts.
 fn dashboard_queries() -> Vec<(String, String)> {
     let dir = workspace_root().join("deploy/grafana/dashboards");
@@ -525,6 +550,13 @@ warmup_windows = 0
     assert_eq!(status, 200);
     let lint = run_tool("promtool", &["check", "metrics"], Some(metrics.as_bytes()));
     assert_tool_ok(&format!("promtool check metrics on\n{metrics}\n"), &lint);
+
+    for (label, metric) in label_names(&metrics) {
+        assert!(
+            BOUNDED_LABELS.contains(&label.as_str()),
+            "{metric} has the label {label}, not known to be bounded ({BOUNDED_LABELS:?})"
+        );
+    }
 
     // What the rules and the dashboard use exists: in this /metrics, or (for counters that
     // only failures increment) among the names defined in telemetry.rs.
