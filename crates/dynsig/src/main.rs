@@ -1,7 +1,9 @@
 //! The `dynsig` command: `run` the service against Kafka, `demo` it on an embedded broker,
-//! `replay` files through the same pipeline, `gen` a synthetic feed.
+//! `replay` files through the same pipeline, `gen` a synthetic feed, `check-config` a
+//! deployment's configuration.
 
 mod backtest;
+mod check_config;
 mod config;
 mod demo;
 mod gen;
@@ -75,6 +77,11 @@ enum Command {
     ///
     /// Example: dynsig backtest ../shared/nab/data /tmp/nab-out
     Backtest(backtest::BacktestArgs),
+    /// Validate a config file (with the DYNSIG_* environment overrides) and the actor catalog,
+    /// then print the effective config as TOML. Exits non-zero naming the bad field.
+    ///
+    /// Example: dynsig check-config deploy/dynsig.example.toml --catalog deploy/catalog.example.toml
+    CheckConfig(check_config::CheckConfigArgs),
 }
 
 #[derive(Args)]
@@ -131,6 +138,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Gen(args) => gen::gen(args),
         Command::Backtest(args) => backtest::run(args),
+        Command::CheckConfig(args) => check_config::check_config(args),
     }
 }
 
