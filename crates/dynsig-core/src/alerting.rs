@@ -79,8 +79,7 @@ impl AlertStage {
             score,
             factor,
         };
-        self.book
-            .observe(&self.lifecycle, span, seen, content, out);
+        self.book.observe(&self.lifecycle, span, seen, content, out);
         let adjustment = self.hivemind.explain(rule.as_str(), dedup_key, span.end);
         for alert in &mut out[first..] {
             alert.adjustment.clone_from(&adjustment);
@@ -108,11 +107,18 @@ impl AlertStage {
                 severity: notification.severity,
                 labels: &notification.common_labels,
             };
-            router.topics(routable).into_iter().map(str::to_owned).collect()
+            router
+                .topics(routable)
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
         });
-        signals.extend(flushed.notifications.into_iter().map(|(topic, message)| {
-            Signal::Notification(Routed { topic, message })
-        }));
+        signals.extend(
+            flushed
+                .notifications
+                .into_iter()
+                .map(|(topic, message)| Signal::Notification(Routed { topic, message })),
+        );
         signals.extend(flushed.digests.into_iter().map(|digest| {
             Signal::Digest(Routed {
                 topic: digest.team.clone(),

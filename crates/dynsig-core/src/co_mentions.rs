@@ -183,7 +183,11 @@ impl CoMentions {
     }
 
     /// Closes `window`, counted apart (windows must close in time order).
-    pub fn close_window(&mut self, window: WindowPairs, config: &CoMentionConfig) -> CoMentionGraph {
+    pub fn close_window(
+        &mut self,
+        window: WindowPairs,
+        config: &CoMentionConfig,
+    ) -> CoMentionGraph {
         let WindowPairs {
             counts,
             posts,

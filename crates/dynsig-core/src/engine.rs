@@ -23,13 +23,12 @@ use crate::alert::text::WindowFacts;
 use crate::alert::WindowSpan;
 use crate::alerting::AlertStage;
 use crate::anomaly::{AnomalyDetector, DETECTOR_NAME};
+use crate::authors::author_hash;
 use crate::catalog::{ActorMatcher, MatchScratch};
 use crate::co_mentions::{CoMentionConfig, CoMentions, WindowPairs};
-use crate::authors::author_hash;
 use crate::config::{effective_hop, window_name, ConfigError, EmitMode, EngineConfig, Stream};
 use crate::model::{
-    Anomaly, EcosystemSnapshot, EpochMs, Input, Origin, Post, Signal, Term, TermKind,
-    TrendSnapshot,
+    Anomaly, EcosystemSnapshot, EpochMs, Input, Origin, Post, Signal, Term, TermKind, TrendSnapshot,
 };
 use crate::routing::RoutingError;
 use crate::term_key;
@@ -355,7 +354,10 @@ impl Engine {
         };
         let mut signals = self.close_windows_ended_by(watermark);
         // Grouping waits are seconds long: a flush per second of event time is enough.
-        if self.flushed_at.is_none_or(|at| watermark >= at.saturating_add(1_000)) {
+        if self
+            .flushed_at
+            .is_none_or(|at| watermark >= at.saturating_add(1_000))
+        {
             self.flushed_at = Some(watermark);
             self.alerting.flush(watermark, &mut signals);
         }
@@ -375,7 +377,8 @@ impl Engine {
         let mut signals = self.close_windows_ended_by(EpochMs::MAX);
         // Nothing more will come: what waits for its group goes out now.
         if let Some(last) = self.watermark.value() {
-            self.alerting.flush(last.saturating_add(1_000_000_000), &mut signals);
+            self.alerting
+                .flush(last.saturating_add(1_000_000_000), &mut signals);
         }
         signals
     }
@@ -569,7 +572,10 @@ impl Engine {
                 .map(|s| {
                     Signal::Anomaly(Anomaly {
                         window: view.name.clone(),
-                        actor: s.series.strip_prefix(ACTOR_SERIES_PREFIX).map(str::to_owned),
+                        actor: s
+                            .series
+                            .strip_prefix(ACTOR_SERIES_PREFIX)
+                            .map(str::to_owned),
                         series: s.series,
                         window_start: start,
                         window_end: end,
@@ -854,7 +860,13 @@ mod tests {
         let alerts = alerts(&signals);
         let transitions: Vec<(&str, AlertStatus, EpochMs)> = alerts
             .iter()
-            .map(|a| (a.dedup_key.as_str(), a.status, (a.updated_at - BASE) / MINUTE))
+            .map(|a| {
+                (
+                    a.dedup_key.as_str(),
+                    a.status,
+                    (a.updated_at - BASE) / MINUTE,
+                )
+            })
             .collect();
         for expected in [
             ("trend:hashtag:#acmefire", AlertStatus::Firing, 7),
@@ -880,7 +892,10 @@ mod tests {
             .find(|a| a.dedup_key == "trend:hashtag:#acmefire")
             .unwrap();
         assert_eq!(fired.title, "Trending hashtag #acmefire");
-        assert_eq!(fired.id, format!("trend:hashtag:#acmefire@{}", BASE + 7 * MINUTE));
+        assert_eq!(
+            fired.id,
+            format!("trend:hashtag:#acmefire@{}", BASE + 7 * MINUTE)
+        );
         assert!(
             fired
                 .summary

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{require, ConfigError};
 use crate::alert::Rule;
+use crate::config::{require, ConfigError};
 use crate::model::EpochMs;
 
 /// `[feedback]`.

@@ -90,9 +90,7 @@ pub fn evaluate(
     }
     // Alerting terms that fell out of the ranking are scored from the detector.
     for key in stage.tracked_keys(Rule::Trend) {
-        let Some((kind, term)) = observed
-            .get(&key)
-            .is_none()
+        let Some((kind, term)) = (!observed.contains(&key))
             .then(|| key.strip_prefix("trend:")?.split_once(':'))
             .flatten()
         else {

@@ -130,7 +130,13 @@ impl WindowTerms {
 
     /// [`Self::add`] for a post that mentions the catalog actor at position `actor`
     /// first (`None`: no actor; actors past `u16::MAX - 1` count as none).
-    pub fn add_about(&mut self, key: &str, author: u64, post: Option<PostRef>, actor: Option<usize>) {
+    pub fn add_about(
+        &mut self,
+        key: &str,
+        author: u64,
+        post: Option<PostRef>,
+        actor: Option<usize>,
+    ) {
         let (stats, _) = self.sketch.add(key, 1);
         let actor = actor
             .and_then(|a| u16::try_from(a).ok())

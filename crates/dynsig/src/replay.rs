@@ -168,9 +168,14 @@ impl Sinks {
             files: BTreeMap::new(),
         };
         let topics = &config.topics;
-        for topic in [&topics.trends, &topics.anomalies, &topics.alerts, &topics.dlq]
-            .into_iter()
-            .chain(Some(&topics.late).filter(|late| !late.is_empty()))
+        for topic in [
+            &topics.trends,
+            &topics.anomalies,
+            &topics.alerts,
+            &topics.dlq,
+        ]
+        .into_iter()
+        .chain(Some(&topics.late).filter(|late| !late.is_empty()))
         {
             sinks.file(topic)?;
         }

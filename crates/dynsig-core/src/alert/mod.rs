@@ -185,7 +185,10 @@ enum Phase {
     Pending,
     /// Published; `last_sent` is when the latest message went out, with its observed
     /// value.
-    Firing { last_sent: EpochMs, last_observed: f64 },
+    Firing {
+        last_sent: EpochMs,
+        last_observed: f64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -254,7 +257,8 @@ impl AlertBook {
         let now = span.end;
         let Some(tracked) = self.tracked.get_mut(seen.dedup_key) else {
             if above {
-                let mut alert = new_alert(seen, now, severity, content(AlertStatus::Pending, severity));
+                let mut alert =
+                    new_alert(seen, now, severity, content(AlertStatus::Pending, severity));
                 alert.status = AlertStatus::Pending;
                 self.tracked.insert(
                     seen.dedup_key.to_owned(),
@@ -321,7 +325,13 @@ impl AlertBook {
 
     /// Fires the pending `key` if its `for` duration has passed and it is not cooling
     /// down.
-    fn fire_if_due(&mut self, lifecycle: &Lifecycle, key: &str, now: EpochMs, out: &mut Vec<Alert>) {
+    fn fire_if_due(
+        &mut self,
+        lifecycle: &Lifecycle,
+        key: &str,
+        now: EpochMs,
+        out: &mut Vec<Alert>,
+    ) {
         let cooling = self
             .resolved_at
             .get(key)
@@ -344,7 +354,12 @@ impl AlertBook {
 }
 
 /// A new pending alert whose condition holds since `now`.
-fn new_alert(seen: Observation<'_>, now: EpochMs, severity: Severity, content: AlertContent) -> Alert {
+fn new_alert(
+    seen: Observation<'_>,
+    now: EpochMs,
+    severity: Severity,
+    content: AlertContent,
+) -> Alert {
     let mut alert = Alert {
         id: String::new(),
         dedup_key: seen.dedup_key.to_owned(),

@@ -96,7 +96,10 @@ fn statuses(alerts: &[Alert]) -> Vec<AlertStatus> {
 fn fires_at_once_and_resolves_below_the_lower_threshold() {
     let rules = lifecycle(|_| {});
     let mut book = AlertBook::new();
-    assert!(step(&mut book, &rules, 0, 0.98, 60.0).is_empty(), "below fire");
+    assert!(
+        step(&mut book, &rules, 0, 0.98, 60.0).is_empty(),
+        "below fire"
+    );
     let fired = step(&mut book, &rules, 1, 0.9993, 340.0);
     assert_eq!(statuses(&fired), [AlertStatus::Firing]);
     let alert = &fired[0];
@@ -112,8 +115,14 @@ fn fires_at_once_and_resolves_below_the_lower_threshold() {
     assert_eq!(alert.labels["source"], "twitter");
     assert_eq!(alert.labels["severity"], "critical");
     assert_eq!(alert.signals[0].observed, 340.0);
-    assert_eq!((alert.active_at, alert.starts_at), (span(1).end, span(1).end));
-    assert!(step(&mut book, &rules, 2, 0.95, 330.0).is_empty(), "hysteresis: keeps firing");
+    assert_eq!(
+        (alert.active_at, alert.starts_at),
+        (span(1).end, span(1).end)
+    );
+    assert!(
+        step(&mut book, &rules, 2, 0.95, 330.0).is_empty(),
+        "hysteresis: keeps firing"
+    );
     let resolved = step(&mut book, &rules, 3, 0.5, 55.0);
     assert_eq!(statuses(&resolved), [AlertStatus::Resolved]);
     assert_eq!(resolved[0].id, alert.id, "same occurrence");
@@ -134,18 +143,30 @@ fn pending_until_the_for_duration_has_passed() {
     let rules = lifecycle(|a| a.for_ms = 2 * MINUTE);
     let mut book = AlertBook::new();
     assert!(step(&mut book, &rules, 0, 0.995, 200.0).is_empty());
-    assert_eq!(book.active().next().map(|a| a.status), Some(AlertStatus::Pending));
+    assert_eq!(
+        book.active().next().map(|a| a.status),
+        Some(AlertStatus::Pending)
+    );
     assert_eq!(book.firing().count(), 0);
-    assert!(step(&mut book, &rules, 1, 0.995, 210.0).is_empty(), "held 1 min of 2");
+    assert!(
+        step(&mut book, &rules, 1, 0.995, 210.0).is_empty(),
+        "held 1 min of 2"
+    );
     let fired = step(&mut book, &rules, 2, 0.995, 220.0);
     assert_eq!(statuses(&fired), [AlertStatus::Firing]);
-    assert_eq!((fired[0].active_at, fired[0].starts_at), (span(0).end, span(2).end));
+    assert_eq!(
+        (fired[0].active_at, fired[0].starts_at),
+        (span(0).end, span(2).end)
+    );
     // A pending condition that stops is dropped without a message.
     let mut book = AlertBook::new();
     step(&mut book, &rules, 0, 0.995, 200.0);
     assert!(step(&mut book, &rules, 1, 0.5, 50.0).is_empty());
     assert_eq!(book.active().count(), 0);
-    assert!(step(&mut book, &rules, 2, 0.995, 200.0).is_empty(), "starts over");
+    assert!(
+        step(&mut book, &rules, 2, 0.995, 200.0).is_empty(),
+        "starts over"
+    );
 }
 
 #[test]
@@ -155,7 +176,10 @@ fn does_not_resolve_before_the_minimum_firing_time() {
     step(&mut book, &rules, 0, 0.995, 200.0);
     assert!(step(&mut book, &rules, 1, 0.1, 50.0).is_empty());
     assert!(step(&mut book, &rules, 2, 0.1, 50.0).is_empty());
-    assert_eq!(statuses(&step(&mut book, &rules, 3, 0.1, 50.0)), [AlertStatus::Resolved]);
+    assert_eq!(
+        statuses(&step(&mut book, &rules, 3, 0.1, 50.0)),
+        [AlertStatus::Resolved]
+    );
 }
 
 #[test]
@@ -163,12 +187,21 @@ fn updates_are_rate_limited_but_escalation_goes_at_once() {
     let rules = lifecycle(|_| {});
     let mut book = AlertBook::new();
     step(&mut book, &rules, 0, 0.995, 200.0);
-    assert!(step(&mut book, &rules, 1, 0.995, 400.0).is_empty(), "moved, but too soon");
+    assert!(
+        step(&mut book, &rules, 1, 0.995, 400.0).is_empty(),
+        "moved, but too soon"
+    );
     let escalated = step(&mut book, &rules, 2, 0.9999, 400.0);
     assert_eq!(statuses(&escalated), [AlertStatus::Updated]);
     assert_eq!(escalated[0].severity, Severity::Critical);
-    assert!(step(&mut book, &rules, 3, 0.995, 400.0).is_empty(), "severity never drops back");
-    assert!(step(&mut book, &rules, 7, 0.995, 410.0).is_empty(), "unchanged: no update");
+    assert!(
+        step(&mut book, &rules, 3, 0.995, 400.0).is_empty(),
+        "severity never drops back"
+    );
+    assert!(
+        step(&mut book, &rules, 7, 0.995, 410.0).is_empty(),
+        "unchanged: no update"
+    );
     let update = step(&mut book, &rules, 8, 0.995, 900.0);
     assert_eq!(statuses(&update), [AlertStatus::Updated]);
     assert_eq!(update[0].signals[0].observed, 900.0);
@@ -180,12 +213,25 @@ fn cool_down_holds_a_refire_as_pending() {
     let rules = lifecycle(|a| a.cooldown_ms = 3 * MINUTE);
     let mut book = AlertBook::new();
     step(&mut book, &rules, 0, 0.995, 200.0);
-    assert_eq!(statuses(&step(&mut book, &rules, 1, 0.1, 50.0)), [AlertStatus::Resolved]);
-    assert!(step(&mut book, &rules, 2, 0.995, 200.0).is_empty(), "cooling down");
-    assert!(step(&mut book, &rules, 3, 0.995, 200.0).is_empty(), "cooling down");
+    assert_eq!(
+        statuses(&step(&mut book, &rules, 1, 0.1, 50.0)),
+        [AlertStatus::Resolved]
+    );
+    assert!(
+        step(&mut book, &rules, 2, 0.995, 200.0).is_empty(),
+        "cooling down"
+    );
+    assert!(
+        step(&mut book, &rules, 3, 0.995, 200.0).is_empty(),
+        "cooling down"
+    );
     let fired = step(&mut book, &rules, 4, 0.995, 200.0);
     assert_eq!(statuses(&fired), [AlertStatus::Firing]);
-    assert_eq!(fired[0].active_at, span(2).end, "pending since the cool-down began");
+    assert_eq!(
+        fired[0].active_at,
+        span(2).end,
+        "pending since the cool-down began"
+    );
 }
 
 #[test]
@@ -268,14 +314,21 @@ fn trend_alerts_name_the_actor_and_resolve_when_the_term_fades() {
     assert_eq!(alert.examples, ["p1", "p2"]);
     assert_eq!(book.tracked_keys(Rule::Trend).collect::<Vec<_>>(), [key]);
     assert_eq!(book.tracked_keys(Rule::Anomaly).count(), 0);
-    assert!(run(&mut book, 1, None, Some((200, 100.0, 4.5)), 4.5).is_empty(), "above half");
+    assert!(
+        run(&mut book, 1, None, Some((200, 100.0, 4.5)), 4.5).is_empty(),
+        "above half"
+    );
     let resolved = run(&mut book, 2, None, None, 0.0);
     assert_eq!(statuses(&resolved), [AlertStatus::Resolved]);
     assert_eq!(
         resolved[0].summary,
         "#acmefire no longer trending: no mentions in 1m; concerns ACME Corp"
     );
-    assert_eq!(resolved[0].examples, ["p1", "p2"], "examples of the occurrence kept");
+    assert_eq!(
+        resolved[0].examples,
+        ["p1", "p2"],
+        "examples of the occurrence kept"
+    );
 }
 
 #[test]

@@ -62,7 +62,11 @@ pub struct TermFacts<'a> {
 }
 
 /// Content of an anomaly alert about to be published with `status`.
-pub fn anomaly(window: WindowFacts<'_>, facts: &SeriesFacts<'_>, status: AlertStatus) -> AlertContent {
+pub fn anomaly(
+    window: WindowFacts<'_>,
+    facts: &SeriesFacts<'_>,
+    status: AlertStatus,
+) -> AlertContent {
     let s = facts.score;
     let subject = match facts.actor {
         Some(actor) => format!("mentions of {}", actor.name),
@@ -144,7 +148,10 @@ pub fn trend(window: WindowFacts<'_>, facts: &TermFacts<'_>, status: AlertStatus
             facts.term, window.name
         ),
         (AlertStatus::Resolved, None) => {
-            format!("{} no longer trending: no mentions in {}", facts.term, window.name)
+            format!(
+                "{} no longer trending: no mentions in {}",
+                facts.term, window.name
+            )
         }
         (_, Some((count, baseline, score))) => {
             let authors = facts
@@ -190,7 +197,12 @@ pub fn trend(window: WindowFacts<'_>, facts: &TermFacts<'_>, status: AlertStatus
     }
 }
 
-fn cause(kind: &str, window: WindowFacts<'_>, subject: &str, (observed, expected, score): (f64, f64, f64)) -> AlertCause {
+fn cause(
+    kind: &str,
+    window: WindowFacts<'_>,
+    subject: &str,
+    (observed, expected, score): (f64, f64, f64),
+) -> AlertCause {
     AlertCause {
         kind: kind.into(),
         window: window.name.into(),

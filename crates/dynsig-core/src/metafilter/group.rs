@@ -175,9 +175,7 @@ impl Grouper {
             group.next_at = now + interval;
             due.push(notification(key, group, now));
             group.changed.clear();
-            group
-                .members
-                .retain(|_, alert| alert.status.is_active());
+            group.members.retain(|_, alert| alert.status.is_active());
         }
         self.groups.retain(|_, group| !group.members.is_empty());
         due

@@ -493,7 +493,10 @@ pub(crate) mod tests {
         filter.push(trend("fire", "acme"), T0);
         assert!(filter.flush(T0 + WAIT, by_team).notifications.is_empty());
         // Released at the flush after the silence ended; then it waits for its group.
-        assert!(filter.flush(T0 + 60 * SECOND, by_team).notifications.is_empty());
+        assert!(filter
+            .flush(T0 + 60 * SECOND, by_team)
+            .notifications
+            .is_empty());
         assert_eq!(filter.silences().all().count(), 0);
         let flushed = filter.flush(T0 + 60 * SECOND + WAIT, by_team);
         assert_eq!(member_ids(&flushed), [vec!["trend:word:fire"]]);
