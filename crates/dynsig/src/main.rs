@@ -1,8 +1,11 @@
 //! The `dynsig` command: `run` the service against Kafka, `demo` it on an embedded broker,
 //! `replay` files through the same pipeline, `gen` a synthetic feed.
 
+mod api;
 mod backtest;
+mod catalog;
 mod config;
+mod control;
 mod demo;
 mod gen;
 mod http;
