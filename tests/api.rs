@@ -420,6 +420,22 @@ reload_check_ms = 200
     })
     .await;
 
+    // Feedback before any input was read: alert time (event time) has not started, so the
+    // API refuses it (503: a vote dated before would be lost) and a verdict on the topic
+    // waits for it.
+    // (About another rule and series than the verdict below, which must raise its factor.)
+    let early = json!({"alert_id": format!("anomaly:posts.source=forum@{T0}"), "verdict": "useful", "who": "bob"})
+        .to_string();
+    svc.expect("POST", "/api/feedback", Some(TOKEN), Some(&early), 503)
+        .await;
+    svc.check(
+        broker.wait_for_topic(&feedback_topic, WAIT).await.is_some(),
+        || format!("the service did not create {feedback_topic}"),
+    );
+    broker
+        .produce(&feedback_topic, &[OutRecord::new(early).key("fb-early")])
+        .await;
+
     // The planted burst: its trend snapshot and its alert, served by the API.
     let (posts, events) = inputs();
     broker.produce(&posts_topic, &posts).await;
@@ -515,22 +531,14 @@ reload_check_ms = 200
         );
     }
 
-    // Feedback on the topic: a valid verdict is recorded, a malformed one dead-lettered.
-    svc.check(
-        broker.wait_for_topic(&feedback_topic, WAIT).await.is_some(),
-        || format!("the service did not create {feedback_topic}"),
-    );
-    let useful = json!({"alert_id": alert["id"], "verdict": "useful", "who": "bob"}).to_string();
+    // A malformed verdict on the topic is dead-lettered with its reason.
     let delivered = broker
         .produce(
             &feedback_topic,
-            &[
-                OutRecord::new(useful).key("fb-1"),
-                OutRecord::new("{\"alert_id\": ").key("fb-bad"),
-            ],
+            &[OutRecord::new("{\"alert_id\": ").key("fb-bad")],
         )
         .await;
-    let bad_at = delivered[1];
+    let bad_at = delivered[0];
     let dlq = broker
         .consume_until(&dlq_topic, WAIT, |records| {
             records
@@ -555,13 +563,18 @@ reload_check_ms = 200
         || format!("the malformed feedback record's dead letter: {letter:?}"),
     );
 
-    // Metrics: one verdict over HTTP and one from the topic; the silence in force; the
-    // factor feedback left on the alert's series.
+    // Metrics: one verdict over HTTP and the early one from the topic, recorded once the
+    // clock started; the silence in force; the factors feedback left.
     svc.wait_metric("dynsig_feedback_total", |v| v >= 2.0).await;
     svc.wait_metric("dynsig_silences_active", |v| v >= 1.0)
         .await;
-    svc.wait_metric("dynsig_feedback_threshold_factor", |v| v > 0.0)
-        .await;
+    // The early "useful" verdict lowered its series' threshold: it was held until alert
+    // time started, not dated before it (then it would have decayed to 1 at once).
+    svc.wait_metric(
+        r#"dynsig_feedback_threshold_factor{scope="series",key="anomaly:posts.source=forum"}"#,
+        |v| v < 1.0,
+    )
+    .await;
     svc.wait_metric("dynsig_catalog_actors", |v| v == 2.0).await;
     svc.wait_metric("dynsig_events_rejected_total", |v| v >= 1.0)
         .await;

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::control::{self, Command, ReadModel};
+use crate::control::{self, Command, FeedbackError, ReadModel};
 
 /// How long a write waits for the transform stage to apply it. The stage applies commands
 /// between records, so this is only reached when the pipeline is stuck (e.g. the broker
@@ -284,7 +284,12 @@ async fn feedback(
     let feedback: Feedback = control::parse_json(&body)?;
     let adjustment = ask(&state, |reply| Command::Feedback { feedback, reply })
         .await?
-        .map_err(|rejected| ApiError::bad_request(rejected.to_string()))?;
+        .map_err(|error| match error {
+            FeedbackError::Rejected(rejected) => ApiError::bad_request(rejected.to_string()),
+            FeedbackError::ClockNotStarted => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+            }
+        })?;
     Ok((StatusCode::ACCEPTED, Json(adjustment)).into_response())
 }
 

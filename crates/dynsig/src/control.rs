@@ -45,7 +45,7 @@ pub enum Command {
     },
     Feedback {
         feedback: Feedback,
-        reply: oneshot::Sender<Result<Adjustment, FeedbackRejected>>,
+        reply: oneshot::Sender<Result<Adjustment, FeedbackError>>,
     },
     /// A new version of the catalog file (see [`crate::catalog`]).
     SetCatalog(ActorMatcher),
@@ -97,11 +97,31 @@ fn clock(engine: &Engine) -> EpochMs {
         .unwrap_or_else(crate::service::wall_now_ms)
 }
 
+/// Why a verdict was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedbackError {
+    #[error(transparent)]
+    Rejected(#[from] FeedbackRejected),
+    /// The alert stage dates a vote with its clock (event time), which starts with the
+    /// first input read; a vote dated before would decay away at once, so it is refused
+    /// (the API answers 503) or held (the feedback topic) rather than lost silently.
+    #[error("alert time (event time) starts with the first input read, and none was read since the service started: retry shortly")]
+    ClockNotStarted,
+}
+
+/// Whether the alert stage's clock has started (see [`FeedbackError::ClockNotStarted`]).
+pub fn alert_clock_started(engine: &Engine) -> bool {
+    engine.alerting().now() > EpochMs::MIN
+}
+
 /// Records a verdict (from the API or the feedback topic) and counts it.
 pub fn record_feedback(
     engine: &mut Engine,
     feedback: &Feedback,
-) -> Result<Adjustment, FeedbackRejected> {
+) -> Result<Adjustment, FeedbackError> {
+    if !alert_clock_started(engine) {
+        return Err(FeedbackError::ClockNotStarted);
+    }
     let adjustment = engine.alerting_mut().feedback(feedback)?;
     let verdict = match feedback.verdict {
         Verdict::Useful => "useful",
@@ -121,7 +141,7 @@ pub fn record_feedback(
 }
 
 /// A feedback record of `signals.feedback` that cannot be used, as a dead letter's reason.
-pub fn feedback_rejection(rejected: FeedbackRejected) -> Rejection {
+pub fn feedback_rejection(rejected: FeedbackError) -> Rejection {
     Rejection {
         reason: RejectReason::InvalidField,
         detail: rejected.to_string(),

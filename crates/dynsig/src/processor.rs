@@ -80,7 +80,8 @@ impl Processor {
     }
 
     /// Decodes one record of the feedback topic (JSON `Feedback`) and records it. A record
-    /// that is not a usable verdict is rejected (and counted) like a bad input.
+    /// that is not a usable verdict is rejected (and counted) like a bad input. Call it
+    /// once the alert clock has started ([`control::alert_clock_started`]).
     pub fn process_feedback(&mut self, payload: &[u8]) -> Result<(), Rejection> {
         let decoded = if payload.len() > self.limits.max_message_bytes {
             Err(Rejection {

@@ -16,7 +16,7 @@
 //! The HTTP API and the catalog watcher reach the engine through the transform stage's
 //! command channel, and read what it republishes after each flush (see [`crate::control`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -333,6 +333,10 @@ struct TransformState {
     next_offsets: HashMap<(Source, i32), i64>,
     /// Offsets already handed to the sink, so unchanged ones are not sent again.
     safe_offsets_sent: HashMap<(Source, i32), i64>,
+    /// Verdicts read before the alert clock started (see
+    /// [`control::FeedbackError::ClockNotStarted`]), applied in order once it has; their
+    /// offsets are held until then.
+    waiting_feedback: VecDeque<Consumed>,
 }
 
 impl TransformState {
@@ -348,6 +352,15 @@ impl TransformState {
         }
         self.next_offsets.insert(partition_key, record.offset + 1);
         self.inputs_in_batch += 1;
+        if record.source == Source::Feedback && !control::alert_clock_started(processor.engine()) {
+            self.waiting_feedback.push_back(record);
+            return;
+        }
+        self.apply(processor, topics, record);
+    }
+
+    /// Feeds one record to the processor; a rejected one becomes a dead letter.
+    fn apply(&mut self, processor: &mut Processor, topics: &TopicsConfig, record: Consumed) {
         let outcome = match record.source {
             Source::Input(kind) => processor.process(RawInput {
                 kind,
@@ -389,6 +402,11 @@ impl TransformState {
     ) -> Batch {
         let processor = &mut owner.processor;
         let signals = processor.poll(wall_now);
+        if !self.waiting_feedback.is_empty() && control::alert_clock_started(processor.engine()) {
+            for record in std::mem::take(&mut self.waiting_feedback) {
+                self.apply(processor, topics, record);
+            }
+        }
         owner.model.refresh(processor.engine(), &signals);
         self.batch.records.extend(
             signals
@@ -397,12 +415,17 @@ impl TransformState {
         );
         gauge!(names::OPEN_WINDOWS).set(processor.engine().open_windows() as f64);
         for (&key, &next) in &self.next_offsets {
-            // A verdict is applied when read: nothing holds its offset.
+            // A verdict holds its offset only while it waits for the alert clock.
             let held = match key {
                 (Source::Input(kind), partition) => processor
                     .engine()
                     .held_offset(partition_index((kind, partition))),
-                (Source::Feedback, _) => None,
+                (Source::Feedback, partition) => self
+                    .waiting_feedback
+                    .iter()
+                    .filter(|r| r.partition == partition)
+                    .map(|r| r.offset)
+                    .min(),
             };
             let safe = held.map_or(next, |held| held.min(next));
             if self.safe_offsets_sent.get(&key) != Some(&safe) {
