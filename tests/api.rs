@@ -8,7 +8,9 @@
 //!   actor) and the active alert served as JSON; feedback on that alert over HTTP (202; a
 //!   malformed id is a 400 naming the field) and on `signals.feedback` (a malformed record
 //!   lands in `dynsig.dlq` with its reason);
-//! - the alerting metrics on `/metrics`, and a clean SIGTERM.
+//! - the alerting metrics on `/metrics`, and a clean SIGTERM;
+//! - and, without a broker, that a bad catalog file stops the service at start, naming the
+//!   file and the field.
 //!
 //! Every wait is bounded and fails with the service's logs; no assertion depends on timing.
 
@@ -585,5 +587,36 @@ reload_check_ms = 200
     assert!(
         status.success(),
         "dynsig should exit 0 on SIGTERM, got {status}\n{logs}"
+    );
+}
+
+/// A catalog the service cannot use stops it at start, before it contacts the cluster (so
+/// no broker is needed here), with the file and the bad field named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_catalog_stops_the_service_at_start() {
+    let dir = TestDir::new("api-bad-catalog");
+    let catalog = dir.write(
+        "catalog.toml",
+        "[[actors]]\nid = \"acme\"\nname = \"A\"\nkind = \"partner\"\n\
+         [[actors]]\nid = \"acme\"\nname = \"B\"\nkind = \"partner\"\n",
+    );
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut process = DynsigProcess::spawn(
+        &["run", "--brokers", "127.0.0.1:1", "--http-addr", &http],
+        &[("DYNSIG_CATALOG__PATH", catalog.to_str().unwrap())],
+    );
+    let status = poll_until(WAIT, || {
+        let status = process.exit_status();
+        async move { status }
+    })
+    .await;
+    let logs = process.logs();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "dynsig should exit with an error on a bad catalog, got {status:?}\n{logs}"
+    );
+    assert!(
+        logs.contains("actors[1].id") && logs.contains("catalog.toml"),
+        "the error should name the file and the field:\n{logs}"
     );
 }

@@ -171,7 +171,8 @@ async fn ask<T>(
     }
 }
 
-/// Serializes from the borrowed model: no copy of it is made per request.
+/// Builds the answer while the model is borrowed: the borrow holds off the transform
+/// stage's next refresh, so views stay cheap (no blocking, no awaiting inside).
 fn read<T: Serialize>(state: &ApiState, view: impl FnOnce(&ReadModel) -> T) -> Response {
     let model = state.model.borrow();
     Json(view(&model)).into_response()

@@ -11,8 +11,9 @@
 //! rebuilds the open windows. Bounded channels give backpressure: a slow broker slows
 //! consumption instead of growing memory.
 //!
-//! The same consumer reads `signals.feedback`: a verdict changes the engine at once and
-//! holds nothing, so its offset is safe as soon as its dead letter (if any) is published.
+//! The same consumer reads `signals.feedback`: a verdict changes the engine when read, so
+//! its offset is safe as soon as its dead letter (if any) is published; only a verdict
+//! read before alert time started waits (and holds its offset) until it has.
 //! The HTTP API and the catalog watcher reach the engine through the transform stage's
 //! command channel, and read what it republishes after each flush (see [`crate::control`]).
 
@@ -64,7 +65,7 @@ type InputConsumer = StreamConsumer<TrackingContext>;
 enum Source {
     /// Posts or events: counted in windows.
     Input(InputKind),
-    /// Verdicts on alerts, applied to the alert stage at once.
+    /// Verdicts on alerts, applied to the alert stage when read.
     Feedback,
 }
 
