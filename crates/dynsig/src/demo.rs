@@ -54,6 +54,8 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         (config.topics.anomalies.as_str(), 1),
         (config.topics.alerts.as_str(), 1),
         (config.topics.dlq.as_str(), 1),
+        // Read by the service (verdicts on alerts), so it must exist.
+        (config.topics.feedback.as_str(), 1),
     ] {
         cluster
             .create_topic(topic, partitions, 1)
