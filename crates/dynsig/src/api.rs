@@ -5,6 +5,8 @@
 //! This module owns the HTTP side only: routes, the bearer-token check of the write
 //! endpoints, request parsing and the JSON error shape `{"error": "..."}`.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +20,7 @@ use axum::{Json, Router};
 use dynsig_core::decode::Rejection;
 use dynsig_core::feedback::Feedback;
 use dynsig_core::metafilter::silence::Silence;
+use dynsig_core::model::TrendSnapshot;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -171,11 +174,15 @@ async fn ask<T>(
     }
 }
 
-/// Builds the answer while the model is borrowed: the borrow holds off the transform
-/// stage's next refresh, so views stay cheap (no blocking, no awaiting inside).
-fn read<T: Serialize>(state: &ApiState, view: impl FnOnce(&ReadModel) -> T) -> Response {
-    let model = state.model.borrow();
-    Json(view(&model)).into_response()
+/// Serializes the answer straight from the borrowed model. The borrow holds off the
+/// transform stage's next refresh, so answers stay cheap (no blocking, no awaiting).
+fn read(state: &ApiState, answer: impl FnOnce(&ReadModel) -> Response) -> Response {
+    answer(&state.model.borrow())
+}
+
+/// `{"<name>": value}`: every read answers an object, so fields can be added later.
+fn named<T: Serialize>(name: &'static str, value: T) -> Response {
+    Json(BTreeMap::from([(name, value)])).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,39 +208,33 @@ async fn trends(
         }
     }
     Ok(read(&state, |model| {
-        let snapshots: Vec<Value> = model
+        let snapshots: Vec<Cow<'_, TrendSnapshot>> = model
             .trends
             .values()
             .filter(|s| query.window.as_ref().is_none_or(|w| *w == s.window))
-            .map(|snapshot| {
-                let mut value = serde_json::to_value(snapshot).expect("snapshots serialize");
-                if let Some(actor) = &query.actor {
-                    value["entries"] = serde_json::to_value(
-                        snapshot
-                            .entries
-                            .iter()
-                            .filter(|e| e.actor.as_deref() == Some(actor))
-                            .collect::<Vec<_>>(),
-                    )
-                    .expect("entries serialize");
+            .map(|snapshot| match &query.actor {
+                None => Cow::Borrowed(snapshot),
+                Some(actor) => {
+                    let mut mine = snapshot.clone();
+                    mine.entries.retain(|e| e.actor.as_deref() == Some(actor));
+                    Cow::Owned(mine)
                 }
-                value
             })
             .collect();
-        json!({ "trends": snapshots })
+        named("trends", snapshots)
     }))
 }
 
 async fn alerts(State(state): State<ApiState>) -> Response {
-    read(&state, |model| json!({ "alerts": model.alerts }))
+    read(&state, |model| named("alerts", &model.alerts))
 }
 
 async fn silences(State(state): State<ApiState>) -> Response {
-    read(&state, |model| json!({ "silences": model.silences }))
+    read(&state, |model| named("silences", &model.silences))
 }
 
 async fn actors(State(state): State<ApiState>) -> Response {
-    read(&state, |model| json!({ "actors": model.actors }))
+    read(&state, |model| named("actors", &model.actors))
 }
 
 async fn add_silence(
