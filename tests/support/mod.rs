@@ -5,7 +5,7 @@
 //!   free port, or an external one from `DYNSIG_TEST_BROKERS`; topic creation, producing with
 //!   delivery reports, and bounded reads of whole topics ([`TopicReader`], [`Record`]).
 //! - [`DynsigProcess`]: the service binary run as a child process, with its logs captured.
-//! - [`http_get`] and [`free_port`] for the service's HTTP endpoints.
+//! - [`http_get`], [`http_request`] and [`free_port`] for the service's HTTP endpoints.
 //!
 //! Every wait here is bounded. Setup failures (no broker binary, broker not starting, a produce
 //! that is not delivered) panic with the reason: a test must never pass or skip silently because
@@ -779,12 +779,32 @@ impl TopicReader {
 /// health, readiness and metrics endpoints, without an HTTP client dependency. Handles
 /// `Content-Length`, chunked and read-to-close bodies. Bounded to 10 s.
 pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, &[], None).await
+}
+
+/// Like [`http_get`], for any method, with extra request headers and an optional body (sent
+/// with its `Content-Length`), e.g. the API's `POST` and `DELETE` endpoints.
+pub async fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Error, ErrorKind};
     let io = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: dynsig-tests\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: dynsig-tests\r\nAccept: */*\r\nConnection: close\r\n"
         );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if let Some(body) = body {
+            request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        request.push_str("\r\n");
+        request.push_str(body.unwrap_or_default());
         stream.write_all(request.as_bytes()).await?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await?;
@@ -792,7 +812,12 @@ pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> 
     };
     let raw = tokio::time::timeout(Duration::from_secs(10), io)
         .await
-        .map_err(|_| Error::new(ErrorKind::TimedOut, format!("GET {addr}{path} timed out")))??;
+        .map_err(|_| {
+            Error::new(
+                ErrorKind::TimedOut,
+                format!("{method} {addr}{path} timed out"),
+            )
+        })??;
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -178,15 +178,42 @@ impl TopicsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Address of `/metrics`, `/healthz` and `/readyz`; `--http-addr` overrides it.
+    /// Address of `/metrics`, `/healthz`, `/readyz` and `/api/*`; `--http-addr` overrides
+    /// it.
     pub addr: SocketAddr,
+    /// Bearer token of the API's write endpoints (silences, feedback); empty: they answer
+    /// 403. Best set from the environment (`DYNSIG_HTTP__API_TOKEN`) rather than a file.
+    pub api_token: Secret,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8686)),
+            api_token: Secret::default(),
         }
+    }
+}
+
+/// A string kept out of logs and debug output (`Debug` prints `<redacted>`), so that
+/// printing a config never leaks it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "<unset>"
+        } else {
+            "<redacted>"
+        })
     }
 }
 
@@ -261,6 +288,9 @@ impl Config {
                 return invalid(field, "topic name must not be empty");
             }
         }
+        if self.catalog.reload_check_ms == 0 {
+            return invalid("catalog.reload_check_ms", "must be at least 1");
+        }
         if self.topics.posts == self.topics.events {
             return invalid("topics.events", "must differ from topics.posts");
         }
@@ -277,7 +307,7 @@ impl Config {
 /// value when it parses as one (numbers, booleans, arrays), else as a string.
 /// librdkafka property names are dotted, which environment names cannot be: under
 /// `KAFKA__CLIENT__`, `_` stands for `.` (`KAFKA__CLIENT__SASL_PASSWORD` → `sasl.password`),
-/// and values stay strings.
+/// and values stay strings. So does `HTTP__API_TOKEN`: a token of digits is still a token.
 fn apply_env_override(
     table: &mut toml::Table,
     var: &str,
@@ -295,8 +325,11 @@ fn apply_env_override(
         });
     }
     let client_property = keys.len() == 3 && keys[0] == "kafka" && keys[1] == "client";
-    let parsed = if client_property {
-        keys[2] = keys[2].replace('_', ".");
+    let secret = keys == ["http", "api_token"];
+    let parsed = if client_property || secret {
+        if client_property {
+            keys[2] = keys[2].replace('_', ".");
+        }
         toml::Value::String(value.into())
     } else {
         format!("v = {value}")
@@ -386,6 +419,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.kafka.client["security.protocol"], "SASL_SSL");
+    }
+
+    #[test]
+    fn api_token_comes_from_the_environment_and_is_not_printed() {
+        let config = load_str("", &[("DYNSIG_HTTP__API_TOKEN", "t0ken-123")]).unwrap();
+        assert_eq!(config.http.api_token.expose(), "t0ken-123");
+        assert!(!format!("{config:?}").contains("t0ken-123"));
+        // Digits stay a string, not a TOML integer.
+        let config = load_str("", &[("DYNSIG_HTTP__API_TOKEN", "20261127")]).unwrap();
+        assert_eq!(config.http.api_token.expose(), "20261127");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The HTTP edge: `/metrics` (Prometheus text), `/healthz` (the process is alive) and
-//! `/readyz` (partitions assigned and the cluster reachable).
+//! The HTTP edge: `/metrics` (Prometheus text), `/healthz` (the process is alive),
+//! `/readyz` (partitions assigned and the cluster reachable), and the JSON API under
+//! `/api` ([`crate::api`]), all on one address.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
+use crate::api::{self, ApiState};
 use crate::kafka::Health;
 
 #[derive(Clone)]
@@ -33,15 +35,18 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     prometheus: PrometheusHandle,
     health: Arc<Health>,
+    api: ApiState,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(AppState { prometheus, health });
+        .with_state(AppState { prometheus, health })
+        .merge(api::router(api))
+        .fallback(api::not_found);
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "HTTP listening (/metrics, /healthz, /readyz)");
+        tracing::info!(%addr, "HTTP listening (/metrics, /healthz, /readyz, /api)");
     }
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

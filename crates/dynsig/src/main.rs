@@ -2,9 +2,12 @@
 //! `replay` files through the same pipeline, `gen` a synthetic feed, `check-config` a
 //! deployment's configuration.
 
+mod api;
 mod backtest;
+mod catalog;
 mod check_config;
 mod config;
+mod control;
 mod demo;
 mod gen;
 mod http;

@@ -4,10 +4,12 @@
 
 use dynsig_core::decode::{self, Format, InputKind, Limits, RejectReason, Rejection};
 use dynsig_core::engine::{Engine, EngineError, Refused};
+use dynsig_core::feedback::Feedback;
 use dynsig_core::model::{Input, Origin, Signal};
 use metrics::counter;
 
 use crate::config::Config;
+use crate::control;
 use crate::telemetry::names;
 
 /// An input record as read from a topic or a file line.
@@ -77,6 +79,31 @@ impl Processor {
             .inspect_err(count_rejection)
     }
 
+    /// Decodes one record of the feedback topic (JSON `Feedback`) and records it. A record
+    /// that is not a usable verdict is rejected (and counted) like a bad input. Call it
+    /// once the alert clock has started ([`control::alert_clock_started`]).
+    pub fn process_feedback(&mut self, payload: &[u8]) -> Result<(), Rejection> {
+        let decoded = if payload.len() > self.limits.max_message_bytes {
+            Err(Rejection {
+                reason: RejectReason::TooLarge,
+                detail: format!(
+                    "message is {} bytes, limit is {}",
+                    payload.len(),
+                    self.limits.max_message_bytes
+                ),
+            })
+        } else {
+            control::parse_json::<Feedback>(payload)
+        };
+        decoded
+            .and_then(|feedback| {
+                control::record_feedback(&mut self.engine, &feedback)
+                    .map(drop)
+                    .map_err(control::feedback_rejection)
+            })
+            .inspect_err(count_rejection)
+    }
+
     fn decode_uncounted(&self, input: RawInput<'_>) -> Result<Input, Rejection> {
         let format = match input.content_type {
             Some(value) => Format::from_content_type(value).ok_or_else(|| Rejection {
@@ -112,6 +139,11 @@ impl Processor {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// For what changes the engine from outside the stream (see [`crate::control`]).
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
     }
 }
 

@@ -10,8 +10,15 @@
 //! periodically and once more at shutdown. A restart re-reads from the commit point and
 //! rebuilds the open windows. Bounded channels give backpressure: a slow broker slows
 //! consumption instead of growing memory.
+//!
+//! The same consumer reads `signals.feedback`: a verdict changes the engine when read, so
+//! its offset is safe as soon as its dead letter (if any) is published; only a verdict
+//! read before alert time started waits (and holds its offset) until it has.
+//! The HTTP API and the catalog watcher reach the engine through the transform stage's
+//! command channel, and read what it republishes after each flush (see [`crate::control`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,12 +36,14 @@ use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
+use crate::api::ApiState;
 use crate::config::{Config, KafkaConfig, TopicsConfig};
-use crate::http;
+use crate::control::{self, Command, ReadModelWriter};
 use crate::kafka::{self, Assignment, Health, TrackingContext};
 use crate::output::{self, Content, OutRecord, SourcePosition};
 use crate::processor::{Processor, RawInput};
 use crate::telemetry::names;
+use crate::{catalog, http};
 
 /// Records read but not yet processed. Small enough to bound memory, large enough to keep
 /// the transform stage busy while the consumer fetches.
@@ -47,12 +56,23 @@ const BATCH_INPUTS: usize = 2048;
 const TICK: Duration = Duration::from_millis(200);
 /// How long shutdown may take to flush and commit.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+/// API writes and catalog reloads waiting for the transform stage (each waits its turn).
+const COMMAND_QUEUE: usize = 64;
 
 type InputConsumer = StreamConsumer<TrackingContext>;
 
-/// A record read from an input topic, owned so that it can cross the channel.
+/// The topics the service consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    /// Posts or events: counted in windows.
+    Input(InputKind),
+    /// Verdicts on alerts, applied to the alert stage when read.
+    Feedback,
+}
+
+/// A record read from a consumed topic, owned so that it can cross the channel.
 struct Consumed {
-    kind: InputKind,
+    source: Source,
     partition: i32,
     offset: i64,
     key: Option<Vec<u8>>,
@@ -64,8 +84,8 @@ struct Consumed {
 #[derive(Default)]
 struct Batch {
     records: Vec<OutRecord>,
-    /// (input kind, partition) → next offset to consume.
-    offsets: Vec<(InputKind, i32, i64)>,
+    /// (source, partition) → next offset to consume.
+    offsets: Vec<(Source, i32, i64)>,
 }
 
 /// Runs the service until `shutdown` turns true, then stops consuming, publishes what is
@@ -76,6 +96,16 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let topics = Arc::new(config.topics.clone());
+    // The catalog first: a bad file stops the service before it touches the cluster.
+    let mut processor = Processor::new(&config)?;
+    let catalog_watcher = if config.catalog.path.is_empty() {
+        None
+    } else {
+        let check_every = Duration::from_millis(config.catalog.reload_check_ms);
+        let loaded = catalog::load_at_start(Path::new(&config.catalog.path), check_every)?;
+        processor.engine_mut().set_catalog(loaded.matcher);
+        Some(loaded.watcher)
+    };
     // Re-created too when the broker comes back empty (see `watch_broker`).
     let needed_topics: Vec<String> = if config.kafka.create_topics {
         let router = dynsig_core::routing::Router::new(&config.routing)?;
@@ -89,6 +119,9 @@ pub async fn run(
     };
     let needed: Vec<&str> = needed_topics.iter().map(String::as_str).collect();
     kafka::ensure_topics(&config.kafka, &needed).await?;
+    let (model, model_reader) = ReadModelWriter::new(processor.engine());
+    let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
+
     let health = Arc::new(Health::default());
     let assignment = Arc::new(Assignment::default());
     let listener = http::bind(config.http.addr).await?;
@@ -96,8 +129,16 @@ pub async fn run(
         listener,
         prometheus,
         health.clone(),
+        ApiState::new(
+            model_reader,
+            command_tx.clone(),
+            config.http.api_token.expose(),
+        ),
         shutdown.clone(),
     ));
+    let catalog_watcher = catalog_watcher
+        .map(|watcher| tokio::spawn(watcher.run(command_tx.clone(), shutdown.clone())));
+    drop(command_tx);
 
     let consumer: Arc<InputConsumer> = Arc::new(
         kafka::consumer_config(&config.kafka)
@@ -107,12 +148,13 @@ pub async fn run(
             })
             .context("creating the Kafka consumer")?,
     );
+    let mut subscription = topics.inputs().to_vec();
+    subscription.push(&topics.feedback);
     consumer
-        .subscribe(&topics.inputs())
-        .context("subscribing to the input topics")?;
+        .subscribe(&subscription)
+        .context("subscribing to the input and feedback topics")?;
     let publisher = Arc::new(Publisher::new(&config.kafka)?);
     let producer = publisher.current().1;
-    let processor = Processor::new(&config)?;
     tracing::info!(brokers = %config.kafka.brokers, group = %config.kafka.group_id, "dynsig running");
 
     let watch_broker = tokio::spawn(watch_broker(
@@ -131,7 +173,11 @@ pub async fn run(
         shutdown.clone(),
     ));
     let transform = tokio::spawn(transform(
-        processor,
+        EngineOwner {
+            processor,
+            commands: command_rx,
+            model,
+        },
         topics.clone(),
         assignment,
         input_rx,
@@ -173,6 +219,9 @@ pub async fn run(
         Err(error) => return Err(error).context("committing offsets at shutdown"),
     }
     watch_broker.await?;
+    if let Some(watcher) = catalog_watcher {
+        watcher.await?;
+    }
     http.await??;
     tracing::info!("dynsig stopped");
     Ok(())
@@ -199,12 +248,14 @@ async fn source(
                 continue;
             }
         };
-        let kind = if message.topic() == topics.posts {
-            InputKind::Post
+        let source = if message.topic() == topics.posts {
+            Source::Input(InputKind::Post)
+        } else if message.topic() == topics.events {
+            Source::Input(InputKind::Event)
         } else {
-            InputKind::Event
+            Source::Feedback
         };
-        counter!(names::EVENTS_CONSUMED, "topic" => kind_label(kind)).increment(1);
+        counter!(names::EVENTS_CONSUMED, "topic" => source_label(source)).increment(1);
         let content_type = message.headers().and_then(|headers| {
             headers
                 .iter()
@@ -212,7 +263,7 @@ async fn source(
                 .and_then(|h| h.value.map(<[u8]>::to_vec))
         });
         let record = Consumed {
-            kind,
+            source,
             partition: message.partition(),
             offset: message.offset(),
             key: message.key().map(<[u8]>::to_vec),
@@ -225,9 +276,18 @@ async fn source(
     }
 }
 
-/// Decodes, aggregates and batches outputs with the offsets they make safe.
+/// What the transform stage owns: the engine (in its processor), the commands that change
+/// it from outside, and the read model it republishes.
+struct EngineOwner {
+    processor: Processor,
+    commands: mpsc::Receiver<Command>,
+    model: ReadModelWriter,
+}
+
+/// Decodes, aggregates and batches outputs with the offsets they make safe; applies
+/// commands between records.
 async fn transform(
-    mut processor: Processor,
+    mut owner: EngineOwner,
     topics: Arc<TopicsConfig>,
     assignment: Arc<Assignment>,
     mut rx: mpsc::Receiver<Consumed>,
@@ -246,22 +306,30 @@ async fn transform(
         // checking before each record keeps the watermark's partition set current.
         if assignment.generation() != seen_generation {
             seen_generation = assignment.generation();
-            processor.assign_partitions(&assigned_indexes(&topics, &assignment));
+            owner
+                .processor
+                .assign_partitions(&assigned_indexes(&topics, &assignment));
         }
         tokio::select! {
             record = rx.recv() => match record {
                 Some(record) => {
-                    state.handle(&mut processor, &topics, record);
+                    state.handle(&mut owner.processor, &topics, record);
                     if state.inputs_in_batch >= BATCH_INPUTS
-                        && tx.send(state.flush(&mut processor, &topics, None)).await.is_err()
+                        && tx.send(state.flush(&mut owner, &topics, None)).await.is_err()
                     {
                         return;
                     }
                 }
                 None => break,
             },
+            // Senders live in the HTTP server and the catalog watcher; once they are all
+            // gone, this branch is disabled rather than busy.
+            Some(command) = owner.commands.recv() => {
+                control::apply(owner.processor.engine_mut(), command);
+                owner.model.refresh(owner.processor.engine(), &[]);
+            }
             _ = ticker.tick() => {
-                let batch = state.flush(&mut processor, &topics, Some(wall_now_ms()));
+                let batch = state.flush(&mut owner, &topics, Some(wall_now_ms()));
                 let has_news = !batch.records.is_empty() || !batch.offsets.is_empty();
                 if has_news && tx.send(batch).await.is_err() {
                     return;
@@ -269,17 +337,21 @@ async fn transform(
             }
         }
     }
-    let _ = tx.send(state.flush(&mut processor, &topics, None)).await;
+    let _ = tx.send(state.flush(&mut owner, &topics, None)).await;
 }
 
 #[derive(Default)]
 struct TransformState {
     batch: Batch,
     inputs_in_batch: usize,
-    /// Next offset to process per input partition; anything below it was processed.
-    next_offsets: HashMap<(InputKind, i32), i64>,
+    /// Next offset to process per consumed partition; anything below it was processed.
+    next_offsets: HashMap<(Source, i32), i64>,
     /// Offsets already handed to the sink, so unchanged ones are not sent again.
-    safe_offsets_sent: HashMap<(InputKind, i32), i64>,
+    safe_offsets_sent: HashMap<(Source, i32), i64>,
+    /// Verdicts read before the alert clock started (see
+    /// [`control::FeedbackError::ClockNotStarted`]), applied in order once it has; their
+    /// offsets are held until then.
+    waiting_feedback: VecDeque<Consumed>,
 }
 
 impl TransformState {
@@ -292,7 +364,7 @@ impl TransformState {
     }
 
     fn handle(&mut self, processor: &mut Processor, topics: &TopicsConfig, record: Consumed) {
-        let partition_key = (record.kind, record.partition);
+        let partition_key = (record.source, record.partition);
         // After a rebalance that gives a partition back, librdkafka re-delivers from the
         // committed offset; those records are already counted in the open windows.
         if let Some(&next) = self.next_offsets.get(&partition_key) {
@@ -303,18 +375,32 @@ impl TransformState {
         }
         self.next_offsets.insert(partition_key, record.offset + 1);
         self.inputs_in_batch += 1;
-        let input = RawInput {
-            kind: record.kind,
-            payload: &record.payload,
-            content_type: record.content_type.as_deref(),
-            origin: Some(Origin {
-                partition: partition_index(partition_key),
-                offset: record.offset,
+        if record.source == Source::Feedback && !control::alert_clock_started(processor.engine()) {
+            self.waiting_feedback.push_back(record);
+            return;
+        }
+        self.apply(processor, topics, record);
+    }
+
+    /// Feeds one record to the processor; a rejected one becomes a dead letter.
+    fn apply(&mut self, processor: &mut Processor, topics: &TopicsConfig, record: Consumed) {
+        let outcome = match record.source {
+            Source::Input(kind) => processor.process(RawInput {
+                kind,
+                payload: &record.payload,
+                content_type: record.content_type.as_deref(),
+                origin: Some(Origin {
+                    partition: partition_index((kind, record.partition)),
+                    offset: record.offset,
+                }),
             }),
+            // A repeated verdict (a redelivery after a restart) is recognised by the
+            // alert stage and not counted twice.
+            Source::Feedback => processor.process_feedback(&record.payload),
         };
-        if let Err(rejection) = processor.process(input) {
+        if let Err(rejection) = outcome {
             let from = SourcePosition {
-                topic: topic_name(topics, record.kind),
+                topic: topic_name(topics, record.source),
                 partition: record.partition,
                 offset: record.offset,
             };
@@ -329,21 +415,41 @@ impl TransformState {
         }
     }
 
-    /// Closes what the watermark allows and returns the batch with its safe offsets.
+    /// Closes what the watermark allows, republishes the read model, and returns the
+    /// batch with its safe offsets.
     fn flush(
         &mut self,
-        processor: &mut Processor,
+        owner: &mut EngineOwner,
         topics: &TopicsConfig,
         wall_now: Option<i64>,
     ) -> Batch {
-        for signal in processor.poll(wall_now) {
-            self.batch
-                .records
-                .push(output::signal_record(topics, &signal));
+        let processor = &mut owner.processor;
+        let signals = processor.poll(wall_now);
+        if !self.waiting_feedback.is_empty() && control::alert_clock_started(processor.engine()) {
+            for record in std::mem::take(&mut self.waiting_feedback) {
+                self.apply(processor, topics, record);
+            }
         }
+        owner.model.refresh(processor.engine(), &signals);
+        self.batch.records.extend(
+            signals
+                .iter()
+                .map(|signal| output::signal_record(topics, signal)),
+        );
         gauge!(names::OPEN_WINDOWS).set(processor.engine().open_windows() as f64);
         for (&key, &next) in &self.next_offsets {
-            let held = processor.engine().held_offset(partition_index(key));
+            // A verdict holds its offset only while it waits for the alert clock.
+            let held = match key {
+                (Source::Input(kind), partition) => processor
+                    .engine()
+                    .held_offset(partition_index((kind, partition))),
+                (Source::Feedback, partition) => self
+                    .waiting_feedback
+                    .iter()
+                    .filter(|r| r.partition == partition)
+                    .map(|r| r.offset)
+                    .min(),
+            };
             let safe = held.map_or(next, |held| held.min(next));
             if self.safe_offsets_sent.get(&key) != Some(&safe) {
                 self.safe_offsets_sent.insert(key, safe);
@@ -378,9 +484,9 @@ async fn sink(
             continue;
         }
         let mut tpl = TopicPartitionList::new();
-        for &(kind, partition, offset) in &batch.offsets {
+        for &(source, partition, offset) in &batch.offsets {
             if let Err(error) = tpl.add_partition_offset(
-                topic_name(&topics, kind),
+                topic_name(&topics, source),
                 partition,
                 Offset::Offset(offset),
             ) {
@@ -562,17 +668,19 @@ fn assigned_indexes(topics: &TopicsConfig, assignment: &Assignment) -> Vec<u32> 
         .collect()
 }
 
-fn topic_name(topics: &TopicsConfig, kind: InputKind) -> &str {
-    match kind {
-        InputKind::Post => &topics.posts,
-        InputKind::Event => &topics.events,
+fn topic_name(topics: &TopicsConfig, source: Source) -> &str {
+    match source {
+        Source::Input(InputKind::Post) => &topics.posts,
+        Source::Input(InputKind::Event) => &topics.events,
+        Source::Feedback => &topics.feedback,
     }
 }
 
-fn kind_label(kind: InputKind) -> &'static str {
-    match kind {
-        InputKind::Post => "posts",
-        InputKind::Event => "events",
+fn source_label(source: Source) -> &'static str {
+    match source {
+        Source::Input(InputKind::Post) => "posts",
+        Source::Input(InputKind::Event) => "events",
+        Source::Feedback => "feedback",
     }
 }
 

@@ -22,6 +22,12 @@ pub mod names {
     pub const REBALANCES: &str = "dynsig_rebalances_total";
     pub const BROKER_UP: &str = "dynsig_broker_up";
     pub const OPEN_WINDOWS: &str = "dynsig_open_windows";
+    pub const ALERTS_SUPPRESSED: &str = "dynsig_alerts_suppressed_total";
+    pub const SILENCES_ACTIVE: &str = "dynsig_silences_active";
+    pub const FEEDBACK: &str = "dynsig_feedback_total";
+    pub const FEEDBACK_THRESHOLD_FACTOR: &str = "dynsig_feedback_threshold_factor";
+    pub const CATALOG_ACTORS: &str = "dynsig_catalog_actors";
+    pub const CATALOG_RELOAD_FAILURES: &str = "dynsig_catalog_reload_failures_total";
 }
 
 /// Log output format.
@@ -106,4 +112,22 @@ fn describe() {
         "1 when the last metadata request to the cluster succeeded."
     );
     describe_gauge!(OPEN_WINDOWS, "Event-time windows currently open.");
+    describe_counter!(
+        ALERTS_SUPPRESSED,
+        "Alert messages that did not become a notification of their own, by reason (silenced, inhibited, grouped, digested)."
+    );
+    describe_gauge!(SILENCES_ACTIVE, "Silences in force (event time).");
+    describe_counter!(
+        FEEDBACK,
+        "Verdicts on alerts recorded (HTTP API and feedback topic), by verdict."
+    );
+    describe_gauge!(
+        FEEDBACK_THRESHOLD_FACTOR,
+        "What feedback multiplies a firing threshold by, per rule or series (scope, key); 1 once decayed."
+    );
+    describe_gauge!(CATALOG_ACTORS, "Actors in the catalog last loaded.");
+    describe_counter!(
+        CATALOG_RELOAD_FAILURES,
+        "Catalog file versions refused on reload (the previous catalog stays in use)."
+    );
 }
