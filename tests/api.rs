@@ -16,12 +16,9 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
 use serde_json::{json, Value};
 use support::{
-    free_port, http_get, http_request, metric_sum, poll_until, DynsigProcess, OutRecord, Record,
-    TestBroker, TestDir,
+    free_port, poll_until, DynsigProcess, OutRecord, Record, Service, TestBroker, TestDir, WAIT,
 };
 
 /// Event-time origin, in the past (or inputs would be refused as from the future).
@@ -31,7 +28,6 @@ const WINDOW_MS: i64 = 10_000;
 /// no later window closes (windows close by event time only, and nothing comes after).
 const BURST_WINDOW: i64 = 4;
 const BURST_POSTS: usize = 60;
-const WAIT: Duration = Duration::from_secs(90);
 const TOKEN: &str = "api-test-token-5f2c";
 const TREND_ALERT: &str = "trend:hashtag:#acmefire";
 
@@ -130,124 +126,6 @@ fn inputs() -> (Vec<OutRecord>, Vec<OutRecord>) {
     (posts, events)
 }
 
-/// A running `dynsig run` with the API on, and helpers that fail with its logs.
-struct Service {
-    process: DynsigProcess,
-    http: String,
-    catalog: std::path::PathBuf,
-    _dir: TestDir,
-}
-
-impl Service {
-    fn fail(&self, msg: impl std::fmt::Display) -> ! {
-        let logs = self.process.logs();
-        let lines: Vec<&str> = logs.lines().collect();
-        let tail = lines[lines.len().saturating_sub(150)..].join("\n");
-        panic!("{msg}\n----- dynsig logs (last 150 lines) -----\n{tail}\n----- end of dynsig logs -----");
-    }
-
-    fn check(&self, ok: bool, msg: impl FnOnce() -> String) {
-        if !ok {
-            self.fail(msg());
-        }
-    }
-
-    fn ensure_running(&mut self, when: &str) {
-        if let Some(status) = self.process.exit_status() {
-            self.fail(format!("dynsig exited ({status}) {when}"));
-        }
-    }
-
-    /// One request; the answer's status and body (JSON, or Null when empty or not JSON).
-    async fn try_call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&str>,
-    ) -> std::io::Result<(u16, Value)> {
-        let bearer = token.map(|t| format!("Bearer {t}"));
-        let mut headers = vec![("Content-Type", "application/json")];
-        if let Some(bearer) = &bearer {
-            headers.push(("Authorization", bearer));
-        }
-        let (status, text) = http_request(&self.http, method, path, &headers, body).await?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&str>,
-    ) -> (u16, Value) {
-        match self.try_call(method, path, token, body).await {
-            Ok(answer) => answer,
-            Err(e) => self.fail(format!("{method} {path}: {e}")),
-        }
-    }
-
-    /// Expects `status` and returns the body; fails with both when it differs.
-    async fn expect(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&str>,
-        status: u16,
-    ) -> Value {
-        let (got, answer) = self.call(method, path, token, body).await;
-        self.check(got == status, || {
-            format!("{method} {path} {body:?}: expected {status}, got {got} {answer}")
-        });
-        answer
-    }
-
-    /// GETs `path` until `done` holds for its JSON body; fails with the last body after `WAIT`.
-    async fn get_until(&mut self, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            self.ensure_running(&format!("while waiting for {what}"));
-            // Connection errors too are retried: the server may not listen yet.
-            let last = match self.try_call("GET", path, None, None).await {
-                Ok((200, body)) if done(&body) => return body,
-                Ok((status, body)) => format!("{status} {body}"),
-                Err(e) => e.to_string(),
-            };
-            if Instant::now() >= deadline {
-                self.fail(format!(
-                    "GET {path}: no {what} within {WAIT:?}; last answer {last}"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// Waits for `/metrics` to show `name` with a sum meeting `ok`.
-    async fn wait_metric(&self, name: &str, ok: impl Fn(f64) -> bool) {
-        let http = self.http.clone();
-        let ok = &ok;
-        let found = poll_until(WAIT, || {
-            let http = http.clone();
-            async move {
-                match http_get(&http, "/metrics").await {
-                    Ok((200, body)) => metric_sum(&body, name).filter(|v| ok(*v)),
-                    _ => None,
-                }
-            }
-        })
-        .await;
-        if found.is_none() {
-            let last = http_get(&self.http, "/metrics")
-                .await
-                .map(|(_, b)| b)
-                .unwrap_or_default();
-            self.fail(format!("/metrics: {name} not as expected:\n{last}"));
-        }
-    }
-}
-
 fn actor_ids(body: &Value) -> Vec<String> {
     body["actors"]
         .as_array()
@@ -308,26 +186,12 @@ reload_check_ms = 200
         late = t("signals.late"),
         catalog = catalog.display(),
     );
-    let config_path = dir.write("dynsig.toml", &config);
-    let http = format!("127.0.0.1:{}", free_port());
-    let process = DynsigProcess::spawn(
-        &[
-            "run",
-            "--config",
-            config_path.to_str().unwrap(),
-            "--brokers",
-            broker.bootstrap(),
-            "--http-addr",
-            &http,
-        ],
+    let mut svc = Service::start(
+        &broker,
+        &dlq_topic,
+        &config,
         &[("DYNSIG_HTTP__API_TOKEN", TOKEN)],
     );
-    let mut svc = Service {
-        process,
-        http,
-        catalog,
-        _dir: dir,
-    };
     // Ready = partitions assigned: records produced from here on are picked up.
     svc.get_until("/readyz", "readiness", |_| true).await;
 
@@ -406,7 +270,7 @@ reload_check_ms = 200
     // Catalog reload: a bad version is refused (the previous catalog stays), a good one is
     // picked up without a restart.
     std::fs::write(
-        &svc.catalog,
+        &catalog,
         "[[actors]]\nid = \"acme\"\nname = \"ACME\"\nkind = \"rival\"\n",
     )
     .expect("rewrite the catalog");
@@ -416,7 +280,7 @@ reload_check_ms = 200
     svc.check(actor_ids(&actors) == ["acme"], || {
         format!("after a bad catalog file, the previous catalog stays: {actors}")
     });
-    std::fs::write(&svc.catalog, CATALOG_WITH_GLOBEX).expect("rewrite the catalog");
+    std::fs::write(&catalog, CATALOG_WITH_GLOBEX).expect("rewrite the catalog");
     svc.get_until("/api/actors", "the reloaded catalog", |body| {
         actor_ids(body) == ["acme", "globex"]
     })

@@ -210,7 +210,7 @@ async fn ten_thousand_bad_inputs_are_dead_lettered_and_the_good_ones_counted() {
     broker.produce(&posts, &records).await;
 
     let group = broker.topic("dynsig-bad-inputs");
-    let mut svc = Service::start(&broker, &dlq, &config(&posts, &dlq, &trends, &group));
+    let mut svc = Service::start(&broker, &dlq, &config(&posts, &dlq, &trends, &group), &[]);
     svc.wait_http_ok("/healthz", Duration::from_secs(30)).await;
 
     let letters = svc

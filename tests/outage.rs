@@ -69,7 +69,7 @@ size_ms = 10000
 allowed_lateness_ms = 1000
 idle_timeout_ms = 1000
 "#;
-    let mut svc = Service::start(&broker, "dynsig.dlq", config);
+    let mut svc = Service::start(&broker, "dynsig.dlq", config, &[]);
     svc.wait_http_ok("/readyz", Duration::from_secs(60)).await;
 
     // Before: five windows, all counted.

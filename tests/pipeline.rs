@@ -758,6 +758,7 @@ async fn backlog_to_trends_alerts_and_dead_letters() {
         &broker,
         &topics.dlq,
         &config_toml(&topics, &group, MAX_MESSAGE_BYTES, 0),
+        &[],
     );
     svc.wait_http_ok("/healthz", Duration::from_secs(30)).await;
 
@@ -1082,7 +1083,7 @@ async fn live_records_produced_after_start() {
     // Only posts are produced: the empty events partition must go idle (2 s of wall time)
     // to stop holding the watermark back.
     let config = config_toml(&topics, &group, 1_000_000, 2_000);
-    let mut svc = Service::start(&broker, &topics.dlq, &config);
+    let mut svc = Service::start(&broker, &topics.dlq, &config, &[]);
     // Ready = partitions assigned: from here on, records produced must be picked up.
     svc.wait_http_ok("/readyz", WAIT).await;
     svc.ensure_running("once ready");

@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{free_port, http_get, DynsigProcess, Record, TestBroker, TestDir};
+use super::{
+    free_port, http_get, http_request, metric_sum, poll_until, DynsigProcess, Record, TestBroker,
+    TestDir,
+};
 
 /// The longest any single wait of [`Service`] may take.
 pub const WAIT: Duration = Duration::from_secs(90);
@@ -19,9 +22,9 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts `dynsig run` with `config` (TOML); `dlq` is the dead-letter topic, whose
-    /// records are not JSON.
-    pub fn start(broker: &TestBroker, dlq: &str, config: &str) -> Service {
+    /// Starts `dynsig run` with `config` (TOML) and extra environment variables; `dlq` is
+    /// the dead-letter topic, whose records are not JSON.
+    pub fn start(broker: &TestBroker, dlq: &str, config: &str, env: &[(&str, &str)]) -> Service {
         let dir = TestDir::new("e2e-config");
         let path = dir.write("dynsig.toml", config);
         let http = format!("127.0.0.1:{}", free_port());
@@ -35,7 +38,7 @@ impl Service {
                 "--http-addr",
                 &http,
             ],
-            &[],
+            env,
         );
         Service {
             process,
@@ -158,6 +161,100 @@ impl Service {
             ));
         }
         records
+    }
+
+    /// One request; the answer's status and body (JSON, or Null when empty or not JSON).
+    pub async fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> std::io::Result<(u16, Value)> {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(bearer) = &bearer {
+            headers.push(("Authorization", bearer));
+        }
+        let (status, text) = http_request(&self.http, method, path, &headers, body).await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        match self.try_call(method, path, token, body).await {
+            Ok(answer) => answer,
+            Err(e) => self.fail(format!("{method} {path}: {e}")),
+        }
+    }
+
+    /// Expects `status` and returns the body; fails with both when it differs.
+    pub async fn expect(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        status: u16,
+    ) -> Value {
+        let (got, answer) = self.call(method, path, token, body).await;
+        self.check(got == status, || {
+            format!("{method} {path} {body:?}: expected {status}, got {got} {answer}")
+        });
+        answer
+    }
+
+    /// GETs `path` until `done` holds for its JSON body; fails with the last body after `WAIT`.
+    pub async fn get_until(
+        &mut self,
+        path: &str,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            self.ensure_running(&format!("while waiting for {what}"));
+            // Connection errors too are retried: the server may not listen yet.
+            let last = match self.try_call("GET", path, None, None).await {
+                Ok((200, body)) if done(&body) => return body,
+                Ok((status, body)) => format!("{status} {body}"),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                self.fail(format!(
+                    "GET {path}: no {what} within {WAIT:?}; last answer {last}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits for `/metrics` to show `name` with a sum meeting `ok`.
+    pub async fn wait_metric(&self, name: &str, ok: impl Fn(f64) -> bool) {
+        let http = self.http.clone();
+        let ok = &ok;
+        let found = poll_until(WAIT, || {
+            let http = http.clone();
+            async move {
+                match http_get(&http, "/metrics").await {
+                    Ok((200, body)) => metric_sum(&body, name).filter(|v| ok(*v)),
+                    _ => None,
+                }
+            }
+        })
+        .await;
+        if found.is_none() {
+            let last = http_get(&self.http, "/metrics")
+                .await
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            self.fail(format!("/metrics: {name} not as expected:\n{last}"));
+        }
     }
 }
 
