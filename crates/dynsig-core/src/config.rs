@@ -503,7 +503,7 @@ impl Default for AnomalyConfig {
             // anomaly is far rarer than in NAB's hand-picked series; one decade more
             // evidence keeps a steady count stream to about one false alert in five days
             // (benches/RESULTS.md).
-            overrides: ["events.", "posts.", "terms."]
+            overrides: ["actors.", "events.", "posts.", "terms."]
                 .into_iter()
                 .map(|prefix| {
                     let o = AnomalyOverride {

@@ -14,7 +14,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::service::{self, wall_now_ms};
 use crate::{gen, telemetry, view};
 use dynsig_core::routing::Router;
@@ -30,6 +30,9 @@ pub struct DemoArgs {
     /// Background posts per second.
     #[arg(long, default_value_t = 300.0)]
     posts_per_sec: f64,
+    /// Bearer token of the demo's write endpoints (`POST /api/silences`, `/api/feedback`).
+    #[arg(long, default_value = "demo-token", env = "DYNSIG_HTTP__API_TOKEN")]
+    api_token: String,
     /// Event-time window length of the demo (short, so that trends show quickly).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     window: Duration,
@@ -81,8 +84,9 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         router.destinations().join(" ")
     );
     println!(
-        "  http://{0}/metrics, http://{0}/api/trends, /api/alerts, /api/actors",
-        config.http.addr
+        "  http://{0}/metrics, http://{0}/api/trends, /api/alerts, /api/actors; writes with \
+         `Authorization: Bearer {1}`",
+        config.http.addr, args.api_token
     );
 
     let prometheus = telemetry::install_metrics()?;
@@ -157,6 +161,7 @@ fn demo_config(
         .client
         .insert("session.timeout.ms".into(), "6000".into());
     config.http.addr = args.http_addr;
+    config.http.api_token = Secret::new(args.api_token.clone());
     config.window.size_ms = args.window.as_millis() as i64;
     config.window.allowed_lateness_ms = 1_000;
     config.window.idle_timeout_ms = 3_000;
