@@ -88,7 +88,13 @@ impl AlertStage {
 
     /// Publishes a window's alert messages (unfiltered) and passes them through the
     /// metafilter, then flushes what is due at `now` (the window's end).
+    ///
+    /// What was due before this window's messages goes out first: the clock reached `now`
+    /// before they were known. Otherwise the result would depend on how many windows the
+    /// caller closes per poll (a backlog closes several at once), e.g. an alert firing in
+    /// one window and resolving in the next would be folded away unseen.
     pub fn dispatch(&mut self, alerts: Vec<Alert>, now: EpochMs, signals: &mut Vec<Signal>) {
+        self.flush(now, signals);
         self.book.expire_cooldowns(&self.lifecycle, now);
         for alert in alerts {
             signals.push(Signal::Alert(alert.clone()));

@@ -47,7 +47,18 @@ fn post(ts: EpochMs, author: String, text: &str) -> Input {
 
 /// Runs `windows` minutes of posts, `posts_of(w)` giving each minute's texts (spread over
 /// the minute, each by its own author); `between(w, engine)` runs before minute `w`.
+/// Polls after every post, as a live stream would.
 fn run(
+    windows: i64,
+    posts_of: impl Fn(i64) -> Vec<String>,
+    between: impl FnMut(i64, &mut Engine, &[Signal]),
+) -> Vec<Signal> {
+    run_polling_every(1, windows, posts_of, between)
+}
+
+/// [`run`], polling the engine after every `every` posts (a backlog read in batches).
+fn run_polling_every(
+    every: usize,
     windows: i64,
     posts_of: impl Fn(i64) -> Vec<String>,
     mut between: impl FnMut(i64, &mut Engine, &[Signal]),
@@ -55,6 +66,7 @@ fn run(
     let mut engine = Engine::new(config()).unwrap();
     engine.set_catalog(catalog());
     let mut signals = Vec::new();
+    let mut ingested = 0;
     for w in 0..windows {
         between(w, &mut engine, &signals);
         let texts = posts_of(w);
@@ -64,7 +76,10 @@ fn run(
             engine
                 .ingest(&post(ts, format!("user{w}-{i}"), text), None)
                 .unwrap();
-            signals.extend(engine.poll_closed());
+            ingested += 1;
+            if ingested % every == 0 {
+                signals.extend(engine.poll_closed());
+            }
         }
     }
     signals.extend(engine.finish());
@@ -215,6 +230,32 @@ fn an_actor_incident_is_tagged_inhibits_its_terms_and_reaches_its_team_once() {
         .next()
         .unwrap();
     assert_eq!(edges, [("acme".into(), "globex".into(), 10)]);
+}
+
+#[test]
+fn notifications_do_not_depend_on_how_often_the_engine_is_polled() {
+    let routed = |signals: Vec<Signal>| -> Vec<(String, String, AlertStatus)> {
+        signals
+            .into_iter()
+            .filter_map(|s| match s {
+                Signal::Notification(n) => Some(n),
+                _ => None,
+            })
+            .flat_map(|n| {
+                let changed = n.message.changed.clone();
+                n.message
+                    .alerts
+                    .into_iter()
+                    .filter(move |a| changed.contains(&a.id))
+                    .map(move |a| (n.topic.clone(), a.dedup_key, a.status))
+            })
+            .collect()
+    };
+    let live = routed(run(12, acme_incident, |_, _, _| {}));
+    // A backlog: several windows close in one poll.
+    let batched = routed(run_polling_every(500, 12, acme_incident, |_, _, _| {}));
+    assert!(!live.is_empty());
+    assert_eq!(batched, live);
 }
 
 /// The trend alert of `#acmefire` went to `signals.alerts` but to no team topic.

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use dynsig_core::decode::{InputKind, Rejection};
 use dynsig_core::model::{Input, Signal};
 
+use crate::catalog;
 use crate::config::{Config, TopicsConfig};
 use crate::output::signal_record;
 use crate::processor::{Processor, RawInput};
@@ -27,8 +28,8 @@ pub struct ReplaySummary {
     pub notifications: u64,
 }
 
-/// Runs the pipeline over `posts` (and `events`) and writes `<topic>.jsonl` files for the
-/// trends, anomalies, alerts and dead-letter topics into `out_dir`.
+/// Runs the pipeline over `posts` (and `events`), with the catalog of `catalog.path` when
+/// set, and writes one `<topic>.jsonl` file per output topic into `out_dir`.
 pub fn replay(
     config: &Config,
     posts: &Path,
@@ -36,6 +37,10 @@ pub fn replay(
     out_dir: &Path,
 ) -> anyhow::Result<ReplaySummary> {
     let mut processor = Processor::new(config)?;
+    if !config.catalog.path.is_empty() {
+        let matcher = catalog::load(Path::new(&config.catalog.path))?;
+        processor.engine_mut().set_catalog(matcher);
+    }
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let mut sinks = Sinks::create(config, out_dir)?;
     let mut summary = ReplaySummary::default();
