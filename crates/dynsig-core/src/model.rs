@@ -78,18 +78,19 @@ pub enum TermKind {
 }
 
 impl TermKind {
+    /// Every kind.
+    pub const ALL: [TermKind; 6] = [
+        TermKind::Word,
+        TermKind::Hashtag,
+        TermKind::Cashtag,
+        TermKind::Mention,
+        TermKind::Actor,
+        TermKind::Bigram,
+    ];
+
     /// The kind named `name` (as [`Self::as_str`] writes it).
     pub fn parse(name: &str) -> Option<TermKind> {
-        [
-            TermKind::Word,
-            TermKind::Hashtag,
-            TermKind::Cashtag,
-            TermKind::Mention,
-            TermKind::Actor,
-            TermKind::Bigram,
-        ]
-        .into_iter()
-        .find(|kind| kind.as_str() == name)
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
     }
 
     pub fn as_str(self) -> &'static str {

@@ -58,15 +58,7 @@ mod tests {
 
     #[test]
     fn keys_round_trip_and_keep_kinds_apart() {
-        let kinds = [
-            TermKind::Word,
-            TermKind::Hashtag,
-            TermKind::Cashtag,
-            TermKind::Mention,
-            TermKind::Actor,
-            TermKind::Bigram,
-        ];
-        for kind in kinds {
+        for kind in TermKind::ALL {
             for text in ["fire", "#fire", "", "battery fire", "\u{1}odd"] {
                 assert_eq!(split_key(&key(kind, text)), Some((kind, text)));
             }

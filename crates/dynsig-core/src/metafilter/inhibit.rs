@@ -149,14 +149,7 @@ impl Inhibitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metafilter::tests::{alert, resolved};
-
-    fn actor_anomaly(actor: &str) -> Alert {
-        alert(
-            &format!("anomaly:actor={actor}"),
-            &[("rule", "anomaly"), ("scope", "actor"), ("actor", actor)],
-        )
-    }
+    use crate::metafilter::tests::{alert, parent as actor_anomaly, resolved};
 
     fn trend(term: &str, actor: &str) -> Alert {
         alert(

@@ -267,7 +267,6 @@ impl Metafilter {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::metafilter::silence::Silence;
     use crate::model::Severity;
 
     const T0: EpochMs = 1_767_268_800_000;
@@ -335,7 +334,8 @@ pub(crate) mod tests {
         Metafilter::new(MetafilterConfig::default()).unwrap()
     }
 
-    fn parent(actor: &str) -> Alert {
+    /// An actor-wide anomaly: the parent of the actor's trend alerts.
+    pub(crate) fn parent(actor: &str) -> Alert {
         alert(
             &format!("anomaly:actor={actor}"),
             &[("rule", "anomaly"), ("scope", "actor"), ("actor", actor)],
@@ -350,19 +350,10 @@ pub(crate) mod tests {
     }
 
     fn silence(filter: &mut Metafilter, matchers: &[(&str, &str)], until: EpochMs) -> String {
-        let silence = Silence {
-            id: String::new(),
-            matchers: matchers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            match_any: BTreeMap::new(),
-            starts_at: T0,
-            ends_at: until,
-            created_by: "ops".into(),
-            comment: String::new(),
-        };
-        filter.silences_mut().add(silence, T0).unwrap()
+        filter
+            .silences_mut()
+            .add(silence::tests::silence(matchers, T0, until), T0)
+            .unwrap()
     }
 
     fn member_ids(flushed: &Flushed) -> Vec<Vec<&str>> {

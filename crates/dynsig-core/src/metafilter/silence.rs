@@ -166,14 +166,19 @@ impl Silences {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::metafilter::tests::alert;
 
     const HOUR: EpochMs = 3_600_000;
     const T0: EpochMs = 1_767_268_800_000;
 
-    fn silence(matchers: &[(&str, &str)], starts_at: EpochMs, ends_at: EpochMs) -> Silence {
+    /// A silence with exact `matchers` over `[starts_at, ends_at)`.
+    pub(crate) fn silence(
+        matchers: &[(&str, &str)],
+        starts_at: EpochMs,
+        ends_at: EpochMs,
+    ) -> Silence {
         Silence {
             id: String::new(),
             matchers: matchers
