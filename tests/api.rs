@@ -434,13 +434,15 @@ reload_check_ms = 200
     svc.wait_metric("dynsig_feedback_total", |v| v >= 2.0).await;
     svc.wait_metric("dynsig_silences_active", |v| v >= 1.0)
         .await;
-    // The early "useful" verdict lowered its series' threshold: it was held until alert
-    // time started, not dated before it (then it would have decayed to 1 at once).
-    svc.wait_metric(
-        r#"dynsig_feedback_threshold_factor{scope="series",key="anomaly:posts.source=forum"}"#,
-        |v| v < 1.0,
-    )
+    // The early "useful" verdict lowered its rule's threshold (and its series'): it was
+    // held until alert time started, not dated before it (then it would have decayed to
+    // 1 at once).
+    svc.wait_metric(r#"dynsig_feedback_threshold_factor{rule="anomaly"}"#, |v| {
+        v < 1.0
+    })
     .await;
+    svc.wait_metric("dynsig_feedback_adjusted_series", |v| v >= 1.0)
+        .await;
     svc.wait_metric("dynsig_catalog_actors", |v| v == 2.0).await;
     svc.wait_metric("dynsig_events_rejected_total", |v| v >= 1.0)
         .await;

@@ -40,7 +40,18 @@ const NOT_EMITTED_HERE: &[&str] = &["dynsig_publish_errors_total"];
 /// signal kind, a histogram bucket). A metric labelled with anything else (a term, an
 /// author, an alert id) would grow one series per value: extend this list only with labels
 /// that are bounded too.
-const BOUNDED_LABELS: &[&str] = &["topic", "reason", "kind", "le"];
+const BOUNDED_LABELS: &[&str] = &[
+    "topic",     // input and output topics, from the config
+    "partition", // of the input topics
+    "reason",
+    "kind",
+    "le",
+    "stage",    // input, output
+    "severity", // info, warning, critical
+    "route",    // "all", or a team topic from the routing config
+    "rule",     // trend, anomaly
+    "verdict",  // useful, noise
+];
 
 /// Runs `tool args`, panicking with instructions when it is not installed.
 fn run_tool(tool: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {

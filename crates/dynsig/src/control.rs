@@ -19,7 +19,7 @@ use dynsig_core::alerting::FeedbackRejected;
 use dynsig_core::catalog::{Actor, ActorMatcher};
 use dynsig_core::decode::{RejectReason, Rejection};
 use dynsig_core::engine::Engine;
-use dynsig_core::feedback::{Adjustment, Feedback, Verdict};
+use dynsig_core::feedback::{Adjustment, Feedback, Scope, Verdict};
 use dynsig_core::metafilter::silence::{Silence, SilenceError};
 use dynsig_core::model::{Alert, EpochMs, Signal, TrendSnapshot};
 use metrics::{counter, gauge};
@@ -222,9 +222,9 @@ impl ReadModel {
 /// sampled from the engine's state at the same moments.
 pub struct ReadModelWriter {
     model: watch::Sender<ReadModel>,
-    /// The `dynsig_feedback_threshold_factor` series set so far, so that a factor that
-    /// decayed away is set back to 1 rather than left at its last value.
-    factor_series: BTreeSet<(&'static str, String)>,
+    /// The rules whose `dynsig_feedback_threshold_factor` was set so far, so that a factor
+    /// that decayed away is set back to 1 rather than left at its last value.
+    factor_rules: BTreeSet<String>,
 }
 
 impl ReadModelWriter {
@@ -232,7 +232,7 @@ impl ReadModelWriter {
         let (model, reader) = watch::channel(ReadModel::default());
         let mut writer = ReadModelWriter {
             model,
-            factor_series: BTreeSet::new(),
+            factor_rules: BTreeSet::new(),
         };
         writer.refresh(engine, &[]);
         (writer, reader)
@@ -272,17 +272,25 @@ impl ReadModelWriter {
             counter!(names::ALERTS_SUPPRESSED, "reason" => reason).absolute(count);
         }
         gauge!(names::SILENCES_ACTIVE).set(stage.silences().active(now).count() as f64);
-        let mut gone = std::mem::take(&mut self.factor_series);
+        // Per rule only: a series (a dedup key, with its term) would be an unbounded label;
+        // a series' own factor shows in its alerts' `adjustment`.
+        let mut gone = std::mem::take(&mut self.factor_rules);
+        let mut adjusted_series = 0;
         for sample in stage.feedback_factors() {
-            let series = (sample.scope.as_str(), sample.key);
-            gauge!(names::FEEDBACK_THRESHOLD_FACTOR, "scope" => series.0, "key" => series.1.clone())
-                .set(sample.factor);
-            gone.remove(&series);
-            self.factor_series.insert(series);
+            match sample.scope {
+                Scope::Rule => {
+                    gauge!(names::FEEDBACK_THRESHOLD_FACTOR, "rule" => sample.key.clone())
+                        .set(sample.factor);
+                    gone.remove(&sample.key);
+                    self.factor_rules.insert(sample.key);
+                }
+                Scope::Series => adjusted_series += 1,
+            }
         }
-        for (scope, key) in gone {
-            gauge!(names::FEEDBACK_THRESHOLD_FACTOR, "scope" => scope, "key" => key).set(1.0);
+        for rule in gone {
+            gauge!(names::FEEDBACK_THRESHOLD_FACTOR, "rule" => rule).set(1.0);
         }
+        gauge!(names::FEEDBACK_ADJUSTED_SERIES).set(f64::from(adjusted_series));
     }
 }
 

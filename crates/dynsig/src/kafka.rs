@@ -13,6 +13,7 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
@@ -93,6 +94,20 @@ impl ClientContext for TrackingContext {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "kafka client error");
     }
+
+    /// librdkafka's periodic statistics (`statistics.interval.ms`): the consumer lag of
+    /// each partition this instance reads (high watermark minus committed offset).
+    fn stats(&self, statistics: Statistics) {
+        for (topic, stats) in statistics.topics {
+            for (partition, p) in stats.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; a lag of -1 is unknown.
+                if partition >= 0 && p.consumer_lag >= 0 {
+                    gauge!(names::CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
 }
 
 impl ConsumerContext for TrackingContext {
@@ -144,7 +159,9 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
-        .set("partition.assignment.strategy", "range,roundrobin");
+        .set("partition.assignment.strategy", "range,roundrobin")
+        // Feeds the consumer-lag gauge (see `TrackingContext::stats`).
+        .set("statistics.interval.ms", "5000");
     apply_common(&mut config, kafka);
     config.set("enable.auto.offset.store", "false");
     config

@@ -2,7 +2,7 @@
 //! topic partitions and compacts sensibly, and dead letters that keep the original bytes.
 
 use dynsig_core::decode::{RejectReason, Rejection};
-use dynsig_core::model::Signal;
+use dynsig_core::model::{Severity, Signal};
 
 use crate::config::TopicsConfig;
 
@@ -33,6 +33,9 @@ pub enum Content {
     Signal {
         kind: &'static str,
         window_end: Option<i64>,
+        /// Alerts and notifications: their severity (for the per-severity, per-route
+        /// counts).
+        severity: Option<Severity>,
     },
     DeadLetter {
         reason: RejectReason,
@@ -112,6 +115,11 @@ pub fn signal_record(topics: &TopicsConfig, signal: &Signal) -> OutRecord {
         content: Content::Signal {
             kind: signal_kind(signal),
             window_end,
+            severity: match signal {
+                Signal::Alert(a) => Some(a.severity),
+                Signal::Notification(n) => Some(n.message.severity),
+                _ => None,
+            },
         },
     }
 }
@@ -206,7 +214,8 @@ mod tests {
             record.content,
             Content::Signal {
                 kind: "alert",
-                window_end: Some(20)
+                window_end: Some(20),
+                severity: Some(Severity::Warning),
             }
         );
     }

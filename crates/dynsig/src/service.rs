@@ -329,6 +329,9 @@ async fn transform(
                 owner.model.refresh(owner.processor.engine(), &[]);
             }
             _ = ticker.tick() => {
+                gauge!(names::QUEUE_DEPTH, "stage" => "input").set(rx.len() as f64);
+                gauge!(names::QUEUE_DEPTH, "stage" => "output")
+                    .set((tx.max_capacity() - tx.capacity()) as f64);
                 let batch = state.flush(&mut owner, &topics, Some(wall_now_ms()));
                 let has_news = !batch.records.is_empty() || !batch.offsets.is_empty();
                 if has_news && tx.send(batch).await.is_err() {
@@ -478,7 +481,7 @@ async fn sink(
         .await;
         let now = wall_now_ms();
         for record in &batch.records {
-            count_published(record.content, now);
+            count_published(record, now);
         }
         if batch.offsets.is_empty() {
             continue;
@@ -586,13 +589,27 @@ async fn publish(publisher: &Publisher, record: &OutRecord) {
     }
 }
 
-fn count_published(content: Content, wall_now: i64) {
-    match content {
-        Content::Signal { kind, window_end } => {
+fn count_published(record: &OutRecord, wall_now: i64) {
+    match record.content {
+        Content::Signal {
+            kind,
+            window_end,
+            severity,
+        } => {
             counter!(names::SIGNALS_PUBLISHED, "kind" => kind).increment(1);
             if let Some(window_end) = window_end {
                 histogram!(names::EVENT_TIME_TO_PUBLISH)
                     .record((wall_now - window_end) as f64 / 1000.0);
+            }
+            // Routes are the configured team topics: a bounded label.
+            if let (Some(severity), "alert" | "notification") = (severity, kind) {
+                let route = if kind == "alert" {
+                    "all"
+                } else {
+                    record.topic.as_str()
+                };
+                counter!(names::ALERTS_PUBLISHED, "severity" => severity.as_str(), "route" => route.to_owned())
+                    .increment(1);
             }
         }
         Content::DeadLetter { reason } => {

@@ -20,12 +20,16 @@ pub mod names {
     pub const EVENT_TIME_TO_PUBLISH: &str = "dynsig_event_time_to_publish_seconds";
     pub const ASSIGNED_PARTITIONS: &str = "dynsig_assigned_partitions";
     pub const REBALANCES: &str = "dynsig_rebalances_total";
+    pub const CONSUMER_LAG: &str = "dynsig_consumer_lag";
+    pub const ALERTS_PUBLISHED: &str = "dynsig_alerts_published_total";
+    pub const QUEUE_DEPTH: &str = "dynsig_queue_depth";
     pub const BROKER_UP: &str = "dynsig_broker_up";
     pub const OPEN_WINDOWS: &str = "dynsig_open_windows";
     pub const ALERTS_SUPPRESSED: &str = "dynsig_alerts_suppressed_total";
     pub const SILENCES_ACTIVE: &str = "dynsig_silences_active";
     pub const FEEDBACK: &str = "dynsig_feedback_total";
     pub const FEEDBACK_THRESHOLD_FACTOR: &str = "dynsig_feedback_threshold_factor";
+    pub const FEEDBACK_ADJUSTED_SERIES: &str = "dynsig_feedback_adjusted_series";
     pub const CATALOG_ACTORS: &str = "dynsig_catalog_actors";
     pub const CATALOG_RELOAD_FAILURES: &str = "dynsig_catalog_reload_failures_total";
 }
@@ -104,6 +108,18 @@ fn describe() {
         "Input partitions assigned to this instance."
     );
     describe_counter!(
+        ALERTS_PUBLISHED,
+        "Alert messages acknowledged, by severity and route: route=all for the unfiltered signals.alerts, else the team topic of a notification."
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Records not yet committed per input partition this instance reads (librdkafka's statistics, every 5 s)."
+    );
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Items waiting between two stages: stage=input (records read, not processed), stage=output (batches not yet published)."
+    );
+    describe_counter!(
         REBALANCES,
         "Consumer group rebalances seen by this instance."
     );
@@ -123,7 +139,11 @@ fn describe() {
     );
     describe_gauge!(
         FEEDBACK_THRESHOLD_FACTOR,
-        "What feedback multiplies a firing threshold by, per rule or series (scope, key); 1 once decayed."
+        "What feedback multiplies a rule's firing thresholds by (1 once decayed); series have their own factor on top, shown in their alerts."
+    );
+    describe_gauge!(
+        FEEDBACK_ADJUSTED_SERIES,
+        "Series whose firing threshold feedback currently moves."
     );
     describe_gauge!(CATALOG_ACTORS, "Actors in the catalog last loaded.");
     describe_counter!(
