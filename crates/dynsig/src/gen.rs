@@ -18,6 +18,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
+use crate::progress::Progress;
+
 /// The scenarios of `dynsig_core::synth::SynthConfig`.
 #[derive(Clone, Copy, ValueEnum)]
 enum Scenario {
@@ -118,7 +120,12 @@ pub fn gen(args: GenArgs) -> anyhow::Result<()> {
 
     let mut line = Vec::with_capacity(512);
     let (mut posts, mut events) = (0u64, 0u64);
+    let mut progress = Progress::new("records");
     for input in synth {
+        let ts = input.ts();
+        progress.update(posts + events, || {
+            Some((ts - start) as f64 / duration_ms.max(1) as f64)
+        });
         let (out, topic) = match encode_json(&input, &mut line) {
             InputKind::Post => {
                 posts += 1;
@@ -150,6 +157,7 @@ pub fn gen(args: GenArgs) -> anyhow::Result<()> {
             .flush(Timeout::Never)
             .context("flushing the producer")?;
     }
+    progress.finish();
     eprintln!("generated {posts} posts and {events} internal events");
     Ok(())
 }

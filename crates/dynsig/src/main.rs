@@ -14,6 +14,7 @@ mod http;
 mod kafka;
 mod output;
 mod processor;
+mod progress;
 mod replay;
 mod service;
 mod telemetry;

@@ -16,6 +16,7 @@ use crate::catalog;
 use crate::config::{Config, TopicsConfig};
 use crate::output::signal_record;
 use crate::processor::{Processor, RawInput};
+use crate::progress::Progress;
 
 /// What a replay read and wrote.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -55,6 +56,7 @@ pub fn replay(
         Some(lines) => lines.next_input(&processor, &mut sinks, &mut summary)?,
         None => None,
     };
+    let mut progress = Progress::new("inputs");
     // Two-way merge by event time, as a consumer interleaving two partitions would.
     loop {
         let take_post = match (&next_post, &next_event) {
@@ -84,7 +86,13 @@ pub fn replay(
             next_event = next;
         }
         sinks.write_signals(processor.poll(None), &mut summary)?;
+        progress.update(summary.inputs, || {
+            let sources = std::iter::once(&post_lines).chain(event_lines.as_ref());
+            let (read, size) = sources.fold((0, 0), |(r, s), l| (r + l.bytes_read, s + l.size));
+            (size > 0).then(|| read as f64 / size as f64)
+        });
     }
+    progress.finish();
     sinks.write_signals(processor.finish(), &mut summary)?;
     sinks.finish()?;
     Ok(summary)
@@ -97,17 +105,23 @@ struct LineSource {
     reader: BufReader<File>,
     buffer: Vec<u8>,
     line_no: u64,
+    /// Bytes read so far, and the file's size (for the progress line).
+    bytes_read: u64,
+    size: u64,
 }
 
 impl LineSource {
     fn open(path: &Path, kind: InputKind) -> anyhow::Result<Self> {
         let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(Self {
             path: path.to_owned(),
             kind,
             reader: BufReader::with_capacity(1 << 20, file),
             buffer: Vec::new(),
             line_no: 0,
+            bytes_read: 0,
+            size,
         })
     }
 
@@ -127,6 +141,7 @@ impl LineSource {
             if read == 0 {
                 return Ok(None);
             }
+            self.bytes_read += read as u64;
             self.line_no += 1;
             let line = trim_line_end(&self.buffer);
             if line.iter().all(u8::is_ascii_whitespace) {
