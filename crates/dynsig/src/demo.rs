@@ -102,6 +102,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let view = tokio::spawn(view::live(
         bootstrap.clone(),
         config.topics.clone(),
+        config.kafka.group_id.clone(),
         args.duration,
         stop_rx.clone(),
     ));
