@@ -48,7 +48,10 @@ impl Processor {
 
     /// Decodes and validates one record (counted when rejected).
     pub fn decode(&self, input: RawInput<'_>) -> Result<Input, Rejection> {
-        self.decode_uncounted(input).inspect_err(count_rejection)
+        let topic = input_label(input.kind);
+        self.decode_uncounted(input)
+            .inspect(|_| counter!(names::EVENTS_DECODED, "topic" => topic).increment(1))
+            .inspect_err(|rejection| count_rejection(rejection, topic))
     }
 
     /// Feeds a decoded record to the engine; a record it refuses is rejected as `late`
@@ -76,7 +79,13 @@ impl Processor {
                     ),
                 },
             })
-            .inspect_err(count_rejection)
+            .inspect_err(|rejection| {
+                let kind = match record {
+                    Input::Post(_) => InputKind::Post,
+                    Input::Event(_) => InputKind::Event,
+                };
+                count_rejection(rejection, input_label(kind));
+            })
     }
 
     /// Decodes one record of the feedback topic (JSON `Feedback`) and records it. A record
@@ -101,7 +110,7 @@ impl Processor {
                     .map(drop)
                     .map_err(control::feedback_rejection)
             })
-            .inspect_err(count_rejection)
+            .inspect_err(|rejection| count_rejection(rejection, "feedback"))
     }
 
     fn decode_uncounted(&self, input: RawInput<'_>) -> Result<Input, Rejection> {
@@ -156,8 +165,17 @@ fn count_closed(signals: Vec<Signal>) -> Vec<Signal> {
     signals
 }
 
-fn count_rejection(rejection: &Rejection) {
-    counter!(names::EVENTS_REJECTED, "reason" => rejection.reason.as_str()).increment(1);
+/// The `topic` label of an input kind, as `dynsig_events_consumed_total` has it.
+pub fn input_label(kind: InputKind) -> &'static str {
+    match kind {
+        InputKind::Post => "posts",
+        InputKind::Event => "events",
+    }
+}
+
+fn count_rejection(rejection: &Rejection, topic: &'static str) {
+    counter!(names::EVENTS_REJECTED, "topic" => topic, "reason" => rejection.reason.as_str())
+        .increment(1);
 }
 
 #[cfg(test)]

@@ -695,8 +695,7 @@ fn topic_name(topics: &TopicsConfig, source: Source) -> &str {
 
 fn source_label(source: Source) -> &'static str {
     match source {
-        Source::Input(InputKind::Post) => "posts",
-        Source::Input(InputKind::Event) => "events",
+        Source::Input(kind) => crate::processor::input_label(kind),
         Source::Feedback => "feedback",
     }
 }

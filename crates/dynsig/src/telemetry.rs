@@ -10,6 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 pub mod names {
     pub const EVENTS_CONSUMED: &str = "dynsig_events_consumed_total";
+    pub const EVENTS_DECODED: &str = "dynsig_events_decoded_total";
     pub const EVENTS_REJECTED: &str = "dynsig_events_rejected_total";
     pub const DLQ_RECORDS: &str = "dynsig_dlq_records_total";
     pub const REDELIVERED_SKIPPED: &str = "dynsig_redelivered_skipped_total";
@@ -74,8 +75,12 @@ fn describe() {
     use names::*;
     describe_counter!(EVENTS_CONSUMED, "Input records read from Kafka, by topic.");
     describe_counter!(
+        EVENTS_DECODED,
+        "Input records decoded and valid, by topic (before the event-time checks)."
+    );
+    describe_counter!(
         EVENTS_REJECTED,
-        "Input records rejected (undecodable, invalid or late), by reason."
+        "Input records rejected (undecodable, invalid, late or future), by topic and reason."
     );
     describe_counter!(
         DLQ_RECORDS,
