@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# benches/kafka.sh [POSTS]: dynsig through a real broker. Starts the test broker (tansu,
+# memory storage) on a free port, creates `posts` with 8 partitions, preloads POSTS
+# synthetic posts (default 5,000,000; `dynsig gen --brokers`, 1-minute windows' worth of
+# event time spread evenly), then starts `dynsig run` and times it from start until every
+# post is consumed and every window closed and published. Measures the service's and the
+# broker's CPU (from /proc) and the service's peak RSS.
+#
+# Last line: posts_per_s=N service_cpu_s=C peak_rss_mb=M broker_cpu_s=B wall_s=W
+set -euo pipefail
+
+POSTS=${1:-5000000}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+"$ROOT/scripts/install-test-broker.sh" >/dev/null
+"$ROOT/scripts/install-test-python.sh" >/dev/null
+PY="$ROOT/.venv-tests/bin/python"
+cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p dynsig
+BIN="$ROOT/target/release/dynsig"
+RUN=$(mktemp -d)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT=$(free_port)
+HTTP=127.0.0.1:$(free_port)
+BROKER=127.0.0.1:$PORT
+
+"$ROOT/.broker/tansu" broker --listener-url "tcp://$BROKER" --advertised-listener-url "tcp://$BROKER" \
+    --storage-engine memory://tansu/ > "$RUN/tansu.log" 2>&1 &
+TANSU=$!
+SERVICE=
+cleanup() { [[ -n $SERVICE ]] && kill "$SERVICE" 2>/dev/null; kill "$TANSU" 2>/dev/null; wait 2>/dev/null; rm -rf "$RUN"; }
+trap cleanup EXIT
+
+"$PY" - "$BROKER" <<'PY'
+import sys, time
+from confluent_kafka.admin import AdminClient, NewTopic
+admin = AdminClient({"bootstrap.servers": sys.argv[1]})
+for attempt in range(50):
+    try:
+        admin.list_topics(timeout=1)
+        break
+    except Exception:
+        time.sleep(0.2)
+for f in admin.create_topics([NewTopic("posts", 8, 1), NewTopic("events", 1, 1)]).values():
+    f.result()
+PY
+
+# Event time: one hour before now, 1-minute windows; POSTS spread over 20 minutes.
+START=$(( ($(date +%s) - 3600) / 60 * 60 * 1000 ))
+RATE=$(( POSTS / 1200 ))
+t0=$(date +%s.%N)
+"$BIN" --log-level warn gen --brokers "$BROKER" --start "$START" --duration 20m \
+    --posts-per-sec "$RATE" --events-per-sec 0 2> "$RUN/gen.log"
+t1=$(date +%s.%N)
+# The demo feed plants bursts on top of the background rate: count what was produced.
+POSTS=$(sed -n 's/^generated \([0-9]*\) posts.*/\1/p' "$RUN/gen.log")
+echo "preloaded $POSTS posts in $(echo "$t1 - $t0" | bc) s" >&2
+
+cat > "$RUN/dynsig.toml" <<TOML
+[kafka]
+group_id = "dynsig-bench"
+partitions = 8
+[kafka.client]
+"session.timeout.ms" = "6000"
+[window]
+size_ms = 60000
+allowed_lateness_ms = 5000
+idle_timeout_ms = 2000
+TOML
+cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+broker_cpu0=$(cpu_of "$TANSU")
+t0=$(date +%s.%N)
+"$BIN" --log-level warn run --config "$RUN/dynsig.toml" --brokers "$BROKER" --http-addr "$HTTP" \
+    2> "$RUN/dynsig.log" &
+SERVICE=$!
+# Done when every post is consumed and no window is open any more (the last ones close
+# 2 s of idle time after the input ends, and their signals are published with them).
+"$PY" - "$HTTP" "$POSTS" <<'PY'
+import sys, time, urllib.request
+http, posts = sys.argv[1], int(sys.argv[2])
+start = time.time()
+def metric(text, name):
+    total = None
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total = (total or 0) + float(line.rsplit(" ", 1)[1])
+    return total
+deadline = time.time() + 1800
+first = None
+while time.time() < deadline:
+    try:
+        text = urllib.request.urlopen(f"http://{http}/metrics", timeout=2).read().decode()
+        consumed = metric(text, "dynsig_events_consumed_total") or 0
+        if consumed and first is None:
+            first = time.time()
+            print(f"first record consumed {first - start:.2f} s after start (group join)", file=sys.stderr)
+        if consumed >= posts and metric(text, "dynsig_open_windows") == 0:
+            print(f"done {time.time() - first:.2f} s after the first record", file=sys.stderr)
+            sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.05)
+sys.exit("not done within 30 minutes")
+PY
+t1=$(date +%s.%N)
+ticks=$(getconf CLK_TCK)
+service_cpu=$(echo "scale=2; $(cpu_of "$SERVICE") / $ticks" | bc)
+broker_cpu=$(echo "scale=2; ($(cpu_of "$TANSU") - $broker_cpu0) / $ticks" | bc)
+peak_kb=$(awk '/VmHWM/ {print $2}' "/proc/$SERVICE/status")
+wall=$(echo "scale=2; $t1 - $t0" | bc)
+rate=$(echo "$POSTS / $wall" | bc)
+echo "service: $(tail -3 "$RUN/dynsig.log" | tr '\n' ' ')" >&2
+echo "posts_per_s=$rate service_cpu_s=$service_cpu peak_rss_mb=$((peak_kb / 1024)) broker_cpu_s=$broker_cpu wall_s=$wall"
