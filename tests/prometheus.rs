@@ -522,6 +522,8 @@ warmup_windows = 0
         r#"sum(rate(dynsig_events_consumed_total{job="dynsig"}[1m])) > 0"#,
         r#"sum(dynsig_event_time_to_publish_seconds_count{job="dynsig"}) > 0"#,
         r#"sum(dynsig_dlq_records_total{job="dynsig", reason="invalid_json"}) > 0"#,
+        // From librdkafka's statistics, every 5 s: present once the first ones came.
+        r#"count(dynsig_consumer_lag{job="dynsig"}) > 0"#,
     ];
     let deadline = Instant::now() + WAIT;
     let mut batch = 0;
