@@ -65,6 +65,10 @@ pub struct GenArgs {
     posts_topic: String,
     #[arg(long, default_value = "events")]
     events_topic: String,
+    /// Produce in real time: each record when the wall clock reaches its event time (an
+    /// open-loop load, e.g. for benches/latency.sh); with no --start, the feed starts now.
+    #[arg(long)]
+    realtime: bool,
 }
 
 pub fn gen(args: GenArgs) -> anyhow::Result<()> {
@@ -75,9 +79,15 @@ pub fn gen(args: GenArgs) -> anyhow::Result<()> {
     {
         anyhow::bail!("nothing to write: give --posts, --events, --truth and/or --brokers");
     }
-    let start = args
-        .start
-        .unwrap_or_else(|| crate::service::wall_now_ms() / 60_000 * 60_000);
+    let start = args.start.unwrap_or_else(|| {
+        let now = crate::service::wall_now_ms();
+        // A real-time feed starts now; a file's at the minute, for round windows.
+        if args.realtime {
+            now
+        } else {
+            now / 60_000 * 60_000
+        }
+    });
     let duration_ms = args.duration.as_millis() as i64;
     let mut synth_config = match args.scenario {
         Scenario::Demo => SynthConfig::demo(start, duration_ms),
@@ -123,6 +133,12 @@ pub fn gen(args: GenArgs) -> anyhow::Result<()> {
     let mut progress = Progress::new("records");
     for input in synth {
         let ts = input.ts();
+        if args.realtime {
+            let wait = ts - crate::service::wall_now_ms();
+            if wait > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(wait as u64));
+            }
+        }
         progress.update(posts + events, || {
             Some((ts - start) as f64 / duration_ms.max(1) as f64)
         });
