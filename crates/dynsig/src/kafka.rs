@@ -161,7 +161,11 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("auto.commit.interval.ms", "1000")
         .set("partition.assignment.strategy", "range,roundrobin")
         // Feeds the consumer-lag gauge (see `TrackingContext::stats`).
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // A fetch returns after at most this long even when little arrived (librdkafka
+        // waits 500 ms by default): a quiet partition then holds the watermark, and so
+        // every window's signals, back for less (benches/latency.sh).
+        .set("fetch.wait.max.ms", "100");
     apply_common(&mut config, kafka);
     config.set("enable.auto.offset.store", "false");
     config
