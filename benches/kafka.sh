@@ -10,20 +10,11 @@
 set -euo pipefail
 
 POSTS=${1:-5000000}
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-"$ROOT/scripts/install-test-broker.sh" >/dev/null
-"$ROOT/scripts/install-test-python.sh" >/dev/null
-PY="$ROOT/.venv-tests/bin/python"
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p dynsig
-BIN="$ROOT/target/release/dynsig"
+source "$(dirname "${BASH_SOURCE[0]}")/broker_bench.sh"
 RUN=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PORT=$(free_port)
 HTTP=127.0.0.1:$(free_port)
-BROKER=127.0.0.1:$PORT
-
-"$ROOT/.broker/tansu" broker --listener-url "tcp://$BROKER" --advertised-listener-url "tcp://$BROKER" \
-    --storage-engine memory://tansu/ > "$RUN/tansu.log" 2>&1 &
+BROKER=127.0.0.1:$(free_port)
+start_tansu "$BROKER" "$RUN/tansu.log"
 TANSU=$!
 SERVICE=
 cleanup() { [[ -n $SERVICE ]] && kill "$SERVICE" 2>/dev/null; kill "$TANSU" 2>/dev/null; wait 2>/dev/null; rm -rf "$RUN"; }

@@ -22,13 +22,7 @@ set -euo pipefail
 MAX=${1:-99000}
 SECONDS_OF_LOAD=${2:-30}
 LATENESS_MS=200
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-"$ROOT/scripts/install-test-broker.sh" >/dev/null
-"$ROOT/scripts/install-test-python.sh" >/dev/null
-PY="$ROOT/.venv-tests/bin/python"
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p dynsig
-BIN="$ROOT/target/release/dynsig"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$(dirname "${BASH_SOURCE[0]}")/broker_bench.sh"
 
 # run LOAD_POSTS_PER_S: prints "<path> p50 p99 p999 count" lines for the alert and trend paths.
 run() {
@@ -36,9 +30,7 @@ run() {
     run=$(mktemp -d)
     broker=127.0.0.1:$(free_port)
     http=127.0.0.1:$(free_port)
-    "$ROOT/.broker/tansu" broker --listener-url "tcp://$broker" \
-        --advertised-listener-url "tcp://$broker" --storage-engine memory://tansu/ \
-        > "$run/tansu.log" 2>&1 &
+    start_tansu "$broker" "$run/tansu.log"
     tansu=$!
     local fetch_wait=""
     if [[ -n ${FETCH_WAIT_MS:-} ]]; then
