@@ -27,6 +27,7 @@ pub struct FeedbackRejected {
     pub problem: String,
 }
 
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct AlertStage {
     lifecycle: Lifecycle,
     book: AlertBook,

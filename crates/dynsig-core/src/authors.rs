@@ -20,6 +20,8 @@
 //! Two authors whose hashes collide count as one; with 64-bit hashes that is negligible.
 
 /// Distinct hashes kept inline, without allocating.
+use serde::{Deserialize, Serialize};
+
 const INLINE: usize = 2;
 /// Distinct hashes kept exactly; one more switches to the sketch.
 const EXACT_LIMIT: usize = 16;
@@ -31,10 +33,10 @@ const RANK_BITS: u32 = u64::BITS - PRECISION;
 
 /// The distinct authors of one term: exact up to 16, estimated above (see the module
 /// documentation).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuthorSet(Repr);
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 enum Repr {
     Inline {
         len: u8,
@@ -161,8 +163,9 @@ fn fmix64(mut hash: u64) -> u64 {
 
 /// HyperLogLog registers: the top `PRECISION` bits of a hash pick a register, which keeps
 /// the largest rank (1 + leading zeros of the remaining bits, at most `RANK_BITS + 1`).
-#[derive(Clone)]
+#[derive(Clone, Serialize, Deserialize)]
 struct HyperLogLog {
+    #[serde(with = "crate::serde_array")]
     registers: [u8; REGISTERS],
 }
 

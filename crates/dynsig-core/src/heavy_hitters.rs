@@ -50,6 +50,8 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
 /// A SpaceSaving heavy-hitter counter with a payload `V` per tracked key (see the module
 /// documentation for the guarantees).
 #[derive(Debug, Clone)]
@@ -303,6 +305,64 @@ impl<V, S> HeavyHitters<V, S> {
     /// How many keys were evicted to make room for new ones.
     pub fn evictions(&self) -> u64 {
         self.evictions
+    }
+}
+
+/// What a checkpoint keeps of a sketch: its totals and its tracked entries in slot order
+/// (the index, the heap and the hasher seed are rebuilt; they change speed, not results).
+#[derive(Serialize, Deserialize)]
+struct SavedSketch<E> {
+    capacity: usize,
+    total: u64,
+    evictions: u64,
+    /// `(key, count, error, payload)` per slot.
+    entries: E,
+}
+
+impl<V: Serialize, S> Serialize for HeavyHitters<V, S> {
+    fn serialize<Z: Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
+        let entries: Vec<_> = self
+            .iter()
+            .map(|c| (c.key, c.count, c.error, c.value))
+            .collect();
+        SavedSketch {
+            capacity: self.capacity,
+            total: self.total,
+            evictions: self.evictions,
+            entries,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de, V, S> Deserialize<'de> for HeavyHitters<V, S>
+where
+    V: Deserialize<'de> + Default,
+    S: BuildHasher + Default,
+{
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let saved = SavedSketch::<Vec<(String, u64, u64, V)>>::deserialize(deserializer)?;
+        if saved.capacity == 0
+            || saved.capacity > MAX_CAPACITY
+            || saved.entries.len() > saved.capacity
+        {
+            return Err(D::Error::custom("sketch: capacity out of range"));
+        }
+        let mut sketch = HeavyHitters::with_hasher(saved.capacity, S::default());
+        for (key, count, error, value) in saved.entries {
+            let tag = sketch.tag(&key);
+            let vacant = match sketch.index.find(tag, &key, &sketch.slots, &sketch.arena) {
+                Ok(_) => return Err(D::Error::custom("sketch: duplicate key")),
+                Err(vacant) => vacant,
+            };
+            let slot = sketch.track_new(tag, vacant, &key, count);
+            sketch.slots[slot].error = error;
+            sketch.slots[slot].value = value;
+        }
+        sketch.total = saved.total;
+        sketch.evictions = saved.evictions;
+        Ok(sketch)
     }
 }
 

@@ -25,6 +25,7 @@ pub mod metafilter;
 pub mod model;
 pub mod rng;
 pub mod routing;
+mod serde_array;
 pub mod stopwords;
 pub mod synth;
 pub mod term_key;

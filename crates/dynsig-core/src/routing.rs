@@ -401,12 +401,12 @@ impl<'a> From<&'a Alert> for Routable<'a> {
 }
 
 /// The validated, expanded route tree.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Router {
     root: Route,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Route {
     matchers: Vec<Matcher>,
     topic: String,
@@ -414,7 +414,7 @@ struct Route {
     routes: Vec<Route>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Matcher {
     Equals { label: String, value: String },
     AnyOf { label: String, values: Vec<String> },

@@ -19,6 +19,8 @@
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Where a key sits in the arena.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +42,29 @@ pub struct TermTable<V> {
     filter: Vec<u64>,
     /// Seeded at random per table, since the keys come from anyone who posts.
     hasher: foldhash::quality::RandomState,
+}
+
+/// Written as a sequence of `(key, value)` pairs in entry order; read back into a table
+/// with a fresh hasher seed (the seed changes speed only, never contents).
+impl<V: Serialize> Serialize for TermTable<V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.len()))?;
+        for entry in self.iter() {
+            seq.serialize_element(&entry)?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for TermTable<V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let entries = Vec::<(String, V)>::deserialize(deserializer)?;
+        let mut table = TermTable::default();
+        for (key, value) in entries {
+            table.insert(&key, value);
+        }
+        Ok(table)
+    }
 }
 
 /// Filter bits per entry, at most (the filter doubles when it gets denser).

@@ -34,6 +34,8 @@
 
 use std::cmp::Ordering;
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::{RankBy, TrendConfig};
 use crate::heavy_hitters::Counted;
 use crate::model::{TrendEntry, TrendStatus};
@@ -61,7 +63,7 @@ pub struct TermScore {
 
 /// Kept per live term, so kept small (40 bytes): what only explains a past score is
 /// stored in single precision.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Baseline {
     /// EWMA level as of the end of window `updated_window`.
     level: f64,
@@ -143,7 +145,7 @@ impl Prior {
 }
 
 /// Per-term baselines and the ranking of windows.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrendDetector {
     config: TrendConfig,
     baselines: TermTable<Baseline>,

@@ -14,12 +14,14 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::model::EpochMs;
 
 /// The partition key of inputs that come without an origin (files, tests).
 pub const UNPARTITIONED: u32 = u32::MAX;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct PartitionClock {
     max_event_time: Option<EpochMs>,
     input_since_tick: bool,
@@ -29,7 +31,7 @@ struct PartitionClock {
     idle: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Watermark {
     allowed_lateness_ms: i64,
     idle_timeout_ms: i64,

@@ -17,6 +17,8 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::model::{EpochMs, Origin};
 
 /// Start of the window of size `size_ms` containing `ts`: `floor(ts / size) * size`,
@@ -33,7 +35,7 @@ pub struct ClosedWindow<S> {
     pub state: S,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct OpenWindow<S> {
     state: S,
     /// (partition, smallest offset) pairs; a window sees few partitions, so a vector
@@ -43,7 +45,7 @@ struct OpenWindow<S> {
 
 /// The open windows, keyed by start so that they close in time order (all have the same
 /// size, so start order is end order).
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Windows<S> {
     size_ms: i64,
     hop_ms: i64,

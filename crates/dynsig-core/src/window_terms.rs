@@ -6,6 +6,8 @@
 //! examples refer to are kept once per post in one string arena, so a post costs no
 //! allocation of its own.
 
+use serde::{Deserialize, Serialize};
+
 use crate::authors::AuthorSet;
 use crate::heavy_hitters::{Counted, HeavyHitters};
 
@@ -17,7 +19,7 @@ pub const EXAMPLES_PER_TERM: usize = 3;
 pub struct PostRef(u32);
 
 /// Per-term payload of the sketch.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TermStats {
     pub authors: AuthorSet,
     examples: [u32; EXAMPLES_PER_TERM],
@@ -79,7 +81,7 @@ impl TermStats {
 }
 
 /// The term counts of one window.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WindowTerms {
     /// foldhash: several times faster than SipHash on short keys, and still seeded at
     /// random per map, since the keys come from anyone who posts.

@@ -73,7 +73,7 @@ impl Rule {
 }
 
 /// When a rule's score fires, resolves, and is critical.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Thresholds {
     pub fire: f64,
     /// Below this a firing alert resolves (≤ `fire`).
@@ -114,7 +114,7 @@ impl Thresholds {
 
 /// The thresholds of both rules and the lifecycle's timings, from `[alerts]` and
 /// `[trends]`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Lifecycle {
     pub anomaly: Thresholds,
     pub trend: Thresholds,

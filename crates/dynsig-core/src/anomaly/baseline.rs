@@ -19,6 +19,8 @@
 //! mean absolute residual that bursts do hold up (clipped only at [`SPREAD_CLIP`] spreads):
 //! a bound that a series with any steady noise never reaches.
 
+use serde::{Deserialize, Serialize};
+
 use crate::model::EpochMs;
 
 const DAY_MS: EpochMs = 86_400_000;
@@ -48,7 +50,7 @@ const SPREAD_FLOOR: f64 = 1e-3;
 const SPREAD_CLIP: f64 = 1e3;
 
 /// Tuning of the baseline.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BaselineParams {
     /// Weight of the newest point in the flat level.
     pub level_alpha: f64,
@@ -68,13 +70,15 @@ pub struct Prediction {
     pub daily: bool,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct DailyProfile {
     /// Bins in use (≤ [`MAX_DAY_BINS`]): fewer when a day has fewer points.
     bins: usize,
     /// Deviation of each time-of-day bin from the level.
+    #[serde(with = "crate::serde_array")]
     deviation: [f32; MAX_DAY_BINS],
     /// Mean absolute residual of each bin.
+    #[serde(with = "crate::serde_array")]
     scale: [f32; MAX_DAY_BINS],
     /// Bit `i`: bin `i` has been visited (its first value initialises it).
     seen: u64,
@@ -115,7 +119,7 @@ impl DailyProfile {
 }
 
 /// The baseline of one series.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Baseline {
     points: u32,
     first_ts: EpochMs,

@@ -15,6 +15,8 @@
 //!
 //! Probabilities travel as *surprise* `−log10 p`: additive, and far from underflow.
 
+use serde::{Deserialize, Serialize};
+
 /// Histogram bins: `LINEAR_BINS` of width `LINEAR_WIDTH` over `[0, 4)` (the body, where
 /// the tail threshold sits), then bins growing by `GROWTH` (the tail, up to ~5000).
 /// Larger values land in an overflow bin whose mean is tracked separately.
@@ -28,7 +30,7 @@ const GROWTH: f64 = 1.25;
 pub const MAX_SURPRISE: f64 = 300.0;
 
 /// Tuning shared by every calibrator of a detector.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CalibrationParams {
     /// Tail fraction above the threshold `u` (peaks over threshold).
     pub tail_fraction: f64,
@@ -41,10 +43,11 @@ pub struct CalibrationParams {
 }
 
 /// The learned upper tail of one nonnegative statistic.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TailCalibrator {
     /// Decayed counts, scaled by `unit` (lazy decay: new observations weigh `unit`, which
     /// grows instead of every count shrinking).
+    #[serde(with = "crate::serde_array")]
     counts: [f32; BINS],
     overflow_count: f32,
     /// Sum of the overflowing values (scaled like the counts), for their mean.

@@ -17,6 +17,8 @@ use std::collections::{BTreeMap, HashMap};
 
 pub use series::{Component, DetectorParams, Observation, SeriesDetector};
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::AnomalyConfig;
 use crate::model::EpochMs;
 use baseline::BaselineParams;
@@ -38,7 +40,7 @@ pub struct SeriesScore {
     pub explanation: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Tracked {
     detector: SeriesDetector,
     /// Index of its settings in `AnomalyDetector::params`.
@@ -47,7 +49,7 @@ struct Tracked {
 }
 
 /// The detectors of all live series.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AnomalyDetector {
     /// The section's settings, then one per override prefix.
     params: Vec<DetectorParams>,

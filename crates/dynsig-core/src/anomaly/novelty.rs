@@ -11,6 +11,8 @@
 //!   style, as the share of points that were the only ones in their cell. A noisy series
 //!   keeps finding new cells and is rarely surprised; a regular one almost never does.
 
+use serde::{Deserialize, Serialize};
+
 use crate::model::EpochMs;
 
 const DAY_MS: EpochMs = 86_400_000;
@@ -23,7 +25,7 @@ const LEVELS: usize = 8;
 const RARITY_MAX_TOTAL: u32 = 10_000;
 
 /// Extremes of the recent past.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RangeNovelty {
     /// (min, max) of each finished block, oldest first; `filled` of them are valid.
     blocks: [(f64, f64); RANGE_BLOCKS],
@@ -108,8 +110,9 @@ impl RangeNovelty {
 }
 
 /// How often each value level occurs at each hour of the day.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TimeOfDayRarity {
+    #[serde(with = "crate::serde_array")]
     counts: [u16; HOURS * LEVELS],
     total: u32,
     first_ts: EpochMs,

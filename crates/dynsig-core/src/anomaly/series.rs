@@ -31,6 +31,8 @@
 use super::baseline::{Baseline, BaselineParams};
 use super::calibrate::{normal_two_sided, to_surprise, CalibrationParams, TailCalibrator};
 use super::novelty::{RangeNovelty, TimeOfDayRarity};
+use serde::{Deserialize, Serialize};
+
 use crate::model::EpochMs;
 
 /// Points before the calibrators learn from a series' z-scores.
@@ -54,7 +56,7 @@ const BREAKTHROUGH: f64 = 3.0;
 const REFRACTORY_CAP: f64 = 0.999;
 
 /// All tuning of a [`SeriesDetector`] (from `[anomaly]`, see `AnomalyConfig`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct DetectorParams {
     pub baseline: BaselineParams,
     pub calibration: CalibrationParams,
@@ -134,7 +136,7 @@ impl Observation {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct State {
     points: u32,
     baseline: Baseline,
@@ -151,7 +153,7 @@ struct State {
 }
 
 /// The anomaly detector of one series. Starts empty; the first point only initialises it.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SeriesDetector {
     state: Option<Box<State>>,
 }

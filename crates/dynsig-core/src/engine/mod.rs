@@ -39,6 +39,9 @@ use crate::window::{ClosedWindow, Windows};
 use crate::window_alerts::{self, ACTOR_SERIES_PREFIX};
 use crate::window_terms::WindowTerms;
 
+mod state;
+pub use state::RestoreError;
+
 /// Why the engine did not count an input.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Refused {
@@ -71,7 +74,7 @@ pub enum EngineError {
 }
 
 /// What one open window accumulates.
-#[derive(Debug)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct WindowCounts {
     posts: u64,
     terms: WindowTerms,
@@ -133,6 +136,8 @@ impl View {
 }
 
 pub struct Engine {
+    /// The config as JSON: a checkpoint restores only under the same (see [`state`]).
+    config_json: String,
     tokenizer: Tokenizer,
     /// The main view first: it alone drives alerts.
     views: Vec<View>,
@@ -203,6 +208,7 @@ impl Engine {
             })
             .collect();
         Ok(Engine {
+            config_json: serde_json::to_string(&config).expect("a config serializes"),
             views,
             watermark: Watermark::new(w.allowed_lateness_ms, w.idle_timeout_ms),
             alerting: AlertStage::new(&config)?,
