@@ -953,6 +953,13 @@ impl DynsigProcess {
         read_log(&self.log)
     }
 
+    /// SIGKILL at once, as a crash or the OOM killer would: no shutdown code runs.
+    pub fn kill_hard(mut self) {
+        let mut child = self.child.take().expect("process already reaped");
+        child.kill().expect("SIGKILL the service");
+        child.wait().expect("reap the service");
+    }
+
     /// SIGTERM, then up to 15 s for a clean exit, then SIGKILL. Returns the exit status.
     pub fn terminate(mut self) -> ExitStatus {
         let mut child = self.child.take().expect("process already reaped");

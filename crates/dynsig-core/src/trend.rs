@@ -632,7 +632,9 @@ mod tests {
         assert!(top.authors.abs_diff(340) < 34, "{}", top.authors);
         let scored = top.authors as f64;
         assert!((top.score - (scored - 1.0) / 2f64.sqrt()).abs() < 1e-9);
-        assert_eq!(top.examples, ["#acmefire-0", "#acmefire-1", "#acmefire-2"]);
+        // Its examples: 3 of its posts, picked by a fixed hash of their ids.
+        assert_eq!(top.examples.len(), 3);
+        assert!(top.examples.iter().all(|id| id.starts_with("#acmefire-")));
         assert_eq!(top.count_error, 0);
         assert_eq!(entries[2].status, TrendStatus::Rising);
         assert!(

@@ -21,13 +21,18 @@ use crate::model::EpochMs;
 /// The partition key of inputs that come without an origin (files, tests).
 pub const UNPARTITIONED: u32 = u32::MAX;
 
+/// A checkpoint keeps the event time only: wall-clock quietness belongs to the process
+/// that measured it (a restarted one counts afresh from its first tick).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct PartitionClock {
     max_event_time: Option<EpochMs>,
+    #[serde(skip)]
     input_since_tick: bool,
     /// Wall time of the first tick after the latest input (or after assignment). Ticks,
     /// not inputs, carry wall time; the error is at most one tick period.
+    #[serde(skip)]
     quiet_since_wall: Option<EpochMs>,
+    #[serde(skip)]
     idle: bool,
 }
 
@@ -80,6 +85,27 @@ impl Watermark {
     /// Moves the watermark to `value` if that is later (never backwards).
     pub fn raise_to(&mut self, value: EpochMs) {
         self.value = Some(self.value.map_or(value, |current| current.max(value)));
+    }
+
+    /// `partition` has records waiting to be read (the consumer is behind its end): it is
+    /// not quiet, whatever the wall clock says. A backlog handed over one partition at a
+    /// time would otherwise make the partitions served last look idle, and their records
+    /// late.
+    pub fn note_backlog(&mut self, partition: u32) {
+        if let Some(clock) = self.partitions.get_mut(&partition) {
+            clock.input_since_tick = true;
+            clock.idle = false;
+        }
+    }
+
+    /// Wall-clock tick while the input cannot be read (no partitions assigned yet, a
+    /// rebalance, the broker unreachable): silence then says nothing about the stream, so
+    /// it does not count as quiet time; idleness is measured again from here.
+    pub fn suspend_idle(&mut self, wall_now: EpochMs) {
+        for clock in self.partitions.values_mut() {
+            clock.input_since_tick = false;
+            clock.quiet_since_wall = Some(wall_now);
+        }
     }
 
     /// Wall-clock tick: marks partitions idle after the timeout, and when all are idle,
@@ -173,6 +199,53 @@ mod tests {
         // A revoked partition stops holding it back.
         wm.assign(&[0, 1]);
         assert_eq!(wm.value(), Some(795));
+    }
+
+    #[test]
+    fn time_without_a_readable_input_is_not_idleness() {
+        let mut wm = Watermark::new(0, 1_000);
+        wm.assign(&[0]);
+        wm.observe(0, 10_000);
+        wm.tick(0);
+        // A 30 s outage (or a restart's group join): no advance for it.
+        for wall in (0..=30_000).step_by(200) {
+            wm.suspend_idle(wall);
+        }
+        wm.tick(30_000);
+        assert_eq!(wm.value(), Some(10_000));
+        // Readable again and still quiet: idle after the timeout, advancing from then.
+        wm.tick(31_500);
+        assert_eq!(wm.value(), Some(11_500));
+    }
+
+    #[test]
+    fn a_partition_with_a_backlog_is_never_idle() {
+        let mut wm = Watermark::new(0, 1_000);
+        wm.assign(&[0, 1]);
+        wm.observe(0, 10_000);
+        wm.observe(1, 10_000);
+        wm.tick(0);
+        // Partition 0 delivers its backlog; partition 1's waits its turn for 5 s.
+        for wall in (200..=5_000).step_by(200) {
+            wm.observe(0, 10_000 + wall);
+            wm.note_backlog(1);
+            wm.tick(wall);
+        }
+        assert_eq!(wm.value(), Some(10_000), "held by partition 1's backlog");
+        // Caught up at 5 s.
+        wm.observe(0, 16_000);
+        wm.tick(5_800);
+        assert_eq!(
+            wm.value(),
+            Some(10_000),
+            "caught up, quiet for 0.8 s: not idle yet"
+        );
+        wm.tick(6_200);
+        assert_eq!(
+            wm.value(),
+            Some(16_000),
+            "caught up and quiet for 1.2 s: idle"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::authors::AuthorSet;
+use crate::authors::{author_hash, AuthorSet};
 use crate::heavy_hitters::{Counted, HeavyHitters};
 
 /// Example posts remembered per term and window.
@@ -47,13 +47,23 @@ impl Default for TermStats {
 }
 
 impl TermStats {
-    fn add_example(&mut self, post: PostRef) {
+    /// Keeps the posts of smallest rank (see [`WindowTerms::add_post`]), in rank order.
+    fn add_example(&mut self, post: PostRef, ranks: &[u64]) {
         let n = usize::from(self.example_count);
+        let kept = &self.examples[..n];
         // A term repeated in one post must not list that post twice.
-        if n < EXAMPLES_PER_TERM && (n == 0 || self.examples[n - 1] != post.0) {
-            self.examples[n] = post.0;
-            self.example_count += 1;
+        if kept.contains(&post.0) {
+            return;
         }
+        let rank = ranks[post.0 as usize];
+        let at = kept.partition_point(|&i| ranks[i as usize] < rank);
+        if at == EXAMPLES_PER_TERM {
+            return;
+        }
+        let end = n.min(EXAMPLES_PER_TERM - 1);
+        self.examples.copy_within(at..end, at + 1);
+        self.examples[at] = post.0;
+        self.example_count = (n + 1).min(EXAMPLES_PER_TERM) as u8;
     }
 
     fn vote_actor(&mut self, actor: u16) {
@@ -86,9 +96,11 @@ pub struct WindowTerms {
     /// foldhash: several times faster than SipHash on short keys, and still seeded at
     /// random per map, since the keys come from anyone who posts.
     sketch: HeavyHitters<TermStats, foldhash::quality::RandomState>,
-    /// Post ids, concatenated; `post_id_ends[i]` ends the i-th.
+    /// Post ids, concatenated; `post_id_ends[i]` ends the i-th, whose rank is
+    /// `post_ranks[i]`.
     post_ids: String,
     post_id_ends: Vec<u32>,
+    post_ranks: Vec<u64>,
     count_authors: bool,
 }
 
@@ -100,6 +112,7 @@ impl WindowTerms {
             sketch: HeavyHitters::with_hasher(capacity, Default::default()),
             post_ids: String::new(),
             post_id_ends: Vec::new(),
+            post_ranks: Vec::new(),
             count_authors,
         }
     }
@@ -109,10 +122,16 @@ impl WindowTerms {
         self.sketch.clear();
         self.post_ids.clear();
         self.post_id_ends.clear();
+        self.post_ranks.clear();
     }
 
     /// Registers a post's id so that its terms can cite it; `None` when it has none (or
     /// the arena is full: ids are examples, not data).
+    ///
+    /// A term's examples are its posts of smallest *rank*, a fixed hash of the post id:
+    /// a uniform sample that does not depend on the order the posts arrived in, so that
+    /// a window rebuilt after a restart (partitions read in another interleaving) cites
+    /// the same posts, and an alert published again is the same message.
     pub fn add_post(&mut self, id: &str) -> Option<PostRef> {
         if id.is_empty() {
             return None;
@@ -121,6 +140,7 @@ impl WindowTerms {
         let index = u32::try_from(self.post_id_ends.len()).ok()?;
         self.post_ids.push_str(id);
         self.post_id_ends.push(end);
+        self.post_ranks.push(author_hash(id));
         Some(PostRef(index))
     }
 
@@ -149,7 +169,7 @@ impl WindowTerms {
             stats.authors.insert(author);
         }
         if let Some(post) = post {
-            stats.add_example(post);
+            stats.add_example(post, &self.post_ranks);
         }
     }
 
@@ -216,15 +236,37 @@ mod tests {
         let fire = terms.get("fire").unwrap();
         assert_eq!(fire.count, 6);
         assert_eq!(terms.authors(fire.value), Some(4));
+        let mut by_rank = ["p1", "p3", "p4", "p5"];
+        by_rank.sort_by_key(|id| author_hash(id));
         assert_eq!(
             terms.examples(fire.value),
-            ["p1", "p3", "p4"],
-            "no duplicate, posts without id skipped, at most 3"
+            by_rank[..3],
+            "the 3 of smallest rank, no duplicate, posts without id skipped"
         );
         let smoke = terms.get("smoke").unwrap();
         assert_eq!((smoke.count, terms.authors(smoke.value)), (1, Some(1)));
         assert_eq!(terms.examples(smoke.value), ["p3"]);
         assert_eq!(terms.len(), 2);
+    }
+
+    #[test]
+    fn examples_do_not_depend_on_the_order_posts_arrive_in() {
+        let ids: Vec<String> = (0..50).map(|i| format!("post-{i}")).collect();
+        let examples = |order: &mut dyn Iterator<Item = &String>| {
+            let mut terms = WindowTerms::new(10, false);
+            for id in order {
+                let post = terms.add_post(id);
+                terms.add("recall", 0, post);
+            }
+            terms.examples(terms.get("recall").unwrap().value)
+        };
+        let forward = examples(&mut ids.iter());
+        assert_eq!(forward.len(), EXAMPLES_PER_TERM);
+        assert_eq!(forward, examples(&mut ids.iter().rev()));
+        assert_eq!(
+            forward,
+            examples(&mut ids.iter().step_by(7).chain(ids.iter()))
+        );
     }
 
     #[test]

@@ -56,6 +56,53 @@ pub struct Config {
     pub feedback: FeedbackConfig,
     pub co_mentions: CoMentionConfig,
     pub catalog: CatalogConfig,
+    pub checkpoint: CheckpointConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+/// State checkpoints (see `crate::checkpoint`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Save the engine's state to `topics.checkpoints` and restore it at start. Off: a
+    /// restart rebuilds the open windows from the inputs, and baselines, detectors and
+    /// alert state start over.
+    pub enabled: bool,
+    /// Wall time between checkpoints (one more is taken at shutdown). Input offsets are
+    /// committed no further than the last acknowledged checkpoint, so this is also how
+    /// much input a crash makes the service read again.
+    pub interval_ms: u64,
+    /// Largest checkpoint record; a larger state is split. Keep it under the broker's
+    /// `message.max.bytes` (1 MB by default in Kafka).
+    pub chunk_bytes: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: 10_000,
+            chunk_bytes: 512 * 1024,
+        }
+    }
+}
+
+/// Graceful shutdown (SIGTERM, Ctrl-C).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long stopping may take: draining the queues, the last checkpoint, flushing the
+    /// producer and committing. Past it the service exits with an error (nothing is lost:
+    /// a restart reads again from the last commit).
+    pub deadline_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            deadline_ms: 30_000,
+        }
+    }
 }
 
 /// The actor catalog file (see `dynsig_core::catalog`), reloaded when it changes.
@@ -126,6 +173,8 @@ pub struct TopicsConfig {
     /// Inputs refused as late go here, with the dead-letter headers (reason `late`);
     /// empty: to `dlq` like other rejected inputs.
     pub late: String,
+    /// The engine's state checkpoints (compacted, one partition; see `[checkpoint]`).
+    pub checkpoints: String,
 }
 
 impl Default for TopicsConfig {
@@ -142,6 +191,7 @@ impl Default for TopicsConfig {
             feedback: "signals.feedback".into(),
             dlq: "dynsig.dlq".into(),
             late: "signals.late".into(),
+            checkpoints: "dynsig.checkpoints".into(),
         }
     }
 }
@@ -286,11 +336,21 @@ impl Config {
             ("topics.ecosystem", &self.topics.ecosystem),
             ("topics.feedback", &self.topics.feedback),
             ("topics.dlq", &self.topics.dlq),
+            ("topics.checkpoints", &self.topics.checkpoints),
         ];
         for (field, topic) in named {
             if topic.is_empty() {
                 return invalid(field, "topic name must not be empty");
             }
+        }
+        if self.checkpoint.interval_ms == 0 {
+            return invalid("checkpoint.interval_ms", "must be at least 1");
+        }
+        if self.checkpoint.chunk_bytes < 1024 {
+            return invalid("checkpoint.chunk_bytes", "must be at least 1024");
+        }
+        if self.shutdown.deadline_ms == 0 {
+            return invalid("shutdown.deadline_ms", "must be at least 1");
         }
         if self.catalog.reload_check_ms == 0 {
             return invalid("catalog.reload_check_ms", "must be at least 1");

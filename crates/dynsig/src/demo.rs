@@ -57,7 +57,10 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         .topics
         .outputs()
         .into_iter()
-        .chain([config.topics.feedback.as_str()])
+        .chain([
+            config.topics.feedback.as_str(),
+            config.topics.checkpoints.as_str(),
+        ])
         .chain(router.destinations());
     for (topic, partitions) in [
         (config.topics.posts.as_str(), 3),

@@ -2,6 +2,7 @@
 //! topic creation, and the consumer context that tracks partition assignment for
 //! `/readyz`. The stages that use these clients live in `service.rs`.
 
+use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use metrics::{counter, gauge};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
@@ -190,9 +191,74 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     config
 }
 
-/// Creates the topics among `names` that do not exist yet.
+/// The high watermark of `topic`/`partition` as librdkafka last saw it in a fetch
+/// response (no request to the broker), or None before the first fetch. rdkafka has no
+/// safe wrapper for `rd_kafka_get_watermark_offsets`, hence the FFI call.
+pub fn cached_high_watermark<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let topic = CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1_i64, -1_i64);
+    // SAFETY: the client handle is valid while `client` is borrowed; the call reads
+    // librdkafka's cached partition state under its own lock and writes only the two
+    // out-parameters, which live for the whole call.
+    let code = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            client.native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (code == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
+}
+
+/// A client that reads topics by assignment (no group membership, no commits): the
+/// checkpoint reader.
+pub fn reader_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("group.id", format!("{}.checkpoint-reader", kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    apply_common(&mut config, kafka);
+    config
+}
+
+/// A topic the service needs: the data topics have `kafka.partitions` partitions; the
+/// checkpoint topic has one and is compacted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeededTopic {
+    pub name: String,
+    pub compacted: bool,
+}
+
+impl NeededTopic {
+    pub fn data(name: &str) -> NeededTopic {
+        NeededTopic {
+            name: name.to_owned(),
+            compacted: false,
+        }
+    }
+
+    pub fn compacted(name: &str) -> NeededTopic {
+        NeededTopic {
+            name: name.to_owned(),
+            compacted: true,
+        }
+    }
+}
+
+/// Creates the topics among `needed` that do not exist yet.
 /// Returns the names of the topics it created.
-pub async fn ensure_topics(kafka: &KafkaConfig, names: &[&str]) -> anyhow::Result<Vec<String>> {
+pub async fn ensure_topics(
+    kafka: &KafkaConfig,
+    needed: &[NeededTopic],
+) -> anyhow::Result<Vec<String>> {
     let admin: AdminClient<DefaultClientContext> = base_config(kafka)
         .create()
         .context("creating the Kafka admin client")?;
@@ -200,20 +266,21 @@ pub async fn ensure_topics(kafka: &KafkaConfig, names: &[&str]) -> anyhow::Resul
         .inner()
         .fetch_metadata(None, Duration::from_secs(10))
         .context("fetching cluster metadata")?;
-    let missing: Vec<NewTopic<'_>> = names
+    let missing: Vec<NewTopic<'_>> = needed
         .iter()
-        .filter(|name| {
+        .filter(|topic| {
             !metadata
                 .topics()
                 .iter()
-                .any(|t| t.name() == **name && t.error().is_none())
+                .any(|t| t.name() == topic.name && t.error().is_none())
         })
-        .map(|name| {
-            NewTopic::new(
-                name,
-                kafka.partitions,
-                TopicReplication::Fixed(kafka.replication_factor),
-            )
+        .map(|topic| {
+            let replication = TopicReplication::Fixed(kafka.replication_factor);
+            if topic.compacted {
+                NewTopic::new(&topic.name, 1, replication).set("cleanup.policy", "compact")
+            } else {
+                NewTopic::new(&topic.name, kafka.partitions, replication)
+            }
         })
         .collect();
     if missing.is_empty() {

@@ -6,6 +6,7 @@ mod api;
 mod backtest;
 mod catalog;
 mod check_config;
+mod checkpoint;
 mod config;
 mod control;
 mod demo;

@@ -40,6 +40,8 @@ pub enum Content {
     DeadLetter {
         reason: RejectReason,
     },
+    /// A piece of a state checkpoint (see `crate::checkpoint`).
+    Checkpoint,
 }
 
 /// Where an input record came from, for its dead letter.

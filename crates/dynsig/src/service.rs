@@ -20,7 +20,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use dynsig_core::decode::InputKind;
@@ -37,9 +37,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
 use crate::api::ApiState;
+use crate::checkpoint::{CheckpointTopic, Position, Saved};
 use crate::config::{Config, KafkaConfig, TopicsConfig};
 use crate::control::{self, Command, ReadModelWriter};
-use crate::kafka::{self, Assignment, Health, TrackingContext};
+use crate::kafka::{self, Assignment, Health, NeededTopic, TrackingContext};
 use crate::output::{self, Content, OutRecord, SourcePosition};
 use crate::processor::{Processor, RawInput};
 use crate::telemetry::names;
@@ -54,8 +55,6 @@ const BATCH_QUEUE: usize = 8;
 const BATCH_INPUTS: usize = 2048;
 /// How often idle time is advanced and pending outputs are flushed.
 const TICK: Duration = Duration::from_millis(200);
-/// How long shutdown may take to flush and commit.
-const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
 /// API writes and catalog reloads waiting for the transform stage (each waits its turn).
 const COMMAND_QUEUE: usize = 64;
 
@@ -80,12 +79,38 @@ struct Consumed {
     content_type: Option<Vec<u8>>,
 }
 
+/// A consumed partition.
+type PartitionKey = (Source, i32);
+
 /// Output records, and the input offsets that are safe once they are acknowledged.
 #[derive(Default)]
 struct Batch {
     records: Vec<OutRecord>,
     /// (source, partition) → next offset to consume.
     offsets: Vec<(Source, i32, i64)>,
+    /// A checkpoint of the state after these records, written once they are acknowledged.
+    checkpoint: Option<CheckpointWrite>,
+}
+
+/// A checkpoint on its way to the broker, or (without records) the one restored at start:
+/// either way, once its records are acknowledged, offsets may be committed up to its
+/// positions and no further.
+struct CheckpointWrite {
+    chunks: Vec<OutRecord>,
+    manifest: Option<OutRecord>,
+    positions: HashMap<PartitionKey, i64>,
+    started: Instant,
+    bytes: usize,
+}
+
+/// Checkpointing as the transform stage sees it.
+struct Checkpointing {
+    topic: CheckpointTopic,
+    interval: Duration,
+    next_generation: u64,
+    last: Instant,
+    /// Read at start; applied (or refused) at the first assignment.
+    to_restore: Option<Saved>,
 }
 
 /// Runs the service until `shutdown` turns true, then stops consuming, publishes what is
@@ -106,19 +131,27 @@ pub async fn run(
         processor.engine_mut().set_catalog(loaded.matcher);
         Some(loaded.watcher)
     };
+    let checkpoint_topic = config.checkpoint.enabled.then(|| CheckpointTopic {
+        topic: topics.checkpoints.clone(),
+        group: config.kafka.group_id.clone(),
+        chunk_bytes: config.checkpoint.chunk_bytes,
+    });
     // Re-created too when the broker comes back empty (see `watch_broker`).
-    let needed_topics: Vec<String> = if config.kafka.create_topics {
+    let needed_topics: Vec<NeededTopic> = if config.kafka.create_topics {
         let router = dynsig_core::routing::Router::new(&config.routing)?;
         let mut all: Vec<&str> = topics.inputs().to_vec();
         all.extend(topics.outputs());
         all.push(&topics.feedback);
         all.extend(router.destinations());
-        all.into_iter().map(str::to_owned).collect()
+        let mut needed: Vec<NeededTopic> = all.into_iter().map(NeededTopic::data).collect();
+        if let Some(checkpoints) = &checkpoint_topic {
+            needed.push(NeededTopic::compacted(&checkpoints.topic));
+        }
+        needed
     } else {
         Vec::new()
     };
-    let needed: Vec<&str> = needed_topics.iter().map(String::as_str).collect();
-    kafka::ensure_topics(&config.kafka, &needed).await?;
+    kafka::ensure_topics(&config.kafka, &needed_topics).await?;
     let (model, model_reader) = ReadModelWriter::new(processor.engine());
     let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
 
@@ -148,6 +181,10 @@ pub async fn run(
             })
             .context("creating the Kafka consumer")?,
     );
+    let checkpointing = match checkpoint_topic {
+        Some(topic) => Some(Checkpointing::start(topic, &config, consumer.clone()).await),
+        None => None,
+    };
     let mut subscription = topics.inputs().to_vec();
     subscription.push(&topics.feedback);
     consumer
@@ -179,7 +216,12 @@ pub async fn run(
             model,
         },
         topics.clone(),
-        assignment,
+        InputState {
+            consumer: consumer.clone(),
+            assignment,
+            health: health.clone(),
+        },
+        checkpointing,
         input_rx,
         batch_tx,
     ));
@@ -187,14 +229,16 @@ pub async fn run(
         publisher.clone(),
         consumer.clone(),
         topics.clone(),
+        config.checkpoint.enabled,
         batch_rx,
     ));
 
     // The source stops on shutdown; the transform and sink stages end when their input
     // channel closes, after finishing what is queued.
     let _ = shutdown.wait_for(|stop| *stop).await;
-    tracing::info!("shutting down: flushing outputs and committing offsets");
-    let drained = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
+    tracing::info!("shutting down: flushing outputs, checkpointing and committing offsets");
+    let deadline = Instant::now() + Duration::from_millis(config.shutdown.deadline_ms);
+    let drained = tokio::time::timeout_at(deadline.into(), async {
         source.await?;
         transform.await?;
         sink.await?;
@@ -203,12 +247,17 @@ pub async fn run(
     .await;
     match drained {
         Ok(result) => result?,
-        Err(_) => anyhow::bail!("shutdown did not finish within {SHUTDOWN_DEADLINE:?}"),
+        Err(_) => anyhow::bail!(
+            "shutdown did not finish within shutdown.deadline_ms = {}",
+            config.shutdown.deadline_ms
+        ),
     }
     publisher
         .current()
         .1
-        .flush(Timeout::After(SHUTDOWN_DEADLINE))
+        .flush(Timeout::After(
+            deadline.saturating_duration_since(Instant::now()),
+        ))
         .context("flushing the producer")?;
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => {}
@@ -276,6 +325,40 @@ async fn source(
     }
 }
 
+/// What the transform stage knows of its input: the assignment, whether it can be read
+/// at all, and (from the consumer) how far behind its end each partition is.
+struct InputState {
+    consumer: Arc<InputConsumer>,
+    assignment: Arc<Assignment>,
+    health: Arc<Health>,
+}
+
+impl InputState {
+    /// Tells the engine which assigned input partitions have records not processed yet
+    /// (the high watermark librdkafka last saw is past the next offset to process), so
+    /// that a partition waiting its turn in a backlog is not taken for idle.
+    fn note_backlogs(
+        &self,
+        engine: &mut dynsig_core::engine::Engine,
+        topics: &TopicsConfig,
+        state: &TransformState,
+    ) {
+        for (topic, partition) in self.assignment.partitions() {
+            let Some(source @ Source::Input(kind)) = source_of(topics, &topic) else {
+                continue;
+            };
+            let Some(&next) = state.next_offsets.get(&(source, partition)) else {
+                continue;
+            };
+            // Cached from the last fetch response: no request to the broker.
+            let high = kafka::cached_high_watermark(self.consumer.client(), &topic, partition);
+            if high.is_some_and(|high| high > next) {
+                engine.note_backlog(partition_index((kind, partition)));
+            }
+        }
+    }
+}
+
 /// What the transform stage owns: the engine (in its processor), the commands that change
 /// it from outside, and the read model it republishes.
 struct EngineOwner {
@@ -289,7 +372,8 @@ struct EngineOwner {
 async fn transform(
     mut owner: EngineOwner,
     topics: Arc<TopicsConfig>,
-    assignment: Arc<Assignment>,
+    input: InputState,
+    mut checkpointing: Option<Checkpointing>,
     mut rx: mpsc::Receiver<Consumed>,
     tx: mpsc::Sender<Batch>,
 ) {
@@ -298,6 +382,7 @@ async fn transform(
     let mut seen_generation = 0;
     let mut seen_recreated = 0;
     loop {
+        let assignment = &input.assignment;
         if assignment.inputs_recreated() != seen_recreated {
             seen_recreated = assignment.inputs_recreated();
             state.forget_input_offsets();
@@ -306,9 +391,17 @@ async fn transform(
         // checking before each record keeps the watermark's partition set current.
         if assignment.generation() != seen_generation {
             seen_generation = assignment.generation();
+            let restored = checkpointing
+                .as_mut()
+                .and_then(|c| c.restore_at_assignment(&mut owner, &topics, assignment, &mut state));
+            if let Some(restored) = restored {
+                if tx.send(restored).await.is_err() {
+                    return;
+                }
+            }
             owner
                 .processor
-                .assign_partitions(&assigned_indexes(&topics, &assignment));
+                .assign_partitions(&assigned_indexes(&topics, assignment));
         }
         tokio::select! {
             record = rx.recv() => match record {
@@ -332,15 +425,212 @@ async fn transform(
                 gauge!(names::QUEUE_DEPTH, "stage" => "input").set(rx.len() as f64);
                 gauge!(names::QUEUE_DEPTH, "stage" => "output")
                     .set((tx.max_capacity() - tx.capacity()) as f64);
-                let batch = state.flush(&mut owner, &topics, Some(wall_now_ms()));
-                let has_news = !batch.records.is_empty() || !batch.offsets.is_empty();
+                // Idle time counts only while the input can be read (see
+                // `Watermark::suspend_idle`): not during a group join, a rebalance or an
+                // outage, or the watermark would run ahead of records still to come.
+                let now = wall_now_ms();
+                let wall_now = if input.health.is_ready() {
+                    input.note_backlogs(owner.processor.engine_mut(), &topics, &state);
+                    Some(now)
+                } else {
+                    owner.processor.engine_mut().suspend_idle(now);
+                    None
+                };
+                let mut batch = state.flush(&mut owner, &topics, wall_now);
+                if let Some(checkpointing) = checkpointing.as_mut().filter(|c| c.is_due()) {
+                    batch.checkpoint = checkpointing.take(&owner, &topics, &state);
+                }
+                let has_news = !batch.records.is_empty()
+                    || !batch.offsets.is_empty()
+                    || batch.checkpoint.is_some();
                 if has_news && tx.send(batch).await.is_err() {
                     return;
                 }
             }
         }
     }
-    let _ = tx.send(state.flush(&mut owner, &topics, None)).await;
+    // Shutdown: the last outputs, and a checkpoint of the state after them.
+    let mut batch = state.flush(&mut owner, &topics, None);
+    if let Some(checkpointing) = checkpointing.as_mut() {
+        batch.checkpoint = checkpointing.take(&owner, &topics, &state);
+    }
+    let _ = tx.send(batch).await;
+}
+
+impl Checkpointing {
+    /// Reads the group's latest checkpoint, and keeps it for the first assignment unless
+    /// the committed offsets went past it (then it misses inputs that a restart would not
+    /// read again: stale).
+    async fn start(
+        topic: CheckpointTopic,
+        config: &Config,
+        consumer: Arc<InputConsumer>,
+    ) -> Checkpointing {
+        let kafka = config.kafka.clone();
+        let reader = topic.clone();
+        let loaded = tokio::task::spawn_blocking(move || reader.load(&kafka))
+            .await
+            .unwrap_or_else(|panic| Err(anyhow::anyhow!("checkpoint reader panicked: {panic}")));
+        let saved = match loaded {
+            Ok(saved) => saved,
+            Err(error) => {
+                tracing::warn!(%error, "checkpoint unreadable: starting from the committed offsets");
+                counter!(names::CHECKPOINT_RESTORES, "outcome" => "unreadable").increment(1);
+                None
+            }
+        };
+        let next_generation = saved.as_ref().map_or(1, |s| s.manifest.generation + 1);
+        let to_restore = match saved {
+            Some(saved) => {
+                let positions = saved.manifest.positions.clone();
+                let stale =
+                    tokio::task::spawn_blocking(move || committed_past(&consumer, &positions))
+                        .await
+                        .unwrap_or(None);
+                match stale {
+                    None => Some(saved),
+                    Some(position) => {
+                        tracing::warn!(
+                            topic = %position.topic, partition = position.partition,
+                            "the committed offsets are past the checkpoint: not restored"
+                        );
+                        counter!(names::CHECKPOINT_RESTORES, "outcome" => "stale").increment(1);
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        Checkpointing {
+            topic,
+            interval: Duration::from_millis(config.checkpoint.interval_ms),
+            next_generation,
+            last: Instant::now(),
+            to_restore,
+        }
+    }
+
+    /// At the first assignment: restores the checkpoint read at start if this instance
+    /// was assigned every input partition it covers (another instance owns the others'
+    /// state otherwise), and returns what the sink must know of it.
+    fn restore_at_assignment(
+        &mut self,
+        owner: &mut EngineOwner,
+        topics: &TopicsConfig,
+        assignment: &Assignment,
+        state: &mut TransformState,
+    ) -> Option<Batch> {
+        let saved = self.to_restore.take()?;
+        let assigned = assignment.partitions();
+        let positions: HashMap<PartitionKey, i64> = saved
+            .manifest
+            .positions
+            .iter()
+            .filter_map(|p| Some(((source_of(topics, &p.topic)?, p.partition), p.next_offset)))
+            .collect();
+        let covered = saved.manifest.positions.iter().all(|p| {
+            p.topic == topics.feedback
+                || assigned
+                    .iter()
+                    .any(|(t, n)| *t == p.topic && *n == p.partition)
+        });
+        if !covered {
+            tracing::warn!(
+                "the checkpoint covers input partitions assigned elsewhere: not restored"
+            );
+            counter!(names::CHECKPOINT_RESTORES, "outcome" => "refused").increment(1);
+            return None;
+        }
+        if let Err(error) = owner.processor.engine_mut().restore_state(&saved.state) {
+            tracing::warn!(%error, "checkpoint not restored: starting from the committed offsets");
+            counter!(names::CHECKPOINT_RESTORES, "outcome" => "refused").increment(1);
+            return None;
+        }
+        tracing::info!(
+            generation = saved.manifest.generation,
+            bytes = saved.state.len(),
+            "state restored from checkpoint"
+        );
+        counter!(names::CHECKPOINT_RESTORES, "outcome" => "restored").increment(1);
+        owner.model.refresh(owner.processor.engine(), &[]);
+        // Records below the positions are in the restored state: a redelivery skips them.
+        state.next_offsets.clone_from(&positions);
+        Some(Batch {
+            checkpoint: Some(CheckpointWrite {
+                chunks: Vec::new(),
+                manifest: None,
+                positions,
+                started: Instant::now(),
+                bytes: saved.state.len(),
+            }),
+            ..Batch::default()
+        })
+    }
+
+    fn is_due(&self) -> bool {
+        self.last.elapsed() >= self.interval
+    }
+
+    /// A checkpoint of the state as it stands (right after a flush), covering every record
+    /// processed. Not while feedback waits for the alert clock: those records are read
+    /// but not yet in the state.
+    fn take(
+        &mut self,
+        owner: &EngineOwner,
+        topics: &TopicsConfig,
+        state: &TransformState,
+    ) -> Option<CheckpointWrite> {
+        if !state.waiting_feedback.is_empty() {
+            return None;
+        }
+        self.last = Instant::now();
+        let started = Instant::now();
+        let bytes = owner.processor.engine().save_state();
+        let positions: Vec<Position> = state
+            .next_offsets
+            .iter()
+            .map(|(&(source, partition), &next_offset)| Position {
+                topic: topic_name(topics, source).to_owned(),
+                partition,
+                next_offset,
+            })
+            .collect();
+        let (chunks, manifest) =
+            self.topic
+                .records(self.next_generation, &bytes, positions, wall_now_ms());
+        self.next_generation += 1;
+        Some(CheckpointWrite {
+            chunks,
+            manifest: Some(manifest),
+            positions: state.next_offsets.clone(),
+            started,
+            bytes: bytes.len(),
+        })
+    }
+}
+
+/// The first position whose partition's committed offset is past it, if any.
+fn committed_past(consumer: &InputConsumer, positions: &[Position]) -> Option<Position> {
+    let mut tpl = TopicPartitionList::new();
+    for p in positions {
+        tpl.add_partition(&p.topic, p.partition);
+    }
+    let committed = match consumer.committed_offsets(tpl, Duration::from_secs(10)) {
+        Ok(committed) => committed,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the committed offsets; trusting the checkpoint");
+            return None;
+        }
+    };
+    positions
+        .iter()
+        .find(|p| {
+            matches!(
+                committed.find_partition(&p.topic, p.partition).map(|e| e.offset()),
+                Some(Offset::Offset(offset)) if offset > p.next_offset
+            )
+        })
+        .cloned()
 }
 
 #[derive(Default)]
@@ -464,37 +754,67 @@ impl TransformState {
     }
 }
 
-/// Publishes each batch, then stores the offsets it made safe.
+/// Publishes each batch, then its checkpoint, then stores the offsets they made safe.
+///
+/// With checkpoints, an offset is stored no further than the last acknowledged
+/// checkpoint's position: a restart restores that checkpoint and must find every input
+/// after it still uncommitted. (Without one, offsets held by open windows are not stored,
+/// and a restart rebuilds those windows from the inputs.)
 async fn sink(
     publisher: Arc<Publisher>,
     consumer: Arc<InputConsumer>,
     topics: Arc<TopicsConfig>,
+    checkpointing: bool,
     mut rx: mpsc::Receiver<Batch>,
 ) {
+    let mut safe: HashMap<PartitionKey, i64> = HashMap::new();
+    // None: checkpoints are off. Some(empty) until the first one is acknowledged.
+    let mut durable: Option<HashMap<PartitionKey, i64>> = checkpointing.then(HashMap::new);
+    let mut stored: HashMap<PartitionKey, i64> = HashMap::new();
     while let Some(batch) = rx.recv().await {
-        join_all(
-            batch
-                .records
-                .iter()
-                .map(|record| publish(&publisher, record)),
-        )
-        .await;
+        publish_all(&publisher, &batch.records).await;
         let now = wall_now_ms();
         for record in &batch.records {
             count_published(record, now);
         }
-        if batch.offsets.is_empty() {
-            continue;
+        safe.extend(
+            batch
+                .offsets
+                .iter()
+                .map(|&(source, partition, offset)| ((source, partition), offset)),
+        );
+        if let Some(checkpoint) = batch.checkpoint {
+            // The manifest only once every chunk is acknowledged (see `crate::checkpoint`).
+            publish_all(&publisher, &checkpoint.chunks).await;
+            if let Some(manifest) = &checkpoint.manifest {
+                publish(&publisher, manifest).await;
+                histogram!(names::CHECKPOINT_DURATION)
+                    .record(checkpoint.started.elapsed().as_secs_f64());
+                gauge!(names::CHECKPOINT_SIZE).set(checkpoint.bytes as f64);
+                counter!(names::CHECKPOINTS).increment(1);
+            }
+            durable = Some(checkpoint.positions);
         }
         let mut tpl = TopicPartitionList::new();
-        for &(source, partition, offset) in &batch.offsets {
-            if let Err(error) = tpl.add_partition_offset(
-                topic_name(&topics, source),
-                partition,
-                Offset::Offset(offset),
-            ) {
+        for (&key, &offset) in &safe {
+            let offset = match &durable {
+                None => offset,
+                Some(durable) => match durable.get(&key) {
+                    Some(&position) => offset.min(position),
+                    None => continue,
+                },
+            };
+            if stored.insert(key, offset) == Some(offset) {
+                continue;
+            }
+            if let Err(error) =
+                tpl.add_partition_offset(topic_name(&topics, key.0), key.1, Offset::Offset(offset))
+            {
                 tracing::warn!(%error, "bad offset");
             }
+        }
+        if tpl.count() == 0 {
+            continue;
         }
         // Fails for partitions revoked meanwhile: their new owner re-reads from the last
         // commit, which is the at-least-once side of the trade.
@@ -502,6 +822,10 @@ async fn sink(
             tracing::debug!(%error, "could not store offsets");
         }
     }
+}
+
+async fn publish_all(publisher: &Publisher, records: &[OutRecord]) {
+    join_all(records.iter().map(|record| publish(publisher, record))).await;
 }
 
 /// The output producer, replaced when it fails for good: an idempotent producer whose
@@ -615,6 +939,8 @@ fn count_published(record: &OutRecord, wall_now: i64) {
         Content::DeadLetter { reason } => {
             counter!(names::DLQ_RECORDS, "reason" => reason.as_str()).increment(1);
         }
+        // Counted by the sink once the whole checkpoint is acknowledged.
+        Content::Checkpoint => {}
     }
 }
 
@@ -623,7 +949,7 @@ async fn watch_broker(
     producer: FutureProducer,
     health: Arc<Health>,
     assignment: Arc<Assignment>,
-    (kafka_config, needed_topics, topics): (KafkaConfig, Vec<String>, Arc<TopicsConfig>),
+    (kafka_config, needed_topics, topics): (KafkaConfig, Vec<NeededTopic>, Arc<TopicsConfig>),
     mut shutdown: watch::Receiver<bool>,
 ) {
     // The topics were ensured at start; after an outage they are checked again, because a
@@ -644,8 +970,7 @@ async fn watch_broker(
         if !up {
             topics_ensured = false;
         } else if !topics_ensured {
-            let needed: Vec<&str> = needed_topics.iter().map(String::as_str).collect();
-            match kafka::ensure_topics(&kafka_config, &needed).await {
+            match kafka::ensure_topics(&kafka_config, &needed_topics).await {
                 Ok(created) => {
                     topics_ensured = true;
                     tracing::info!(?created, "broker reachable again; topics ensured");
@@ -683,6 +1008,16 @@ fn assigned_indexes(topics: &TopicsConfig, assignment: &Assignment) -> Vec<u32> 
             Some(partition_index((kind, partition)))
         })
         .collect()
+}
+
+fn source_of(topics: &TopicsConfig, topic: &str) -> Option<Source> {
+    [
+        Source::Input(InputKind::Post),
+        Source::Input(InputKind::Event),
+        Source::Feedback,
+    ]
+    .into_iter()
+    .find(|&source| topic_name(topics, source) == topic)
 }
 
 fn topic_name(topics: &TopicsConfig, source: Source) -> &str {

@@ -32,6 +32,10 @@ pub mod names {
     pub const FEEDBACK_THRESHOLD_FACTOR: &str = "dynsig_feedback_threshold_factor";
     pub const FEEDBACK_ADJUSTED_SERIES: &str = "dynsig_feedback_adjusted_series";
     pub const CATALOG_ACTORS: &str = "dynsig_catalog_actors";
+    pub const CHECKPOINT_DURATION: &str = "dynsig_checkpoint_duration_seconds";
+    pub const CHECKPOINT_SIZE: &str = "dynsig_checkpoint_size_bytes";
+    pub const CHECKPOINTS: &str = "dynsig_checkpoints_total";
+    pub const CHECKPOINT_RESTORES: &str = "dynsig_checkpoint_restores_total";
     pub const CATALOG_RELOAD_FAILURES: &str = "dynsig_catalog_reload_failures_total";
 }
 
@@ -64,6 +68,12 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
             Matcher::Full(names::EVENT_TIME_TO_PUBLISH.into()),
             &[
                 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(names::CHECKPOINT_DURATION.into()),
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
             ],
         )?
         .install_recorder()?;
@@ -154,5 +164,20 @@ fn describe() {
     describe_counter!(
         CATALOG_RELOAD_FAILURES,
         "Catalog file versions refused on reload (the previous catalog stays in use)."
+    );
+    describe_histogram!(
+        CHECKPOINT_DURATION,
+        Unit::Seconds,
+        "From saving the engine's state to the broker acknowledging its last record."
+    );
+    describe_gauge!(
+        CHECKPOINT_SIZE,
+        Unit::Bytes,
+        "Size of the last checkpoint's encoded state."
+    );
+    describe_counter!(CHECKPOINTS, "Checkpoints acknowledged by the broker.");
+    describe_counter!(
+        CHECKPOINT_RESTORES,
+        "Checkpoints found at start, by outcome (restored, stale, refused, unreadable)."
     );
 }

@@ -348,6 +348,20 @@ impl Engine {
         self.watermark.tick(wall_now);
     }
 
+    /// Input partition `partition` (as in [`Origin::partition`]) has records not read yet:
+    /// see [`Watermark::note_backlog`]. The service calls it before each tick.
+    pub fn note_backlog(&mut self, partition: u32) {
+        self.watermark.note_backlog(partition);
+    }
+
+    /// A wall-clock tick while the input cannot be read (see
+    /// [`Watermark::suspend_idle`]): the service calls it instead of [`Engine::tick`] while
+    /// it owns no partition or the broker is unreachable.
+    pub fn suspend_idle(&mut self, wall_now: EpochMs) {
+        self.wall_now = Some(wall_now);
+        self.watermark.suspend_idle(wall_now);
+    }
+
     /// Closes every window whose end <= watermark (oldest first, main view first) and
     /// returns, per closed window: its trend snapshot, its anomalies scoring >=
     /// `anomaly.publish_score`, (main view) its co-mention graph when a catalog is

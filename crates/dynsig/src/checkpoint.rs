@@ -1,0 +1,205 @@
+//! Checkpoints of the engine's state in a compacted Kafka topic (`topics.checkpoints`, one
+//! partition), one per consumer group, and reading the latest back at start.
+//!
+//! A checkpoint is the engine's saved state (`Engine::save_state`) and the input
+//! *positions* it covers: per consumed partition, the next offset to process. Everything
+//! below a position is in the state; nothing at or above it is.
+//!
+//! Records, all keyed so that compaction keeps exactly the latest of each:
+//! - chunks `<group>/<slot>/<i>`: the state cut in pieces of at most `chunk_bytes`, since
+//!   brokers refuse large records (1 MB by default in Kafka). Each starts with its
+//!   generation number (8 bytes, big-endian).
+//! - then the manifest `<group>` (JSON): generation, slot, chunk count, size, positions.
+//!
+//! Generations alternate between two slots, and the manifest is written only once every
+//! chunk of its generation is acknowledged: a crash in the middle of writing one leaves
+//! the previous manifest pointing at its own slot, still whole. Chunks left over from a
+//! larger earlier state (indexes past the manifest's count) are ignored.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::config::KafkaConfig;
+use crate::output::{Content, OutRecord};
+
+/// How long reading the checkpoint topic may take at start.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the state stands in one consumed partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    /// Every offset below is in the state.
+    pub next_offset: i64,
+}
+
+/// The latest checkpoint's description.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub generation: u64,
+    slot: u8,
+    chunks: u32,
+    pub bytes: u64,
+    pub created_at_ms: i64,
+    pub positions: Vec<Position>,
+}
+
+/// A checkpoint read back: its manifest and the state bytes.
+#[derive(Debug)]
+pub struct Saved {
+    pub manifest: Manifest,
+    pub state: Vec<u8>,
+}
+
+/// Where checkpoints of one consumer group go.
+#[derive(Debug, Clone)]
+pub struct CheckpointTopic {
+    pub topic: String,
+    pub group: String,
+    pub chunk_bytes: usize,
+}
+
+impl CheckpointTopic {
+    /// The records of checkpoint `generation`: chunks first, the manifest last (the
+    /// caller publishes the manifest only after every chunk is acknowledged).
+    pub fn records(
+        &self,
+        generation: u64,
+        state: &[u8],
+        positions: Vec<Position>,
+        created_at_ms: i64,
+    ) -> (Vec<OutRecord>, OutRecord) {
+        let slot = (generation % 2) as u8;
+        let chunk_bytes = self.chunk_bytes.max(1);
+        let chunks: Vec<OutRecord> = state
+            .chunks(chunk_bytes)
+            .enumerate()
+            .map(|(i, piece)| {
+                let mut payload = Vec::with_capacity(8 + piece.len());
+                payload.extend_from_slice(&generation.to_be_bytes());
+                payload.extend_from_slice(piece);
+                self.record(format!("{}/{slot}/{i}", self.group), payload)
+            })
+            .collect();
+        let manifest = Manifest {
+            generation,
+            slot,
+            chunks: chunks.len() as u32,
+            bytes: state.len() as u64,
+            created_at_ms,
+            positions,
+        };
+        let manifest = self.record(
+            self.group.clone(),
+            serde_json::to_vec(&manifest).expect("a manifest serializes"),
+        );
+        (chunks, manifest)
+    }
+
+    fn record(&self, key: String, payload: Vec<u8>) -> OutRecord {
+        OutRecord {
+            topic: self.topic.clone(),
+            key: Some(key.into_bytes()),
+            payload,
+            headers: Vec::new(),
+            content: Content::Checkpoint,
+        }
+    }
+
+    /// Reads the topic to its end and returns the group's latest whole checkpoint, if
+    /// any. Blocking: call it from a blocking context.
+    pub fn load(&self, kafka: &KafkaConfig) -> anyhow::Result<Option<Saved>> {
+        let consumer: BaseConsumer = crate::kafka::reader_config(kafka)
+            .create()
+            .context("creating the checkpoint reader")?;
+        let (low, high) = consumer
+            .fetch_watermarks(&self.topic, 0, Duration::from_secs(10))
+            .with_context(|| format!("reading the offsets of {}", self.topic))?;
+        if high <= low {
+            return Ok(None);
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(&self.topic, 0, Offset::Beginning)?;
+        consumer.assign(&assignment)?;
+        let prefix = format!("{}/", self.group);
+        let mut latest: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        let deadline = Instant::now() + LOAD_TIMEOUT;
+        loop {
+            let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "the checkpoint topic {} was not read to its end in {LOAD_TIMEOUT:?}",
+                    self.topic
+                );
+                continue;
+            };
+            let message = message.context("reading the checkpoint topic")?;
+            if let Some(key) = message.key() {
+                let ours = key == self.group.as_bytes() || key.starts_with(prefix.as_bytes());
+                if ours {
+                    latest.insert(key.to_vec(), message.payload().unwrap_or_default().to_vec());
+                }
+            }
+            if message.offset() + 1 >= high {
+                break;
+            }
+        }
+        let Some(manifest) = latest.get(self.group.as_bytes()) else {
+            return Ok(None);
+        };
+        let manifest: Manifest =
+            serde_json::from_slice(manifest).context("reading the checkpoint manifest")?;
+        let mut state = Vec::with_capacity(manifest.bytes as usize);
+        for i in 0..manifest.chunks {
+            let key = format!("{}/{}/{i}", self.group, manifest.slot);
+            let chunk = latest
+                .get(key.as_bytes())
+                .with_context(|| format!("checkpoint chunk {key} is missing"))?;
+            anyhow::ensure!(
+                chunk.len() >= 8 && chunk[..8] == manifest.generation.to_be_bytes(),
+                "checkpoint chunk {key} belongs to another generation"
+            );
+            state.extend_from_slice(&chunk[8..]);
+        }
+        anyhow::ensure!(
+            state.len() as u64 == manifest.bytes,
+            "checkpoint of {} bytes, {} read",
+            manifest.bytes,
+            state.len()
+        );
+        Ok(Some(Saved { manifest, state }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_carry_their_generation_and_alternate_slots() {
+        let topic = CheckpointTopic {
+            topic: "dynsig.checkpoints".into(),
+            group: "g".into(),
+            chunk_bytes: 4,
+        };
+        let (chunks, manifest) = topic.records(7, b"0123456789", Vec::new(), 0);
+        let keys: Vec<_> = chunks
+            .iter()
+            .map(|r| String::from_utf8(r.key.clone().unwrap()).unwrap())
+            .collect();
+        assert_eq!(keys, ["g/1/0", "g/1/1", "g/1/2"]);
+        assert_eq!(&chunks[2].payload[..8], &7u64.to_be_bytes());
+        assert_eq!(&chunks[2].payload[8..], b"89");
+        let manifest: Manifest = serde_json::from_slice(&manifest.payload).unwrap();
+        assert_eq!((manifest.slot, manifest.chunks, manifest.bytes), (1, 3, 10));
+        let (next, _) = topic.records(8, b"x", Vec::new(), 0);
+        assert_eq!(next[0].key.as_deref(), Some(&b"g/0/0"[..]));
+    }
+}
