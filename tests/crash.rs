@@ -215,6 +215,25 @@ async fn a_killed_service_restarts_from_its_checkpoint_and_loses_nothing() {
     eprintln!(
         "crash: restored 1 checkpoint; {skipped} redelivered inputs skipped as already counted"
     );
+    // A graceful stop checkpoints and commits everything: a third start restores that
+    // checkpoint and has nothing to read again.
     let status = second.process.terminate();
+    assert!(status.success(), "SIGTERM exit: {status}");
+    for topic in ["posts", "events"] {
+        assert_eq!(
+            broker.uncommitted("dynsig-crash", topic, 3),
+            0,
+            "{topic} after SIGTERM"
+        );
+    }
+    let mut third = Service::start(&broker, "dynsig.dlq", CONFIG, &[]);
+    third.wait_http_ok("/readyz", Duration::from_secs(60)).await;
+    third
+        .wait_metric(
+            r#"dynsig_checkpoint_restores_total{outcome="restored"}"#,
+            |n| n == 1.0,
+        )
+        .await;
+    let status = third.process.terminate();
     assert!(status.success(), "SIGTERM exit: {status}");
 }

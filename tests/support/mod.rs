@@ -18,6 +18,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset of the harness
 
+pub mod proxy;
 mod service;
 #[allow(unused_imports)] // like the rest of the harness: not every test binary uses it
 pub use service::{parse, Service, WAIT};
@@ -219,6 +220,38 @@ impl TestBroker {
         );
     }
 
+    /// A broker of our own that every client, this harness's included, reaches through a
+    /// [`proxy`] whose client-to-broker rate the test sets (it advertises the proxy's
+    /// address). Not available with `DYNSIG_TEST_BROKERS`.
+    pub fn start_behind_proxy(throttle: proxy::Throttle) -> TestBroker {
+        assert!(
+            std::env::var("DYNSIG_TEST_BROKERS").map_or(true, |b| b.trim().is_empty()),
+            "a proxied broker must be one of our own"
+        );
+        let dir = TestDir::new("broker");
+        let bin = find_tansu();
+        let log = dir.path().join("tansu.log");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let port = proxy::start(listen.parse().unwrap(), throttle);
+        let bootstrap = format!("127.0.0.1:{port}");
+        let mut child = spawn_tansu_advertising(&bin, &listen, &bootstrap, &log);
+        if let Err(e) = wait_for_metadata(&bootstrap, BROKER_READY_TIMEOUT, Some(&mut child)) {
+            terminate_child(&mut child, Duration::from_secs(2));
+            panic!(
+                "the proxied test broker did not become ready: {e}\n{}",
+                read_log(&log)
+            );
+        }
+        TestBroker {
+            bootstrap,
+            child: Some(child),
+            log: Some(log),
+            namespace: String::new(),
+            producer: OnceLock::new(),
+            _dir: dir,
+        }
+    }
+
     /// Kills the broker (an outage, not a clean stop). Its memory storage, and so every
     /// topic, offset and group, is gone. Panics on an external broker.
     pub fn kill(&mut self) {
@@ -329,6 +362,36 @@ impl TestBroker {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Records of `topic` (all partitions) that consumer group `group` has not committed:
+    /// the sum over partitions of high watermark minus committed offset (a partition
+    /// without a commit counts from its low watermark).
+    pub fn uncommitted(&self, group: &str, topic: &str, partitions: i32) -> i64 {
+        let client: BaseConsumer = self
+            .client_config()
+            .set("group.id", group)
+            .create()
+            .expect("create offsets client");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let committed = client
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("fetch committed offsets");
+        (0..partitions)
+            .map(|p| {
+                let (low, high) = client
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .expect("fetch watermarks");
+                let at = match committed.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(offset)) => offset,
+                    _ => low,
+                };
+                high - at
+            })
+            .sum()
     }
 
     fn producer(&self) -> &FutureProducer {
@@ -483,7 +546,13 @@ impl Drop for TestBroker {
 /// Starts tansu with memory storage, listening on and advertising `bootstrap`, its output
 /// appended to `log`.
 fn spawn_tansu(bin: &Path, bootstrap: &str, log: &Path) -> Child {
-    let url = format!("tcp://{bootstrap}");
+    spawn_tansu_advertising(bin, bootstrap, bootstrap, log)
+}
+
+/// tansu listening on `listen` and telling clients to connect to `advertise`.
+fn spawn_tansu_advertising(bin: &Path, listen: &str, advertise: &str, log: &Path) -> Child {
+    let url = format!("tcp://{listen}");
+    let advertised = format!("tcp://{advertise}");
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -494,7 +563,12 @@ fn spawn_tansu(bin: &Path, bootstrap: &str, log: &Path) -> Child {
         .arg("broker")
         // Both flags, always: by default tansu listens on 0.0.0.0:9092 and advertises
         // localhost:9092, which would collide between tests and leak outside the host.
-        .args(["--listener-url", &url, "--advertised-listener-url", &url])
+        .args([
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &advertised,
+        ])
         .args(["--storage-engine", "memory://tansu/"])
         // The same settings can come from the environment; keep an outer shell's
         // (or an OTLP collector's) values from reaching the test broker.

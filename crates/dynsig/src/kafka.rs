@@ -182,6 +182,9 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("message.timeout.ms", "0")
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
+        // Outputs waiting for the broker, at most (librdkafka's default is 1 GiB): past
+        // it a send waits, and so does the whole pipeline (backpressure, tests/backpressure.rs).
+        .set("queue.buffering.max.kbytes", "65536")
         // A dead letter carries the rejected record byte for byte, and the broker already
         // accepted that record: the producer's own limit (1 MB by default) must not be
         // the one to refuse it, or the publish would fail forever. The broker's limit

@@ -53,6 +53,10 @@ const INPUT_QUEUE: usize = 4096;
 const BATCH_QUEUE: usize = 8;
 /// Inputs per batch at the most; a batch also closes at every tick.
 const BATCH_INPUTS: usize = 2048;
+/// Output bytes per batch at the most (dead letters carry whole inputs): with
+/// `BATCH_QUEUE`, what waits for a slow producer stays under ~8 MiB whatever the record
+/// sizes.
+const BATCH_BYTES: usize = 1 << 20;
 /// How often idle time is advanced and pending outputs are flushed.
 const TICK: Duration = Duration::from_millis(200);
 /// API writes and catalog reloads waiting for the transform stage (each waits its turn).
@@ -407,7 +411,7 @@ async fn transform(
             record = rx.recv() => match record {
                 Some(record) => {
                     state.handle(&mut owner.processor, &topics, record);
-                    if state.inputs_in_batch >= BATCH_INPUTS
+                    if (state.inputs_in_batch >= BATCH_INPUTS || state.bytes_in_batch >= BATCH_BYTES)
                         && tx.send(state.flush(&mut owner, &topics, None)).await.is_err()
                     {
                         return;
@@ -419,6 +423,7 @@ async fn transform(
             // gone, this branch is disabled rather than busy.
             Some(command) = owner.commands.recv() => {
                 control::apply(owner.processor.engine_mut(), command);
+                state.changed_since_checkpoint = true;
                 owner.model.refresh(owner.processor.engine(), &[]);
             }
             _ = ticker.tick() => {
@@ -437,8 +442,11 @@ async fn transform(
                     None
                 };
                 let mut batch = state.flush(&mut owner, &topics, wall_now);
-                if let Some(checkpointing) = checkpointing.as_mut().filter(|c| c.is_due()) {
-                    batch.checkpoint = checkpointing.take(&owner, &topics, &state);
+                // An unchanged state is not written again (a quiet stream still closes
+                // windows by the wall clock: those outputs are changes).
+                let changed = state.changed_since_checkpoint || !batch.records.is_empty();
+                if let Some(checkpointing) = checkpointing.as_mut().filter(|c| changed && c.is_due()) {
+                    batch.checkpoint = checkpointing.take(&owner, &topics, &mut state);
                 }
                 let has_news = !batch.records.is_empty()
                     || !batch.offsets.is_empty()
@@ -452,7 +460,7 @@ async fn transform(
     // Shutdown: the last outputs, and a checkpoint of the state after them.
     let mut batch = state.flush(&mut owner, &topics, None);
     if let Some(checkpointing) = checkpointing.as_mut() {
-        batch.checkpoint = checkpointing.take(&owner, &topics, &state);
+        batch.checkpoint = checkpointing.take(&owner, &topics, &mut state);
     }
     let _ = tx.send(batch).await;
 }
@@ -479,6 +487,9 @@ impl Checkpointing {
                 None
             }
         };
+        // Registered at 0, so that an instance that never manages a checkpoint shows
+        // (`DynsigCheckpointsFailing` in deploy/prometheus/).
+        counter!(names::CHECKPOINTS).increment(0);
         let next_generation = saved.as_ref().map_or(1, |s| s.manifest.generation + 1);
         let to_restore = match saved {
             Some(saved) => {
@@ -578,12 +589,13 @@ impl Checkpointing {
         &mut self,
         owner: &EngineOwner,
         topics: &TopicsConfig,
-        state: &TransformState,
+        state: &mut TransformState,
     ) -> Option<CheckpointWrite> {
         if !state.waiting_feedback.is_empty() {
             return None;
         }
         self.last = Instant::now();
+        state.changed_since_checkpoint = false;
         let started = Instant::now();
         let bytes = owner.processor.engine().save_state();
         let positions: Vec<Position> = state
@@ -637,6 +649,10 @@ fn committed_past(consumer: &InputConsumer, positions: &[Position]) -> Option<Po
 struct TransformState {
     batch: Batch,
     inputs_in_batch: usize,
+    /// Payload bytes of the batch's records so far.
+    bytes_in_batch: usize,
+    /// Something reached the engine (a record, a command) since the last checkpoint.
+    changed_since_checkpoint: bool,
     /// Next offset to process per consumed partition; anything below it was processed.
     next_offsets: HashMap<(Source, i32), i64>,
     /// Offsets already handed to the sink, so unchanged ones are not sent again.
@@ -668,6 +684,7 @@ impl TransformState {
         }
         self.next_offsets.insert(partition_key, record.offset + 1);
         self.inputs_in_batch += 1;
+        self.changed_since_checkpoint = true;
         if record.source == Source::Feedback && !control::alert_clock_started(processor.engine()) {
             self.waiting_feedback.push_back(record);
             return;
@@ -698,6 +715,7 @@ impl TransformState {
                 offset: record.offset,
             };
             tracing::debug!(reason = rejection.reason.as_str(), detail = %rejection.detail, "dead letter");
+            self.bytes_in_batch += record.payload.len();
             self.batch.records.push(output::dead_letter(
                 topics,
                 from,
@@ -750,6 +768,7 @@ impl TransformState {
             }
         }
         self.inputs_in_batch = 0;
+        self.bytes_in_batch = 0;
         std::mem::take(&mut self.batch)
     }
 }
@@ -903,7 +922,20 @@ async fn publish(publisher: &Publisher, record: &OutRecord) {
             Err((error, _)) => {
                 counter!(names::PUBLISH_ERRORS).increment(1);
                 tracing::error!(%error, topic = %record.topic, "publish failed; retrying");
-                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+                // The producer's idempotence state is gone for good: librdkafka says
+                // `Fatal`, or passes on the broker's verdict on the producer id (a wiped
+                // broker answers ProducerFenced or UnknownProducerId).
+                let broken_state = matches!(
+                    error.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::Fatal
+                            | RDKafkaErrorCode::ProducerFenced
+                            | RDKafkaErrorCode::UnknownProducerId
+                            | RDKafkaErrorCode::InvalidProducerEpoch
+                            | RDKafkaErrorCode::InvalidProducerIdMapping
+                    )
+                );
+                if broken_state || producer.client().fatal_error().is_some() {
                     publisher.renew(generation);
                 }
                 tokio::time::sleep(backoff).await;
