@@ -364,10 +364,9 @@ impl TestBroker {
         }
     }
 
-    /// Records of `topic` (all partitions) that consumer group `group` has not committed:
-    /// the sum over partitions of high watermark minus committed offset (a partition
-    /// without a commit counts from its low watermark).
-    pub fn uncommitted(&self, group: &str, topic: &str, partitions: i32) -> i64 {
+    /// The offsets consumer group `group` committed on `topic`'s partitions `0..partitions`
+    /// (None where it committed nothing).
+    pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
         let client: BaseConsumer = self
             .client_config()
             .set("group.id", group)
@@ -381,17 +380,13 @@ impl TestBroker {
             .committed_offsets(tpl, Duration::from_secs(10))
             .expect("fetch committed offsets");
         (0..partitions)
-            .map(|p| {
-                let (low, high) = client
-                    .fetch_watermarks(topic, p, Duration::from_secs(10))
-                    .expect("fetch watermarks");
-                let at = match committed.find_partition(topic, p).map(|e| e.offset()) {
-                    Some(Offset::Offset(offset)) => offset,
-                    _ => low,
-                };
-                high - at
-            })
-            .sum()
+            .map(
+                |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(offset)) => Some(offset),
+                    _ => None,
+                },
+            )
+            .collect()
     }
 
     fn producer(&self) -> &FutureProducer {

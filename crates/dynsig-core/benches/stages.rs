@@ -1,6 +1,7 @@
 //! Cost per operation of each stage a post goes through (issue 8's micro-benchmarks):
 //! decoding (JSON, protobuf), tokenizing, counting a term in the window sketch, the whole
-//! engine ingest of a post, closing a window's trends, and evaluating an alert rule.
+//! engine ingest of a post, closing a window's trends, evaluating an alert rule, and
+//! saving and restoring the engine's state (checkpoints).
 //! The per-series anomaly detector has its own bench (`anomaly`).
 //!
 //! `cargo bench -p dynsig-core --bench stages`
@@ -251,5 +252,44 @@ fn alerting(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decoding, tokenizing, counting, closing, alerting);
+/// Saving and restoring the engine's state (a service checkpoint): an engine after 20
+/// one-minute windows of 100 000 posts with a 200 000-word Zipf vocabulary, so with term
+/// baselines, series detectors and an open window.
+fn checkpointing(c: &mut Criterion) {
+    let mut engine = Engine::new(EngineConfig::default()).unwrap();
+    for i in 0..100_000_i64 {
+        let post = Input::Post(Post {
+            id: format!("p{i}"),
+            ts: T0 + i * 12,
+            source: "twitter".into(),
+            author: format!("u{}", i % 20_000),
+            text: zipf_words(8, 200_000, i as u64).join(" "),
+            ..Post::default()
+        });
+        let _ = engine.ingest(&post, None);
+        if i % 1000 == 0 {
+            engine.poll_closed();
+        }
+    }
+    let saved = engine.save_state();
+    eprintln!("checkpoint of {} bytes", saved.len());
+    let mut group = c.benchmark_group("checkpoint");
+    group.throughput(Throughput::Bytes(saved.len() as u64));
+    group.sample_size(10);
+    group.bench_function("save_state", |b| b.iter(|| black_box(engine.save_state())));
+    group.bench_function("restore_state", |b| {
+        b.iter(|| engine.restore_state(black_box(&saved)).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    decoding,
+    tokenizing,
+    counting,
+    closing,
+    alerting,
+    checkpointing
+);
 criterion_main!(benches);

@@ -85,6 +85,29 @@ impl Assignment {
     }
 }
 
+/// Logs and counts an error librdkafka reports outside any request of ours (a broker
+/// down, a transport failure...): the label is the error code, a bounded set.
+fn count_client_error(client: &'static str, error: &KafkaError, reason: &str) {
+    tracing::warn!(%error, reason, client, "kafka client error");
+    let code = error
+        .rdkafka_error_code()
+        .map_or_else(|| "other".to_owned(), |code| format!("{code:?}"));
+    counter!(names::BROKER_ERRORS, "client" => client, "code" => code).increment(1);
+}
+
+/// The output producer's callbacks: counts client errors like the consumer's.
+#[derive(Clone, Default)]
+pub struct ProducerContext;
+
+impl ClientContext for ProducerContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        count_client_error("producer", &error, reason);
+    }
+}
+
+/// The service's output producer.
+pub type OutputProducer = rdkafka::producer::FutureProducer<ProducerContext>;
+
 /// Consumer callbacks: records the assignment after each rebalance.
 pub struct TrackingContext {
     pub health: Arc<Health>,
@@ -93,7 +116,7 @@ pub struct TrackingContext {
 
 impl ClientContext for TrackingContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(%error, reason, "kafka client error");
+        count_client_error("consumer", &error, reason);
     }
 
     /// librdkafka's periodic statistics (`statistics.interval.ms`): the consumer lag of

@@ -30,7 +30,7 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
@@ -40,7 +40,7 @@ use crate::api::ApiState;
 use crate::checkpoint::{CheckpointTopic, Position, Saved};
 use crate::config::{Config, KafkaConfig, TopicsConfig};
 use crate::control::{self, Command, ReadModelWriter};
-use crate::kafka::{self, Assignment, Health, NeededTopic, TrackingContext};
+use crate::kafka::{self, Assignment, Health, NeededTopic, OutputProducer, TrackingContext};
 use crate::output::{self, Content, OutRecord, SourcePosition};
 use crate::processor::{Processor, RawInput};
 use crate::telemetry::names;
@@ -853,7 +853,7 @@ async fn publish_all(publisher: &Publisher, records: &[OutRecord]) {
 struct Publisher {
     config: KafkaConfig,
     /// The producer and its generation, so that concurrent failures replace it once.
-    current: std::sync::Mutex<(u64, FutureProducer)>,
+    current: std::sync::Mutex<(u64, OutputProducer)>,
 }
 
 impl Publisher {
@@ -864,13 +864,13 @@ impl Publisher {
         })
     }
 
-    fn create(config: &KafkaConfig) -> anyhow::Result<FutureProducer> {
+    fn create(config: &KafkaConfig) -> anyhow::Result<OutputProducer> {
         kafka::producer_config(config)
-            .create()
+            .create_with_context(kafka::ProducerContext)
             .context("creating the Kafka producer")
     }
 
-    fn current(&self) -> (u64, FutureProducer) {
+    fn current(&self) -> (u64, OutputProducer) {
         self.current
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -978,7 +978,7 @@ fn count_published(record: &OutRecord, wall_now: i64) {
 
 /// Keeps `/readyz` honest about the cluster: a metadata request every few seconds.
 async fn watch_broker(
-    producer: FutureProducer,
+    producer: OutputProducer,
     health: Arc<Health>,
     assignment: Arc<Assignment>,
     (kafka_config, needed_topics, topics): (KafkaConfig, Vec<NeededTopic>, Arc<TopicsConfig>),

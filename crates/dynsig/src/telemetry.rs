@@ -32,6 +32,7 @@ pub mod names {
     pub const FEEDBACK_THRESHOLD_FACTOR: &str = "dynsig_feedback_threshold_factor";
     pub const FEEDBACK_ADJUSTED_SERIES: &str = "dynsig_feedback_adjusted_series";
     pub const CATALOG_ACTORS: &str = "dynsig_catalog_actors";
+    pub const BROKER_ERRORS: &str = "dynsig_broker_errors_total";
     pub const CHECKPOINT_DURATION: &str = "dynsig_checkpoint_duration_seconds";
     pub const CHECKPOINT_SIZE: &str = "dynsig_checkpoint_size_bytes";
     pub const CHECKPOINTS: &str = "dynsig_checkpoints_total";
@@ -164,6 +165,10 @@ fn describe() {
     describe_counter!(
         CATALOG_RELOAD_FAILURES,
         "Catalog file versions refused on reload (the previous catalog stays in use)."
+    );
+    describe_counter!(
+        BROKER_ERRORS,
+        "Errors librdkafka reported outside a request (broker down, transport), by client and error code."
     );
     describe_histogram!(
         CHECKPOINT_DURATION,
