@@ -5,11 +5,13 @@
 //! ```
 //! At-least-once: the transform stage hands the sink, with each batch of output records,
 //! the input offsets that become safe once those records are acknowledged (an offset is
-//! safe when no open window still holds it). The sink stores those offsets only after
-//! every record of the batch is acknowledged; librdkafka commits stored offsets
-//! periodically and once more at shutdown. A restart re-reads from the commit point and
-//! rebuilds the open windows. Bounded channels give backpressure: a slow broker slows
-//! consumption instead of growing memory.
+//! safe when no open window still holds it), and now and then a checkpoint of the engine's
+//! state with the offsets it covers (see [`crate::checkpoint`]). The sink stores offsets
+//! only after every record of the batch is acknowledged, and no further than the last
+//! acknowledged checkpoint; librdkafka commits stored offsets periodically and once more
+//! at shutdown. A restart restores the checkpoint and skips what it covers (without
+//! checkpoints: re-reads from the commit point and rebuilds the open windows). Bounded
+//! channels give backpressure: a slow broker slows consumption instead of growing memory.
 //!
 //! The same consumer reads `signals.feedback`: a verdict changes the engine when read, so
 //! its offset is safe as soon as its dead letter (if any) is published; only a verdict
