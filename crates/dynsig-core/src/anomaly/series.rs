@@ -408,6 +408,23 @@ mod tests {
     }
 
     #[test]
+    fn the_refractory_period_fades_so_a_later_event_fires() {
+        let p = params();
+        let mut d = SeriesDetector::default();
+        run(&mut d, &p, &gaussian(15, 2000, 100.0, 5.0));
+        let first = run(&mut d, &p, &[160.0])[0];
+        assert!(detects(&first), "{first:?}");
+        // Well within `refractory_points` (100), but the requirement has relaxed back
+        // towards the plain threshold: a bigger spike is a new event, although it is not
+        // the `BREAKTHROUGH` times more surprising that a fixed-length period would ask.
+        let calm = run(&mut d, &p, &gaussian(16, 60, 100.0, 5.0));
+        assert!(!calm.iter().any(detects), "{calm:?}");
+        let later = run(&mut d, &p, &[200.0])[0];
+        assert!(later.surprise < BREAKTHROUGH * first.surprise, "{later:?}");
+        assert!(detects(&later) && !later.suppressed, "{later:?}");
+    }
+
+    #[test]
     fn a_level_shift_is_found_within_a_few_points() {
         let p = params();
         let mut d = SeriesDetector::default();
