@@ -408,9 +408,12 @@ pub struct AnomalyConfig {
     pub warmup_windows: u32,
     /// Windows the range and the calibration of each series remember (older ones fade).
     pub horizon_windows: u32,
-    /// After a window scores at least `refractory_score`, the next `refractory_windows`
-    /// windows of that series are capped just below it unless far more surprising (p
-    /// cubed): one event makes one detection, and its alert keeps firing while it lasts.
+    /// After a window scores at least `refractory_score`, later windows of that series are
+    /// capped just below it unless far more surprising (p cubed at first, the requirement
+    /// relaxing exponentially towards the plain threshold with a time constant of 10
+    /// windows, so a big detection holds longer than a borderline one): one event makes one
+    /// detection, and its alert keeps firing while it lasts. This is the longest such
+    /// period.
     pub refractory_windows: u32,
     /// Keep equal to `alerts.anomaly_fire` (0..1).
     pub refractory_score: f64,
