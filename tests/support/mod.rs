@@ -197,16 +197,7 @@ impl TestBroker {
             let bootstrap = format!("127.0.0.1:{port}");
             let mut child = spawn_tansu(&bin, &bootstrap, &log);
             match wait_for_metadata(&bootstrap, BROKER_READY_TIMEOUT, Some(&mut child)) {
-                Ok(()) => {
-                    return TestBroker {
-                        bootstrap,
-                        child: Some(child),
-                        log: Some(log),
-                        namespace: String::new(),
-                        producer: OnceLock::new(),
-                        _dir: dir,
-                    };
-                }
+                Ok(()) => return TestBroker::own(bootstrap, child, log, dir),
                 Err(e) => {
                     terminate_child(&mut child, Duration::from_secs(2));
                     last_error =
@@ -242,6 +233,11 @@ impl TestBroker {
                 read_log(&log)
             );
         }
+        TestBroker::own(bootstrap, child, log, dir)
+    }
+
+    /// A broker process of our own, ready at `bootstrap`.
+    fn own(bootstrap: String, child: Child, log: PathBuf, dir: TestDir) -> TestBroker {
         TestBroker {
             bootstrap,
             child: Some(child),

@@ -59,8 +59,11 @@ const BATCH_INPUTS: usize = 2048;
 /// `BATCH_QUEUE`, what waits for a slow producer stays under ~8 MiB whatever the record
 /// sizes.
 const BATCH_BYTES: usize = 1 << 20;
-/// How often idle time is advanced and pending outputs are flushed.
-const TICK: Duration = Duration::from_millis(200);
+/// How often idle time is advanced and pending outputs are flushed. A window can close
+/// only on a flush, and a quiet partition is declared idle only on a tick, so this adds
+/// up to one period to the latency of every signal (benches/latency.sh); a tick costs a
+/// few microseconds when nothing happens.
+const TICK: Duration = Duration::from_millis(50);
 /// API writes and catalog reloads waiting for the transform stage (each waits its turn).
 const COMMAND_QUEUE: usize = 64;
 

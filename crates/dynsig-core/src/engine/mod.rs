@@ -338,7 +338,7 @@ impl Engine {
         self.watermark.assign(partitions);
     }
 
-    /// Wall-clock tick (the service calls it ~every 200 ms, replay never). If no input was
+    /// Wall-clock tick (the service calls it ~every 50 ms, replay never). If no input was
     /// ingested since the previous tick for longer than `window.idle_timeout_ms` (wall
     /// time), the watermark advances by the wall time elapsed since the last input, so
     /// quiet streams still close windows. idle_timeout_ms = 0 disables it. The tick is
