@@ -1,0 +1,222 @@
+//! Checkpoints as the pipeline runs them: the group's latest is read at start and
+//! restored at the first assignment (if still valid), and a new one is taken when due and
+//! at shutdown, to be written by the sink after the outputs before it. The records' layout
+//! on the topic is in [`crate::checkpoint`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics::counter;
+use rdkafka::consumer::Consumer;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::checkpoint::{CheckpointTopic, Position, Saved};
+use crate::config::{Config, TopicsConfig};
+use crate::kafka::Assignment;
+use crate::output::OutRecord;
+use crate::telemetry::names;
+
+use super::transform::{EngineOwner, TransformState};
+use super::{source_of, topic_name, wall_now_ms, Batch, InputConsumer, PartitionKey};
+
+/// A checkpoint on its way to the broker, or (without records) the one restored at start:
+/// either way, once its records are acknowledged, offsets may be committed up to its
+/// positions and no further.
+pub(super) struct CheckpointWrite {
+    pub(super) chunks: Vec<OutRecord>,
+    pub(super) manifest: Option<OutRecord>,
+    pub(super) positions: HashMap<PartitionKey, i64>,
+    pub(super) started: Instant,
+    pub(super) bytes: usize,
+}
+
+/// Checkpointing as the transform stage sees it.
+pub(super) struct Checkpointing {
+    pub(super) topic: CheckpointTopic,
+    pub(super) interval: Duration,
+    pub(super) next_generation: u64,
+    pub(super) last: Instant,
+    /// Read at start; applied (or refused) at the first assignment.
+    pub(super) to_restore: Option<Saved>,
+}
+
+impl Checkpointing {
+    /// Reads the group's latest checkpoint, and keeps it for the first assignment unless
+    /// the committed offsets went past it (then it misses inputs that a restart would not
+    /// read again: stale).
+    pub(super) async fn start(
+        topic: CheckpointTopic,
+        config: &Config,
+        consumer: Arc<InputConsumer>,
+    ) -> Checkpointing {
+        let kafka = config.kafka.clone();
+        let reader = topic.clone();
+        let loaded = tokio::task::spawn_blocking(move || reader.load(&kafka))
+            .await
+            .unwrap_or_else(|panic| Err(anyhow::anyhow!("checkpoint reader panicked: {panic}")));
+        let saved = match loaded {
+            Ok(saved) => saved,
+            Err(error) => {
+                tracing::warn!(%error, "checkpoint unreadable: starting from the committed offsets");
+                counter!(names::CHECKPOINT_RESTORES, "outcome" => "unreadable").increment(1);
+                None
+            }
+        };
+        // Registered at 0, so that an instance that never manages a checkpoint shows
+        // (`DynsigCheckpointsFailing` in deploy/prometheus/).
+        counter!(names::CHECKPOINTS).increment(0);
+        let next_generation = saved.as_ref().map_or(1, |s| s.manifest.generation + 1);
+        let to_restore = match saved {
+            Some(saved) => {
+                let positions = saved.manifest.positions.clone();
+                let stale =
+                    tokio::task::spawn_blocking(move || committed_past(&consumer, &positions))
+                        .await
+                        .unwrap_or(None);
+                match stale {
+                    None => Some(saved),
+                    Some(position) => {
+                        tracing::warn!(
+                            topic = %position.topic, partition = position.partition,
+                            "the committed offsets are past the checkpoint: not restored"
+                        );
+                        counter!(names::CHECKPOINT_RESTORES, "outcome" => "stale").increment(1);
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        Checkpointing {
+            topic,
+            interval: Duration::from_millis(config.checkpoint.interval_ms),
+            next_generation,
+            last: Instant::now(),
+            to_restore,
+        }
+    }
+
+    /// At the first assignment: restores the checkpoint read at start if this instance
+    /// was assigned every input partition it covers (another instance owns the others'
+    /// state otherwise), and returns what the sink must know of it.
+    pub(super) fn restore_at_assignment(
+        &mut self,
+        owner: &mut EngineOwner,
+        topics: &TopicsConfig,
+        assignment: &Assignment,
+        state: &mut TransformState,
+    ) -> Option<Batch> {
+        let saved = self.to_restore.take()?;
+        let assigned = assignment.partitions();
+        let positions: HashMap<PartitionKey, i64> = saved
+            .manifest
+            .positions
+            .iter()
+            .filter_map(|p| Some(((source_of(topics, &p.topic)?, p.partition), p.next_offset)))
+            .collect();
+        let covered = saved.manifest.positions.iter().all(|p| {
+            p.topic == topics.feedback
+                || assigned
+                    .iter()
+                    .any(|(t, n)| *t == p.topic && *n == p.partition)
+        });
+        if !covered {
+            tracing::warn!(
+                "the checkpoint covers input partitions assigned elsewhere: not restored"
+            );
+            counter!(names::CHECKPOINT_RESTORES, "outcome" => "refused").increment(1);
+            return None;
+        }
+        if let Err(error) = owner.processor.engine_mut().restore_state(&saved.state) {
+            tracing::warn!(%error, "checkpoint not restored: starting from the committed offsets");
+            counter!(names::CHECKPOINT_RESTORES, "outcome" => "refused").increment(1);
+            return None;
+        }
+        tracing::info!(
+            generation = saved.manifest.generation,
+            bytes = saved.state.len(),
+            "state restored from checkpoint"
+        );
+        counter!(names::CHECKPOINT_RESTORES, "outcome" => "restored").increment(1);
+        owner.model.refresh(owner.processor.engine(), &[]);
+        // Records below the positions are in the restored state: a redelivery skips them.
+        state.next_offsets.clone_from(&positions);
+        Some(Batch {
+            checkpoint: Some(CheckpointWrite {
+                chunks: Vec::new(),
+                manifest: None,
+                positions,
+                started: Instant::now(),
+                bytes: saved.state.len(),
+            }),
+            ..Batch::default()
+        })
+    }
+
+    pub(super) fn is_due(&self) -> bool {
+        self.last.elapsed() >= self.interval
+    }
+
+    /// A checkpoint of the state as it stands (right after a flush), covering every record
+    /// processed. Not while feedback waits for the alert clock: those records are read
+    /// but not yet in the state.
+    pub(super) fn take(
+        &mut self,
+        owner: &EngineOwner,
+        topics: &TopicsConfig,
+        state: &mut TransformState,
+    ) -> Option<CheckpointWrite> {
+        if !state.waiting_feedback.is_empty() {
+            return None;
+        }
+        self.last = Instant::now();
+        state.changed_since_checkpoint = false;
+        let started = Instant::now();
+        let bytes = owner.processor.engine().save_state();
+        let positions: Vec<Position> = state
+            .next_offsets
+            .iter()
+            .map(|(&(source, partition), &next_offset)| Position {
+                topic: topic_name(topics, source).to_owned(),
+                partition,
+                next_offset,
+            })
+            .collect();
+        let (chunks, manifest) =
+            self.topic
+                .records(self.next_generation, &bytes, positions, wall_now_ms());
+        self.next_generation += 1;
+        Some(CheckpointWrite {
+            chunks,
+            manifest: Some(manifest),
+            positions: state.next_offsets.clone(),
+            started,
+            bytes: bytes.len(),
+        })
+    }
+}
+
+/// The first position whose partition's committed offset is past it, if any.
+pub(super) fn committed_past(consumer: &InputConsumer, positions: &[Position]) -> Option<Position> {
+    let mut tpl = TopicPartitionList::new();
+    for p in positions {
+        tpl.add_partition(&p.topic, p.partition);
+    }
+    let committed = match consumer.committed_offsets(tpl, Duration::from_secs(10)) {
+        Ok(committed) => committed,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the committed offsets; trusting the checkpoint");
+            return None;
+        }
+    };
+    positions
+        .iter()
+        .find(|p| {
+            matches!(
+                committed.find_partition(&p.topic, p.partition).map(|e| e.offset()),
+                Some(Offset::Offset(offset)) if offset > p.next_offset
+            )
+        })
+        .cloned()
+}

@@ -1,0 +1,416 @@
+//! `dynsig run`: the pipeline over Kafka, as three tokio stages joined by bounded channels.
+//!
+//! ```text
+//! source (consumer) --Consumed--> transform (Processor) --Batch--> sink (producer, offsets)
+//! ```
+//! At-least-once: the transform stage hands the sink, with each batch of output records,
+//! the input offsets that become safe once those records are acknowledged (an offset is
+//! safe when no open window still holds it), and now and then a checkpoint of the engine's
+//! state with the offsets it covers (see [`crate::checkpoint`]). The sink stores offsets
+//! only after every record of the batch is acknowledged, and no further than the last
+//! acknowledged checkpoint; librdkafka commits stored offsets periodically and once more
+//! at shutdown. A restart restores the checkpoint and skips what it covers (without
+//! checkpoints: re-reads from the commit point and rebuilds the open windows). Bounded
+//! channels give backpressure: a slow broker slows consumption instead of growing memory.
+//!
+//! The same consumer reads `signals.feedback`: a verdict changes the engine when read, so
+//! its offset is safe as soon as its dead letter (if any) is published; only a verdict
+//! read before alert time started waits (and holds its offset) until it has.
+//! The HTTP API and the catalog watcher reach the engine through the transform stage's
+//! command channel, and read what it republishes after each flush (see [`crate::control`]).
+//!
+//! The stages: [`transform`] (the engine, batches, idleness), [`sink`] (publishing and
+//! offsets) and [`checkpointing`] (saving and restoring the engine's state); the source and
+//! the broker watch are here.
+
+mod checkpointing;
+mod sink;
+mod transform;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use dynsig_core::decode::InputKind;
+use metrics::counter;
+use metrics_exporter_prometheus::PrometheusHandle;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::Producer;
+use rdkafka::util::Timeout;
+use tokio::sync::{mpsc, watch};
+
+use crate::api::ApiState;
+use crate::checkpoint::CheckpointTopic;
+use crate::config::{Config, KafkaConfig, TopicsConfig};
+use crate::control::ReadModelWriter;
+use crate::kafka::{self, Assignment, Health, NeededTopic, OutputProducer, TrackingContext};
+use crate::output::OutRecord;
+use crate::processor::Processor;
+use crate::telemetry::names;
+use crate::{catalog, http};
+
+use checkpointing::{CheckpointWrite, Checkpointing};
+use sink::Publisher;
+use transform::{EngineOwner, InputState};
+
+/// Records read but not yet processed. Small enough to bound memory, large enough to keep
+/// the transform stage busy while the consumer fetches.
+const INPUT_QUEUE: usize = 4096;
+/// Batches waiting for the producer: when the broker is slow, the transform stage waits.
+const BATCH_QUEUE: usize = 8;
+/// API writes and catalog reloads waiting for the transform stage (each waits its turn).
+const COMMAND_QUEUE: usize = 64;
+
+type InputConsumer = StreamConsumer<TrackingContext>;
+
+/// The topics the service consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    /// Posts or events: counted in windows.
+    Input(InputKind),
+    /// Verdicts on alerts, applied to the alert stage when read.
+    Feedback,
+}
+
+/// A record read from a consumed topic, owned so that it can cross the channel.
+struct Consumed {
+    source: Source,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    content_type: Option<Vec<u8>>,
+}
+
+/// A consumed partition.
+type PartitionKey = (Source, i32);
+
+/// Output records, and the input offsets that are safe once they are acknowledged.
+#[derive(Default)]
+struct Batch {
+    records: Vec<OutRecord>,
+    /// (source, partition) → next offset to consume.
+    offsets: Vec<(Source, i32, i64)>,
+    /// A checkpoint of the state after these records, written once they are acknowledged.
+    checkpoint: Option<CheckpointWrite>,
+}
+
+/// Runs the service until `shutdown` turns true, then stops consuming, publishes what is
+/// pending, commits, and returns.
+pub async fn run(
+    config: Config,
+    prometheus: PrometheusHandle,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let topics = Arc::new(config.topics.clone());
+    // The catalog first: a bad file stops the service before it touches the cluster.
+    let mut processor = Processor::new(&config)?;
+    let catalog_watcher = if config.catalog.path.is_empty() {
+        None
+    } else {
+        let check_every = Duration::from_millis(config.catalog.reload_check_ms);
+        let loaded = catalog::load_at_start(Path::new(&config.catalog.path), check_every)?;
+        processor.engine_mut().set_catalog(loaded.matcher);
+        Some(loaded.watcher)
+    };
+    let checkpoint_topic = config.checkpoint.enabled.then(|| CheckpointTopic {
+        topic: topics.checkpoints.clone(),
+        group: config.kafka.group_id.clone(),
+        chunk_bytes: config.checkpoint.chunk_bytes,
+    });
+    // Re-created too when the broker comes back empty (see `watch_broker`).
+    let needed_topics: Vec<NeededTopic> = if config.kafka.create_topics {
+        let router = dynsig_core::routing::Router::new(&config.routing)?;
+        let mut all: Vec<&str> = topics.inputs().to_vec();
+        all.extend(topics.outputs());
+        all.push(&topics.feedback);
+        all.extend(router.destinations());
+        let mut needed: Vec<NeededTopic> = all.into_iter().map(NeededTopic::data).collect();
+        if let Some(checkpoints) = &checkpoint_topic {
+            needed.push(NeededTopic::compacted(&checkpoints.topic));
+        }
+        needed
+    } else {
+        Vec::new()
+    };
+    kafka::ensure_topics(&config.kafka, &needed_topics).await?;
+    let (model, model_reader) = ReadModelWriter::new(processor.engine());
+    let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
+
+    let health = Arc::new(Health::default());
+    let assignment = Arc::new(Assignment::default());
+    let listener = http::bind(config.http.addr).await?;
+    let http = tokio::spawn(http::serve(
+        listener,
+        prometheus,
+        health.clone(),
+        ApiState::new(
+            model_reader,
+            command_tx.clone(),
+            config.http.api_token.expose(),
+        ),
+        shutdown.clone(),
+    ));
+    let catalog_watcher = catalog_watcher
+        .map(|watcher| tokio::spawn(watcher.run(command_tx.clone(), shutdown.clone())));
+    drop(command_tx);
+
+    let consumer: Arc<InputConsumer> = Arc::new(
+        kafka::consumer_config(&config.kafka)
+            .create_with_context(TrackingContext {
+                health: health.clone(),
+                assignment: assignment.clone(),
+            })
+            .context("creating the Kafka consumer")?,
+    );
+    let checkpointing = match checkpoint_topic {
+        Some(topic) => Some(Checkpointing::start(topic, &config, consumer.clone()).await),
+        None => None,
+    };
+    let mut subscription = topics.inputs().to_vec();
+    subscription.push(&topics.feedback);
+    consumer
+        .subscribe(&subscription)
+        .context("subscribing to the input and feedback topics")?;
+    let publisher = Arc::new(Publisher::new(&config.kafka)?);
+    let producer = publisher.current().1;
+    tracing::info!(brokers = %config.kafka.brokers, group = %config.kafka.group_id, "dynsig running");
+
+    let watch_broker = tokio::spawn(watch_broker(
+        producer.clone(),
+        health.clone(),
+        assignment.clone(),
+        (config.kafka.clone(), needed_topics, topics.clone()),
+        shutdown.clone(),
+    ));
+    let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
+    let (batch_tx, batch_rx) = mpsc::channel(BATCH_QUEUE);
+    let source = tokio::spawn(source(
+        consumer.clone(),
+        topics.clone(),
+        input_tx,
+        shutdown.clone(),
+    ));
+    let transform = tokio::spawn(transform::transform(
+        EngineOwner {
+            processor,
+            commands: command_rx,
+            model,
+        },
+        topics.clone(),
+        InputState {
+            consumer: consumer.clone(),
+            assignment,
+            health: health.clone(),
+        },
+        checkpointing,
+        input_rx,
+        batch_tx,
+    ));
+    let sink = tokio::spawn(sink::sink(
+        publisher.clone(),
+        consumer.clone(),
+        topics.clone(),
+        config.checkpoint.enabled,
+        batch_rx,
+    ));
+
+    // The source stops on shutdown; the transform and sink stages end when their input
+    // channel closes, after finishing what is queued.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+    tracing::info!("shutting down: flushing outputs, checkpointing and committing offsets");
+    let deadline = Instant::now() + Duration::from_millis(config.shutdown.deadline_ms);
+    let drained = tokio::time::timeout_at(deadline.into(), async {
+        source.await?;
+        transform.await?;
+        sink.await?;
+        anyhow::Ok(())
+    })
+    .await;
+    match drained {
+        Ok(result) => result?,
+        Err(_) => anyhow::bail!(
+            "shutdown did not finish within shutdown.deadline_ms = {}",
+            config.shutdown.deadline_ms
+        ),
+    }
+    publisher
+        .current()
+        .1
+        .flush(Timeout::After(
+            deadline.saturating_duration_since(Instant::now()),
+        ))
+        .context("flushing the producer")?;
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => {}
+        // Nothing stored since the last automatic commit.
+        Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => {}
+        Err(error) => return Err(error).context("committing offsets at shutdown"),
+    }
+    watch_broker.await?;
+    if let Some(watcher) = catalog_watcher {
+        watcher.await?;
+    }
+    http.await??;
+    tracing::info!("dynsig stopped");
+    Ok(())
+}
+
+/// Reads input records until shutdown.
+async fn source(
+    consumer: Arc<InputConsumer>,
+    topics: Arc<TopicsConfig>,
+    tx: mpsc::Sender<Consumed>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            message = consumer.recv() => message,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                // Transient (broker down, rebalance in progress): librdkafka reconnects.
+                tracing::warn!(%error, "consume error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let source = if message.topic() == topics.posts {
+            Source::Input(InputKind::Post)
+        } else if message.topic() == topics.events {
+            Source::Input(InputKind::Event)
+        } else {
+            Source::Feedback
+        };
+        counter!(names::EVENTS_CONSUMED, "topic" => source_label(source)).increment(1);
+        let content_type = message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key.eq_ignore_ascii_case("content-type"))
+                .and_then(|h| h.value.map(<[u8]>::to_vec))
+        });
+        let record = Consumed {
+            source,
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            content_type,
+        };
+        if tx.send(record).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Keeps `/readyz` honest about the cluster: a metadata request every few seconds.
+async fn watch_broker(
+    producer: OutputProducer,
+    health: Arc<Health>,
+    assignment: Arc<Assignment>,
+    (kafka_config, needed_topics, topics): (KafkaConfig, Vec<NeededTopic>, Arc<TopicsConfig>),
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // The topics were ensured at start; after an outage they are checked again, because a
+    // broker back from one may have lost them (a wiped or replaced cluster): without them
+    // the consumer waits forever and every publish fails.
+    let mut topics_ensured = true;
+    loop {
+        let client = producer.clone();
+        let up = tokio::task::spawn_blocking(move || {
+            client
+                .client()
+                .fetch_metadata(None, Duration::from_secs(3))
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        health.set_broker_up(up);
+        if !up {
+            topics_ensured = false;
+        } else if !topics_ensured {
+            match kafka::ensure_topics(&kafka_config, &needed_topics).await {
+                Ok(created) => {
+                    topics_ensured = true;
+                    tracing::info!(?created, "broker reachable again; topics ensured");
+                    if created
+                        .iter()
+                        .any(|t| topics.inputs().contains(&t.as_str()))
+                    {
+                        assignment.note_inputs_recreated();
+                    }
+                }
+                // Retried at the next check.
+                Err(error) => tracing::warn!(%error, "broker back, topics not ensured yet"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// The engine's partition indexes of the current assignment.
+fn assigned_indexes(topics: &TopicsConfig, assignment: &Assignment) -> Vec<u32> {
+    assignment
+        .partitions()
+        .into_iter()
+        .filter_map(|(topic, partition)| {
+            let kind = if topic == topics.posts {
+                InputKind::Post
+            } else if topic == topics.events {
+                InputKind::Event
+            } else {
+                return None;
+            };
+            Some(partition_index((kind, partition)))
+        })
+        .collect()
+}
+
+fn source_of(topics: &TopicsConfig, topic: &str) -> Option<Source> {
+    [
+        Source::Input(InputKind::Post),
+        Source::Input(InputKind::Event),
+        Source::Feedback,
+    ]
+    .into_iter()
+    .find(|&source| topic_name(topics, source) == topic)
+}
+
+fn topic_name(topics: &TopicsConfig, source: Source) -> &str {
+    match source {
+        Source::Input(InputKind::Post) => &topics.posts,
+        Source::Input(InputKind::Event) => &topics.events,
+        Source::Feedback => &topics.feedback,
+    }
+}
+
+fn source_label(source: Source) -> &'static str {
+    match source {
+        Source::Input(kind) => crate::processor::input_label(kind),
+        Source::Feedback => "feedback",
+    }
+}
+
+/// The engine's opaque partition index: input kind in the high bits, partition below.
+fn partition_index((kind, partition): (InputKind, i32)) -> u32 {
+    let kind_bit = match kind {
+        InputKind::Post => 0,
+        InputKind::Event => 1 << 31,
+    };
+    kind_bit | partition as u32
+}
+
+pub fn wall_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,227 @@
+//! The sink stage: publishes each batch, then its checkpoint, then stores the input
+//! offsets they made safe; and the output producer, replaced when it fails for good.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::future::join_all;
+use metrics::{counter, gauge, histogram};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use crate::config::{KafkaConfig, TopicsConfig};
+use crate::kafka::{self, OutputProducer};
+use crate::output::{Content, OutRecord};
+use crate::telemetry::names;
+
+use super::{topic_name, wall_now_ms, Batch, InputConsumer, PartitionKey};
+
+/// Publishes each batch, then its checkpoint, then stores the offsets they made safe.
+///
+/// With checkpoints, an offset is stored no further than the last acknowledged
+/// checkpoint's position: a restart restores that checkpoint and must find every input
+/// after it still uncommitted. (Without one, offsets held by open windows are not stored,
+/// and a restart rebuilds those windows from the inputs.)
+pub(super) async fn sink(
+    publisher: Arc<Publisher>,
+    consumer: Arc<InputConsumer>,
+    topics: Arc<TopicsConfig>,
+    checkpointing: bool,
+    mut rx: mpsc::Receiver<Batch>,
+) {
+    let mut safe: HashMap<PartitionKey, i64> = HashMap::new();
+    // None: checkpoints are off. Some(empty) until the first one is acknowledged.
+    let mut durable: Option<HashMap<PartitionKey, i64>> = checkpointing.then(HashMap::new);
+    let mut stored: HashMap<PartitionKey, i64> = HashMap::new();
+    while let Some(batch) = rx.recv().await {
+        publish_all(&publisher, &batch.records).await;
+        let now = wall_now_ms();
+        for record in &batch.records {
+            count_published(record, now);
+        }
+        safe.extend(
+            batch
+                .offsets
+                .iter()
+                .map(|&(source, partition, offset)| ((source, partition), offset)),
+        );
+        if let Some(checkpoint) = batch.checkpoint {
+            // The manifest only once every chunk is acknowledged (see `crate::checkpoint`).
+            publish_all(&publisher, &checkpoint.chunks).await;
+            if let Some(manifest) = &checkpoint.manifest {
+                publish(&publisher, manifest).await;
+                histogram!(names::CHECKPOINT_DURATION)
+                    .record(checkpoint.started.elapsed().as_secs_f64());
+                gauge!(names::CHECKPOINT_SIZE).set(checkpoint.bytes as f64);
+                counter!(names::CHECKPOINTS).increment(1);
+            }
+            durable = Some(checkpoint.positions);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (&key, &offset) in &safe {
+            let offset = match &durable {
+                None => offset,
+                Some(durable) => match durable.get(&key) {
+                    Some(&position) => offset.min(position),
+                    None => continue,
+                },
+            };
+            if stored.insert(key, offset) == Some(offset) {
+                continue;
+            }
+            if let Err(error) =
+                tpl.add_partition_offset(topic_name(&topics, key.0), key.1, Offset::Offset(offset))
+            {
+                tracing::warn!(%error, "bad offset");
+            }
+        }
+        if tpl.count() == 0 {
+            continue;
+        }
+        // Fails for partitions revoked meanwhile: their new owner re-reads from the last
+        // commit, which is the at-least-once side of the trade.
+        if let Err(error) = consumer.store_offsets(&tpl) {
+            tracing::debug!(%error, "could not store offsets");
+        }
+    }
+}
+
+pub(super) async fn publish_all(publisher: &Publisher, records: &[OutRecord]) {
+    join_all(records.iter().map(|record| publish(publisher, record))).await;
+}
+
+/// The output producer, replaced when it fails for good: an idempotent producer whose
+/// broker lost its state (a wiped cluster answers "unknown producer id") turns fatal and can
+/// never send again. Records in flight are sent again by the new one (at-least-once).
+pub(super) struct Publisher {
+    pub(super) config: KafkaConfig,
+    /// The producer and its generation, so that concurrent failures replace it once.
+    pub(super) current: std::sync::Mutex<(u64, OutputProducer)>,
+}
+
+impl Publisher {
+    pub(super) fn new(config: &KafkaConfig) -> anyhow::Result<Publisher> {
+        Ok(Publisher {
+            config: config.clone(),
+            current: std::sync::Mutex::new((0, Self::create(config)?)),
+        })
+    }
+
+    fn create(config: &KafkaConfig) -> anyhow::Result<OutputProducer> {
+        kafka::producer_config(config)
+            .create_with_context(kafka::ProducerContext)
+            .context("creating the Kafka producer")
+    }
+
+    pub(super) fn current(&self) -> (u64, OutputProducer) {
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replaces the producer of `generation` (if it is still the current one).
+    fn renew(&self, generation: u64) {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if current.0 != generation {
+            return;
+        }
+        match Self::create(&self.config) {
+            Ok(producer) => {
+                tracing::warn!("the producer failed for good; replaced by a new one");
+                counter!(names::PRODUCER_RENEWALS).increment(1);
+                *current = (generation + 1, producer);
+            }
+            Err(error) => tracing::error!(%error, "cannot replace the failed producer"),
+        }
+    }
+}
+
+/// Sends one record and waits for the broker's acknowledgement, retrying on failure:
+/// a signal is never dropped (the producer itself retries without a deadline, so an error
+/// here is rare, e.g. a fatal idempotence error, after which the producer is replaced).
+pub(super) async fn publish(publisher: &Publisher, record: &OutRecord) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let (generation, producer) = publisher.current();
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (key, value) in &record.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        let mut future_record = FutureRecord::<[u8], [u8]>::to(&record.topic)
+            .payload(&record.payload)
+            .headers(headers);
+        if let Some(key) = &record.key {
+            future_record = future_record.key(key);
+        }
+        match producer.send(future_record, Timeout::Never).await {
+            Ok(_) => return,
+            Err((error, _)) => {
+                counter!(names::PUBLISH_ERRORS).increment(1);
+                tracing::error!(%error, topic = %record.topic, "publish failed; retrying");
+                // The producer's idempotence state is gone for good: librdkafka says
+                // `Fatal`, or passes on the broker's verdict on the producer id (a wiped
+                // broker answers ProducerFenced or UnknownProducerId).
+                let broken_state = matches!(
+                    error.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::Fatal
+                            | RDKafkaErrorCode::ProducerFenced
+                            | RDKafkaErrorCode::UnknownProducerId
+                            | RDKafkaErrorCode::InvalidProducerEpoch
+                            | RDKafkaErrorCode::InvalidProducerIdMapping
+                    )
+                );
+                if broken_state || producer.client().fatal_error().is_some() {
+                    publisher.renew(generation);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+pub(super) fn count_published(record: &OutRecord, wall_now: i64) {
+    match record.content {
+        Content::Signal {
+            kind,
+            window_end,
+            severity,
+        } => {
+            counter!(names::SIGNALS_PUBLISHED, "kind" => kind).increment(1);
+            if let Some(window_end) = window_end {
+                histogram!(names::EVENT_TIME_TO_PUBLISH)
+                    .record((wall_now - window_end) as f64 / 1000.0);
+            }
+            // Routes are the configured team topics: a bounded label.
+            if let (Some(severity), "alert" | "notification") = (severity, kind) {
+                let route = if kind == "alert" {
+                    "all"
+                } else {
+                    record.topic.as_str()
+                };
+                counter!(names::ALERTS_PUBLISHED, "severity" => severity.as_str(), "route" => route.to_owned())
+                    .increment(1);
+            }
+        }
+        Content::DeadLetter { reason } => {
+            counter!(names::DLQ_RECORDS, "reason" => reason.as_str()).increment(1);
+        }
+        // Counted by the sink once the whole checkpoint is acknowledged.
+        Content::Checkpoint => {}
+    }
+}
