@@ -1,6 +1,6 @@
 //! The Kafka edge's plumbing: client configurations that keep at-least-once honest,
 //! topic creation, and the consumer context that tracks partition assignment for
-//! `/readyz`. The stages that use these clients live in `service.rs`.
+//! `/readyz`. The stages that use these clients live in `service/`.
 
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
