@@ -8,6 +8,12 @@
 //! fire the same alerts: the same occurrence ids, none fired as something new after the
 //! restart (an id published twice is the same message twice, which consumers dedup by id
 //! and status).
+//!
+//! And the checkpoint topic itself under faults: a checkpoint torn mid-write (a chunk of the
+//! next generation without its manifest) leaves the previous one restorable; a chunk of
+//! the restorable one overwritten by another generation makes it refused as unreadable,
+//! and the service then rebuilds the open windows from the committed offsets, which they
+//! held back, so every window still gets its full count.
 
 mod support;
 
@@ -17,7 +23,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::{
-    http_get, metric_sum, read_jsonl, run_dynsig, OutRecord, Service, TestBroker, TestDir,
+    http_get, metric_sum, read_jsonl, run_dynsig, OutRecord, Service, Stop, TestBroker, TestDir,
+    WAIT,
 };
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -104,50 +111,81 @@ async fn metric(svc: &Service, name: &str) -> f64 {
     metric_sum(&text, name).unwrap_or(0.0)
 }
 
+/// The feed cut in rounds, and what `dynsig replay` of it publishes.
+struct Feed {
+    post_rounds: Vec<Vec<String>>,
+    event_rounds: Vec<Vec<String>>,
+    expected_counts: BTreeMap<i64, i64>,
+    expected_firings: BTreeSet<String>,
+}
+
+impl Feed {
+    fn generate(dir: &Path) -> Feed {
+        let (posts, events, out) = (
+            dir.join("posts.jsonl"),
+            dir.join("events.jsonl"),
+            dir.join("out"),
+        );
+        let config = dir.join("dynsig.toml");
+        std::fs::write(&config, CONFIG).unwrap();
+        run_dynsig(&[
+            "gen",
+            "--duration",
+            "10m",
+            "--start",
+            &T0.to_string(),
+            "--posts-per-sec",
+            "50",
+            "--events-per-sec",
+            "10",
+            "--posts",
+            posts.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+        ]);
+        run_dynsig(&[
+            "replay",
+            "--config",
+            config.to_str().unwrap(),
+            "--posts",
+            posts.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        let expected_counts = final_counts(&read_jsonl(&out.join("signals.trends.jsonl")));
+        let expected_firings = firings(&read_jsonl(&out.join("signals.alerts.jsonl")));
+        assert!(
+            expected_firings.len() >= 5,
+            "the feed must fire alerts: {expected_firings:?}"
+        );
+        let (post_rounds, event_rounds) = (rounds(&posts), rounds(&events));
+        Feed {
+            post_rounds,
+            event_rounds,
+            expected_counts,
+            expected_firings,
+        }
+    }
+
+    /// Produces round `round` of posts and events; returns how many records that was.
+    async fn produce(&self, broker: &TestBroker, round: usize) -> usize {
+        produce_round(broker, "posts", &self.post_rounds[round]).await;
+        produce_round(broker, "events", &self.event_rounds[round]).await;
+        self.post_rounds[round].len() + self.event_rounds[round].len()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_service_restarts_from_its_checkpoint_and_loses_nothing() {
     let scratch = TestDir::new("crash");
-    let dir = scratch.path();
-    let (posts, events, out) = (
-        dir.join("posts.jsonl"),
-        dir.join("events.jsonl"),
-        dir.join("out"),
-    );
-    let config = dir.join("dynsig.toml");
-    std::fs::write(&config, CONFIG).unwrap();
-    run_dynsig(&[
-        "gen",
-        "--duration",
-        "10m",
-        "--start",
-        &T0.to_string(),
-        "--posts-per-sec",
-        "50",
-        "--events-per-sec",
-        "10",
-        "--posts",
-        posts.to_str().unwrap(),
-        "--events",
-        events.to_str().unwrap(),
-    ]);
-    run_dynsig(&[
-        "replay",
-        "--config",
-        config.to_str().unwrap(),
-        "--posts",
-        posts.to_str().unwrap(),
-        "--events",
-        events.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    let expected_counts = final_counts(&read_jsonl(&out.join("signals.trends.jsonl")));
-    let expected_firings = firings(&read_jsonl(&out.join("signals.alerts.jsonl")));
-    assert!(
-        expected_firings.len() >= 5,
-        "the feed must fire alerts: {expected_firings:?}"
-    );
-    let (post_rounds, event_rounds) = (rounds(&posts), rounds(&events));
+    let Feed {
+        post_rounds,
+        event_rounds,
+        expected_counts,
+        expected_firings,
+    } = Feed::generate(scratch.path());
 
     let broker = TestBroker::start();
     broker.create_topics(&[("posts", 3), ("events", 3)]).await;
@@ -251,4 +289,108 @@ async fn a_killed_service_restarts_from_its_checkpoint_and_loses_nothing() {
         .await;
     let status = third.process.terminate();
     assert!(status.success(), "SIGTERM exit: {status}");
+}
+
+/// The group's latest checkpoint manifest on the topic: (generation, slot).
+async fn latest_manifest(broker: &TestBroker) -> (u64, u64) {
+    let records = broker
+        .consume_all(
+            "dynsig.checkpoints",
+            Stop::Idle(Duration::from_secs(2)),
+            WAIT,
+        )
+        .await;
+    let manifest = records
+        .iter()
+        .filter(|r| r.key_str().as_deref() == Some("dynsig-crash"))
+        .last()
+        .expect("a checkpoint manifest")
+        .json();
+    (
+        manifest["generation"].as_u64().unwrap(),
+        manifest["slot"].as_u64().unwrap(),
+    )
+}
+
+/// A checkpoint chunk as a torn or foreign write would leave it.
+fn chunk(slot: u64, generation: u64) -> OutRecord {
+    let mut payload = generation.to_be_bytes().to_vec();
+    payload.extend_from_slice(b"not a state");
+    OutRecord::new(payload)
+        .key(format!("dynsig-crash/{slot}/0"))
+        .partition(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_or_corrupt_checkpoint_is_never_restored() {
+    let scratch = TestDir::new("torn");
+    let feed = Feed::generate(scratch.path());
+    let broker = TestBroker::start();
+    broker.create_topics(&[("posts", 3), ("events", 3)]).await;
+    let mut first = Service::start(&broker, "dynsig.dlq", CONFIG, &[]);
+    first.wait_http_ok("/readyz", Duration::from_secs(60)).await;
+    let mut produced = 0;
+    for round in 0..BEFORE_CRASH {
+        produced += feed.produce(&broker, round).await;
+    }
+    first
+        .wait_metric("dynsig_events_consumed_total", |n| n >= produced as f64)
+        .await;
+    assert!(first.process.terminate().success());
+
+    // A crash while writing the next checkpoint: its first chunk only, in the slot the
+    // manifest does not point to. The next start restores the last whole one.
+    let (generation, slot) = latest_manifest(&broker).await;
+    broker
+        .produce("dynsig.checkpoints", &[chunk(1 - slot, generation + 1)])
+        .await;
+    let mut second = Service::start(&broker, "dynsig.dlq", CONFIG, &[]);
+    second
+        .wait_http_ok("/readyz", Duration::from_secs(60))
+        .await;
+    second
+        .wait_metric(
+            r#"dynsig_checkpoint_restores_total{outcome="restored"}"#,
+            |n| n == 1.0,
+        )
+        .await;
+    assert!(second.process.terminate().success());
+
+    // The slot the manifest points to overwritten by another generation: refused as
+    // unreadable, and the state is rebuilt from the committed offsets, which the open
+    // windows held back: every window still gets its full count.
+    let (generation, slot) = latest_manifest(&broker).await;
+    broker
+        .produce("dynsig.checkpoints", &[chunk(slot, generation + 7)])
+        .await;
+    let mut third = Service::start(&broker, "dynsig.dlq", CONFIG, &[]);
+    third.wait_http_ok("/readyz", Duration::from_secs(60)).await;
+    third
+        .wait_metric(
+            r#"dynsig_checkpoint_restores_total{outcome="unreadable"}"#,
+            |n| n == 1.0,
+        )
+        .await;
+    for round in BEFORE_CRASH..ROUNDS {
+        feed.produce(&broker, round).await;
+    }
+    let last_window = *feed.expected_counts.keys().last().unwrap();
+    let trends = third
+        .wait_for_records(
+            &broker,
+            "signals.trends",
+            "every window's final snapshot",
+            |r| {
+                r.iter()
+                    .map(support::parse)
+                    .any(|s| s["final"] == true && s["window_start"].as_i64() == Some(last_window))
+            },
+        )
+        .await;
+    let got_counts = final_counts(&trends.iter().map(support::parse).collect::<Vec<_>>());
+    assert_eq!(
+        got_counts, feed.expected_counts,
+        "posts per window, against the replay"
+    );
+    assert!(third.process.terminate().success());
 }
