@@ -302,8 +302,7 @@ async fn latest_manifest(broker: &TestBroker) -> (u64, u64) {
         .await;
     let manifest = records
         .iter()
-        .filter(|r| r.key_str().as_deref() == Some("dynsig-crash"))
-        .last()
+        .rfind(|r| r.key_str().as_deref() == Some("dynsig-crash"))
         .expect("a checkpoint manifest")
         .json();
     (
