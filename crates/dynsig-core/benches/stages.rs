@@ -271,12 +271,19 @@ fn checkpointing(c: &mut Criterion) {
             engine.poll_closed();
         }
     }
-    let saved = engine.save_state();
+    let mut saved = Vec::new();
+    engine.save_state_into(&mut saved).unwrap();
     eprintln!("checkpoint of {} bytes", saved.len());
     let mut group = c.benchmark_group("checkpoint");
     group.throughput(Throughput::Bytes(saved.len() as u64));
     group.sample_size(10);
-    group.bench_function("save_state", |b| b.iter(|| black_box(engine.save_state())));
+    group.bench_function("save_state", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(saved.len());
+            engine.save_state_into(&mut out).unwrap();
+            black_box(out)
+        })
+    });
     group.bench_function("restore_state", |b| {
         b.iter(|| engine.restore_state(black_box(&saved)).unwrap())
     });

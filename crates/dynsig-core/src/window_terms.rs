@@ -48,7 +48,7 @@ impl Default for TermStats {
 
 impl TermStats {
     /// Keeps the posts of smallest rank (see [`WindowTerms::add_post`]), in rank order.
-    fn add_example(&mut self, post: PostRef, ranks: &[u64]) {
+    fn add_example(&mut self, post: PostRef, ranks: &[u32]) {
         let n = usize::from(self.example_count);
         let kept = &self.examples[..n];
         // A term repeated in one post must not list that post twice.
@@ -100,7 +100,7 @@ pub struct WindowTerms {
     /// `post_ranks[i]`.
     post_ids: String,
     post_id_ends: Vec<u32>,
-    post_ranks: Vec<u64>,
+    post_ranks: Vec<u32>,
     count_authors: bool,
 }
 
@@ -140,7 +140,9 @@ impl WindowTerms {
         let index = u32::try_from(self.post_id_ends.len()).ok()?;
         self.post_ids.push_str(id);
         self.post_id_ends.push(end);
-        self.post_ranks.push(author_hash(id));
+        // 32 bits: 4 bytes per post of the window; ties are astronomically rare, and
+        // broken by arrival then.
+        self.post_ranks.push((author_hash(id) >> 32) as u32);
         Some(PostRef(index))
     }
 
@@ -237,7 +239,7 @@ mod tests {
         assert_eq!(fire.count, 6);
         assert_eq!(terms.authors(fire.value), Some(4));
         let mut by_rank = ["p1", "p3", "p4", "p5"];
-        by_rank.sort_by_key(|id| author_hash(id));
+        by_rank.sort_by_key(|id| author_hash(id) >> 32);
         assert_eq!(
             terms.examples(fire.value),
             by_rank[..3],

@@ -71,7 +71,8 @@ fn a_restored_engine_continues_like_one_that_never_stopped() {
         let mut first = engine(config(10_000));
         let mut signals = Vec::new();
         feed(&mut first, &numbered[..cut], &mut signals);
-        let saved = first.save_state();
+        let mut saved = Vec::new();
+        first.save_state_into(&mut saved).unwrap();
         drop(first);
 
         let mut second = engine(config(10_000));
@@ -91,7 +92,8 @@ fn a_checkpoint_of_another_config_is_refused_and_changes_nothing() {
     let numbered: Vec<(usize, &Input)> = inputs.iter().enumerate().collect();
     let mut saved_from = engine(config(10_000));
     feed(&mut saved_from, &numbered[..1000], &mut Vec::new());
-    let saved = saved_from.save_state();
+    let mut saved = Vec::new();
+    saved_from.save_state_into(&mut saved).unwrap();
 
     let mut other = engine(config(5_000));
     assert!(matches!(

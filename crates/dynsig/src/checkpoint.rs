@@ -1,7 +1,7 @@
 //! Checkpoints of the engine's state in a compacted Kafka topic (`topics.checkpoints`, one
 //! partition), one per consumer group, and reading the latest back at start.
 //!
-//! A checkpoint is the engine's saved state (`Engine::save_state`) and the input
+//! A checkpoint is the engine's saved state (`Engine::save_state_into`) and the input
 //! *positions* it covers: per consumed partition, the next offset to process. Everything
 //! below a position is in the state; nothing at or above it is.
 //!
@@ -66,33 +66,80 @@ pub struct CheckpointTopic {
     pub chunk_bytes: usize,
 }
 
+/// Receives an encoded state and cuts it into chunk payloads as it comes (each starting
+/// with the generation), so that the state exists once, in the records to publish.
+pub struct ChunkWriter {
+    generation: u64,
+    chunk_bytes: usize,
+    chunks: Vec<Vec<u8>>,
+    bytes: u64,
+}
+
+impl ChunkWriter {
+    /// Size of the encoded state so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn new_chunk(&self) -> Vec<u8> {
+        let mut chunk = Vec::with_capacity(8 + self.chunk_bytes);
+        chunk.extend_from_slice(&self.generation.to_be_bytes());
+        chunk
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let full = |chunk: &Vec<u8>| chunk.len() >= 8 + self.chunk_bytes;
+        if self.chunks.last().is_none_or(full) {
+            let chunk = self.new_chunk();
+            self.chunks.push(chunk);
+        }
+        let chunk = self.chunks.last_mut().expect("a chunk was just ensured");
+        let room = 8 + self.chunk_bytes - chunk.len();
+        let taken = buf.len().min(room);
+        chunk.extend_from_slice(&buf[..taken]);
+        self.bytes += taken as u64;
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl CheckpointTopic {
-    /// The records of checkpoint `generation`: chunks first, the manifest last (the
-    /// caller publishes the manifest only after every chunk is acknowledged).
+    /// Where to encode the state of checkpoint `generation`.
+    pub fn writer(&self, generation: u64) -> ChunkWriter {
+        ChunkWriter {
+            generation,
+            chunk_bytes: self.chunk_bytes.max(1),
+            chunks: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The records of a checkpoint: chunks first, the manifest last (the caller
+    /// publishes the manifest only after every chunk is acknowledged).
     pub fn records(
         &self,
-        generation: u64,
-        state: &[u8],
+        state: ChunkWriter,
         positions: Vec<Position>,
         created_at_ms: i64,
     ) -> (Vec<OutRecord>, OutRecord) {
+        let generation = state.generation;
         let slot = (generation % 2) as u8;
-        let chunk_bytes = self.chunk_bytes.max(1);
         let chunks: Vec<OutRecord> = state
-            .chunks(chunk_bytes)
+            .chunks
+            .into_iter()
             .enumerate()
-            .map(|(i, piece)| {
-                let mut payload = Vec::with_capacity(8 + piece.len());
-                payload.extend_from_slice(&generation.to_be_bytes());
-                payload.extend_from_slice(piece);
-                self.record(format!("{}/{slot}/{i}", self.group), payload)
-            })
+            .map(|(i, payload)| self.record(format!("{}/{slot}/{i}", self.group), payload))
             .collect();
         let manifest = Manifest {
             generation,
             slot,
             chunks: chunks.len() as u32,
-            bytes: state.len() as u64,
+            bytes: state.bytes,
             created_at_ms,
             positions,
         };
@@ -182,6 +229,8 @@ impl CheckpointTopic {
 mod tests {
     use super::*;
 
+    use std::io::Write as _;
+
     #[test]
     fn chunks_carry_their_generation_and_alternate_slots() {
         let topic = CheckpointTopic {
@@ -189,7 +238,11 @@ mod tests {
             group: "g".into(),
             chunk_bytes: 4,
         };
-        let (chunks, manifest) = topic.records(7, b"0123456789", Vec::new(), 0);
+        let mut state = topic.writer(7);
+        // Written in uneven pieces, as an encoder does.
+        state.write_all(b"012").unwrap();
+        state.write_all(b"3456789").unwrap();
+        let (chunks, manifest) = topic.records(state, Vec::new(), 0);
         let keys: Vec<_> = chunks
             .iter()
             .map(|r| String::from_utf8(r.key.clone().unwrap()).unwrap())
@@ -199,7 +252,9 @@ mod tests {
         assert_eq!(&chunks[2].payload[8..], b"89");
         let manifest: Manifest = serde_json::from_slice(&manifest.payload).unwrap();
         assert_eq!((manifest.slot, manifest.chunks, manifest.bytes), (1, 3, 10));
-        let (next, _) = topic.records(8, b"x", Vec::new(), 0);
+        let mut state = topic.writer(8);
+        state.write_all(b"x").unwrap();
+        let (next, _) = topic.records(state, Vec::new(), 0);
         assert_eq!(next[0].key.as_deref(), Some(&b"g/0/0"[..]));
     }
 }

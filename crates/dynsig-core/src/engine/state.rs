@@ -70,8 +70,10 @@ struct ViewState<'a> {
 }
 
 impl Engine {
-    /// The whole state (see the module docs), encoded.
-    pub fn save_state(&self) -> Vec<u8> {
+    /// Writes the whole state (see the module docs), encoded, to `out`: straight into the
+    /// caller's buffers (the service's checkpoint records), so that a large state is not
+    /// held twice.
+    pub fn save_state_into<W: std::io::Write>(&self, out: W) -> std::io::Result<()> {
         let state = EngineState {
             format: FORMAT,
             config: Cow::Borrowed(&self.config_json),
@@ -95,9 +97,11 @@ impl Engine {
             next_update_at: self.next_update_at,
             anonymous_posts: self.anonymous_posts,
         };
-        let mut bytes = Vec::new();
-        ciborium::into_writer(&state, &mut bytes).expect("writing to a Vec cannot fail");
-        bytes
+        ciborium::into_writer(&state, out).map_err(|error| match error {
+            ciborium::ser::Error::Io(error) => error,
+            // Every part of the state is a plain value CBOR can hold.
+            ciborium::ser::Error::Value(message) => std::io::Error::other(message),
+        })
     }
 
     /// Replaces the state with a saved one, if it was saved under the same config.

@@ -4,6 +4,7 @@
 //! on the topic is in [`crate::checkpoint`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,8 +28,9 @@ pub(super) struct CheckpointWrite {
     pub(super) chunks: Vec<OutRecord>,
     pub(super) manifest: Option<OutRecord>,
     pub(super) positions: HashMap<PartitionKey, i64>,
+    pub(super) generation: u64,
     pub(super) started: Instant,
-    pub(super) bytes: usize,
+    pub(super) bytes: u64,
 }
 
 /// Checkpointing as the transform stage sees it.
@@ -37,6 +39,10 @@ pub(super) struct Checkpointing {
     pub(super) interval: Duration,
     pub(super) next_generation: u64,
     pub(super) last: Instant,
+    /// The generation of the last checkpoint the sink saw acknowledged: one checkpoint is
+    /// in flight at a time, or a slow broker would let a large state pile up in the batch
+    /// queue, once per checkpoint.
+    pub(super) acknowledged: Arc<AtomicU64>,
     /// Read at start; applied (or refused) at the first assignment.
     pub(super) to_restore: Option<Saved>,
 }
@@ -49,6 +55,7 @@ impl Checkpointing {
         topic: CheckpointTopic,
         config: &Config,
         consumer: Arc<InputConsumer>,
+        acknowledged: Arc<AtomicU64>,
     ) -> Checkpointing {
         let kafka = config.kafka.clone();
         let reader = topic.clone();
@@ -67,6 +74,7 @@ impl Checkpointing {
         // (`DynsigCheckpointsFailing` in deploy/prometheus/).
         counter!(names::CHECKPOINTS).increment(0);
         let next_generation = saved.as_ref().map_or(1, |s| s.manifest.generation + 1);
+        acknowledged.store(next_generation - 1, Ordering::Release);
         let to_restore = match saved {
             Some(saved) => {
                 let positions = saved.manifest.positions.clone();
@@ -93,6 +101,7 @@ impl Checkpointing {
             interval: Duration::from_millis(config.checkpoint.interval_ms),
             next_generation,
             last: Instant::now(),
+            acknowledged,
             to_restore,
         }
     }
@@ -147,15 +156,18 @@ impl Checkpointing {
                 chunks: Vec::new(),
                 manifest: None,
                 positions,
+                generation: saved.manifest.generation,
                 started: Instant::now(),
-                bytes: saved.state.len(),
+                bytes: saved.manifest.bytes,
             }),
             ..Batch::default()
         })
     }
 
     pub(super) fn is_due(&self) -> bool {
-        self.last.elapsed() >= self.interval
+        let previous_acknowledged =
+            self.acknowledged.load(Ordering::Acquire) + 1 >= self.next_generation;
+        previous_acknowledged && self.last.elapsed() >= self.interval
     }
 
     /// A checkpoint of the state as it stands (right after a flush), covering every record
@@ -173,7 +185,12 @@ impl Checkpointing {
         self.last = Instant::now();
         state.changed_since_checkpoint = false;
         let started = Instant::now();
-        let bytes = owner.processor.engine().save_state();
+        let mut encoded = self.topic.writer(self.next_generation);
+        if let Err(error) = owner.processor.engine().save_state_into(&mut encoded) {
+            tracing::error!(%error, "cannot encode the state: no checkpoint");
+            return None;
+        }
+        let bytes = encoded.bytes();
         let positions: Vec<Position> = state
             .next_offsets
             .iter()
@@ -183,16 +200,16 @@ impl Checkpointing {
                 next_offset,
             })
             .collect();
-        let (chunks, manifest) =
-            self.topic
-                .records(self.next_generation, &bytes, positions, wall_now_ms());
+        let (chunks, manifest) = self.topic.records(encoded, positions, wall_now_ms());
+        let generation = self.next_generation;
         self.next_generation += 1;
         Some(CheckpointWrite {
             chunks,
             manifest: Some(manifest),
             positions: state.next_offsets.clone(),
+            generation,
             started,
-            bytes: bytes.len(),
+            bytes,
         })
     }
 }

@@ -28,6 +28,7 @@ mod sink;
 mod transform;
 
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -165,8 +166,13 @@ pub async fn run(
             })
             .context("creating the Kafka consumer")?,
     );
+    // The generation of the last checkpoint acknowledged (written by the sink, read by the
+    // transform stage, which takes the next one only then).
+    let acknowledged = Arc::new(AtomicU64::new(0));
     let checkpointing = match checkpoint_topic {
-        Some(topic) => Some(Checkpointing::start(topic, &config, consumer.clone()).await),
+        Some(topic) => {
+            Some(Checkpointing::start(topic, &config, consumer.clone(), acknowledged.clone()).await)
+        }
         None => None,
     };
     let mut subscription = topics.inputs().to_vec();
@@ -213,7 +219,7 @@ pub async fn run(
         publisher.clone(),
         consumer.clone(),
         topics.clone(),
-        config.checkpoint.enabled,
+        config.checkpoint.enabled.then_some(acknowledged),
         batch_rx,
     ));
 

@@ -2,6 +2,7 @@
 //! offsets they made safe; and the output producer, replaced when it fails for good.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,12 +34,15 @@ pub(super) async fn sink(
     publisher: Arc<Publisher>,
     consumer: Arc<InputConsumer>,
     topics: Arc<TopicsConfig>,
-    checkpointing: bool,
+    // The last checkpoint generation acknowledged, for the transform stage; None when
+    // checkpoints are off.
+    checkpoints_acknowledged: Option<Arc<AtomicU64>>,
     mut rx: mpsc::Receiver<Batch>,
 ) {
     let mut safe: HashMap<PartitionKey, i64> = HashMap::new();
     // None: checkpoints are off. Some(empty) until the first one is acknowledged.
-    let mut durable: Option<HashMap<PartitionKey, i64>> = checkpointing.then(HashMap::new);
+    let mut durable: Option<HashMap<PartitionKey, i64>> =
+        checkpoints_acknowledged.as_ref().map(|_| HashMap::new());
     let mut stored: HashMap<PartitionKey, i64> = HashMap::new();
     while let Some(batch) = rx.recv().await {
         publish_all(&publisher, &batch.records).await;
@@ -63,6 +67,9 @@ pub(super) async fn sink(
                 counter!(names::CHECKPOINTS).increment(1);
             }
             durable = Some(checkpoint.positions);
+            if let Some(acknowledged) = &checkpoints_acknowledged {
+                acknowledged.store(checkpoint.generation, Ordering::Release);
+            }
         }
         let mut tpl = TopicPartitionList::new();
         for (&key, &offset) in &safe {
