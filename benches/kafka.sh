@@ -85,6 +85,11 @@ while time.time() < deadline:
             print(f"first record consumed {first - start:.2f} s after start (group join)", file=sys.stderr)
         if consumed >= posts and metric(text, "dynsig_open_windows") == 0:
             print(f"done {time.time() - first:.2f} s after the first record", file=sys.stderr)
+            checkpoints = metric(text, "dynsig_checkpoints_total") or 0
+            if checkpoints:
+                seconds = metric(text, "dynsig_checkpoint_duration_seconds_sum") or 0
+                size = (metric(text, "dynsig_checkpoint_size_bytes") or 0) / 1e6
+                print(f"{checkpoints:.0f} checkpoints, {seconds:.2f} s in all, the last {size:.1f} MB", file=sys.stderr)
             sys.exit(0)
     except OSError:
         pass

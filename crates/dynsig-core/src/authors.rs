@@ -165,7 +165,7 @@ fn fmix64(mut hash: u64) -> u64 {
 /// the largest rank (1 + leading zeros of the remaining bits, at most `RANK_BITS + 1`).
 #[derive(Clone, Serialize, Deserialize)]
 struct HyperLogLog {
-    #[serde(with = "crate::serde_array")]
+    #[serde(with = "crate::serde_array::bytes")]
     registers: [u8; REGISTERS],
 }
 

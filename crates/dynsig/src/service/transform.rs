@@ -152,8 +152,10 @@ pub(super) async fn transform(
                 // An unchanged state is not written again (a quiet stream still closes
                 // windows by the wall clock: those outputs are changes).
                 let changed = state.changed_since_checkpoint || !batch.records.is_empty();
-                if let Some(checkpointing) = checkpointing.as_mut().filter(|c| changed && c.is_due()) {
-                    batch.checkpoint = checkpointing.take(&owner, &topics, &mut state);
+                if let Some(checkpointing) = checkpointing.as_mut() {
+                    if changed && checkpointing.is_due() {
+                        batch.checkpoint = checkpointing.take(&owner, &topics, &mut state);
+                    }
                 }
                 let has_news = !batch.records.is_empty()
                     || !batch.offsets.is_empty()
