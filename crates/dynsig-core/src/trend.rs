@@ -62,8 +62,9 @@ pub struct TermScore {
 }
 
 /// Kept per live term, so kept small (40 bytes): what only explains a past score is
-/// stored in single precision.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// stored in single precision. In a checkpoint it is a tuple, not a map: a million of
+/// them would otherwise repeat their field names a million times.
+#[derive(Debug, Clone)]
 struct Baseline {
     /// EWMA level as of the end of window `updated_window`.
     level: f64,
@@ -76,6 +77,47 @@ struct Baseline {
     last_scored: f32,
     /// Windows whose counts the level has learned (saturating).
     windows_seen: u32,
+}
+
+/// [`Baseline`]'s fields in order, as written to a checkpoint.
+type BaselineTuple = (f64, i64, u32, f32, f32, f32, u32);
+
+impl Serialize for Baseline {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let tuple: BaselineTuple = (
+            self.level,
+            self.updated_window,
+            self.last_count,
+            self.last_baseline,
+            self.last_score,
+            self.last_scored,
+            self.windows_seen,
+        );
+        tuple.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Baseline {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (
+            level,
+            updated_window,
+            last_count,
+            last_baseline,
+            last_score,
+            last_scored,
+            windows_seen,
+        ) = BaselineTuple::deserialize(deserializer)?;
+        Ok(Baseline {
+            level,
+            updated_window,
+            last_count,
+            last_baseline,
+            last_score,
+            last_scored,
+            windows_seen,
+        })
+    }
 }
 
 impl Baseline {
