@@ -20,7 +20,8 @@
 //! Two authors whose hashes collide count as one; with 64-bit hashes that is negligible.
 
 /// Distinct hashes kept inline, without allocating.
-use serde::{Deserialize, Serialize};
+use serde::de::{Error as DeError, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 const INLINE: usize = 2;
 /// Distinct hashes kept exactly; one more switches to the sketch.
@@ -33,10 +34,10 @@ const RANK_BITS: u32 = u64::BITS - PRECISION;
 
 /// The distinct authors of one term: exact up to 16, estimated above (see the module
 /// documentation).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct AuthorSet(Repr);
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 enum Repr {
     Inline {
         len: u8,
@@ -123,6 +124,53 @@ impl AuthorSet {
     }
 }
 
+/// In a checkpoint, an exact set is the sequence of its hashes, a sketch the byte string
+/// of its registers: the smallest forms (a window holds one set per counted term).
+impl Serialize for AuthorSet {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Repr::Inline { len, hashes } => serializer.collect_seq(&hashes[..usize::from(*len)]),
+            Repr::Listed { len, hashes } => serializer.collect_seq(&hashes[..usize::from(*len)]),
+            Repr::Sketch(sketch) => serializer.serialize_bytes(&sketch.registers),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AuthorSet {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SavedSet;
+        impl<'de> Visitor<'de> for SavedSet {
+            type Value = AuthorSet;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(
+                    f,
+                    "up to {EXACT_LIMIT} author hashes, or {REGISTERS} register bytes"
+                )
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AuthorSet, A::Error> {
+                let mut set = AuthorSet::default();
+                while let Some(hash) = seq.next_element()? {
+                    if !set.is_exact() || set.estimate() == EXACT_LIMIT as u64 {
+                        return Err(A::Error::invalid_length(EXACT_LIMIT + 1, &self));
+                    }
+                    set.insert(hash);
+                }
+                Ok(set)
+            }
+            fn visit_bytes<E: DeError>(self, bytes: &[u8]) -> Result<AuthorSet, E> {
+                let registers = bytes
+                    .try_into()
+                    .map_err(|_| E::invalid_length(bytes.len(), &self))?;
+                Ok(AuthorSet(Repr::Sketch(Box::new(HyperLogLog { registers }))))
+            }
+            fn visit_byte_buf<E: DeError>(self, bytes: Vec<u8>) -> Result<AuthorSet, E> {
+                self.visit_bytes(&bytes)
+            }
+        }
+        deserializer.deserialize_any(SavedSet)
+    }
+}
+
 /// A deterministic, well-mixed 64-bit hash of an author id.
 ///
 /// FxHash-style word-at-a-time mixing (8-byte little-endian chunks, seeded with the length
@@ -163,9 +211,8 @@ fn fmix64(mut hash: u64) -> u64 {
 
 /// HyperLogLog registers: the top `PRECISION` bits of a hash pick a register, which keeps
 /// the largest rank (1 + leading zeros of the remaining bits, at most `RANK_BITS + 1`).
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone)]
 struct HyperLogLog {
-    #[serde(with = "crate::serde_array::bytes")]
     registers: [u8; REGISTERS],
 }
 
@@ -307,6 +354,25 @@ mod tests {
                 deviation <= 3.0 * relative_error,
                 "{distinct} authors estimated as {estimate}"
             );
+        }
+    }
+
+    #[test]
+    fn survives_a_checkpoint_in_every_form() {
+        for authors in [0, 1, 2, 5, 16, 17, 500] {
+            let set = set_of((0..authors).map(|i| format!("user{i}")));
+            let mut bytes = Vec::new();
+            ciborium::into_writer(&set, &mut bytes).unwrap();
+            let back: AuthorSet = ciborium::from_reader(&bytes[..]).unwrap();
+            assert_eq!(back.estimate(), set.estimate(), "{authors} authors");
+            assert_eq!(back.is_exact(), set.is_exact());
+            // It goes on counting the same: a known author is not new, a new one is.
+            let (mut before, mut after) = (set.clone(), back.clone());
+            before.insert(author_hash("user0"));
+            after.insert(author_hash("user0"));
+            before.insert(author_hash("newcomer"));
+            after.insert(author_hash("newcomer"));
+            assert_eq!(after.estimate(), before.estimate());
         }
     }
 
