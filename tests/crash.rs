@@ -106,6 +106,30 @@ fn firings(alerts: &[Value]) -> BTreeSet<String> {
     seen.into_keys().collect()
 }
 
+/// Waits for the last window's final snapshot, then checks every window's final count
+/// against the replay's.
+async fn assert_counts_as_replayed(
+    svc: &mut Service,
+    broker: &TestBroker,
+    expected: &BTreeMap<i64, i64>,
+) {
+    let last_window = *expected.keys().last().unwrap();
+    let trends = svc
+        .wait_for_records(
+            broker,
+            "signals.trends",
+            "every window's final snapshot",
+            |r| {
+                r.iter()
+                    .map(support::parse)
+                    .any(|s| s["final"] == true && s["window_start"].as_i64() == Some(last_window))
+            },
+        )
+        .await;
+    let got = final_counts(&trends.iter().map(support::parse).collect::<Vec<_>>());
+    assert_eq!(&got, expected, "posts per window, against the replay");
+}
+
 async fn metric(svc: &Service, name: &str) -> f64 {
     let (_, text) = http_get(&svc.http, "/metrics").await.unwrap();
     metric_sum(&text, name).unwrap_or(0.0)
@@ -225,24 +249,7 @@ async fn a_killed_service_restarts_from_its_checkpoint_and_loses_nothing() {
             produce_round(&broker, "events", &event_rounds[round]).await,
         );
     }
-    let last_window = *expected_counts.keys().last().unwrap();
-    let trends = second
-        .wait_for_records(
-            &broker,
-            "signals.trends",
-            "every window's final snapshot",
-            |r| {
-                r.iter()
-                    .map(support::parse)
-                    .any(|s| s["final"] == true && s["window_start"].as_i64() == Some(last_window))
-            },
-        )
-        .await;
-    let got_counts = final_counts(&trends.iter().map(support::parse).collect::<Vec<_>>());
-    assert_eq!(
-        got_counts, expected_counts,
-        "posts per window, against the replay"
-    );
+    assert_counts_as_replayed(&mut second, &broker, &expected_counts).await;
 
     let restored = metric(
         &second,
@@ -373,23 +380,6 @@ async fn a_torn_or_corrupt_checkpoint_is_never_restored() {
     for round in BEFORE_CRASH..ROUNDS {
         feed.produce(&broker, round).await;
     }
-    let last_window = *feed.expected_counts.keys().last().unwrap();
-    let trends = third
-        .wait_for_records(
-            &broker,
-            "signals.trends",
-            "every window's final snapshot",
-            |r| {
-                r.iter()
-                    .map(support::parse)
-                    .any(|s| s["final"] == true && s["window_start"].as_i64() == Some(last_window))
-            },
-        )
-        .await;
-    let got_counts = final_counts(&trends.iter().map(support::parse).collect::<Vec<_>>());
-    assert_eq!(
-        got_counts, feed.expected_counts,
-        "posts per window, against the replay"
-    );
+    assert_counts_as_replayed(&mut third, &broker, &feed.expected_counts).await;
     assert!(third.process.terminate().success());
 }
