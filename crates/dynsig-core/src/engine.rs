@@ -302,8 +302,15 @@ impl Engine {
                 };
                 counts.posts += 1;
                 let post_ref = counts.terms.add_post(&post.id);
+                // Generation 0: the window opened before any catalog, so its terms are
+                // never tagged with actors (see `close_window`) and need no actor votes.
+                let tags_actors = counts.catalog_generation != 0;
                 for key in split_at_ends(&self.term_keys, &self.term_ends) {
-                    counts.terms.add_about(key, author, post_ref, first_actor);
+                    if tags_actors {
+                        counts.terms.add_about(key, author, post_ref, first_actor);
+                    } else {
+                        counts.terms.add(key, author, post_ref);
+                    }
                 }
                 for series in split_at_ends(&self.actor_series, &self.actor_series_ends) {
                     add_to_series(&mut counts.series, series, 1.0);
