@@ -33,8 +33,8 @@
 //! - Memory is O(capacity), bounded whatever the vocabulary. Per tracked key:
 //!   `24 + size_of::<V>()` bytes of slot (16 hot bytes, key span and count, apart from
 //!   the error and the payload, so that counting a key touches little), the key's bytes
-//!   in the arena (at most twice over: see below), 8-byte index buckets at a load between
-//!   3/8 and 3/4 (about 11 to 21 bytes per key), and 8 bytes of heap once evicting. The slot
+//!   in the arena (at most twice over: see below), 5-byte index buckets at a load between
+//!   7/16 and 7/8 (about 6 to 12 bytes per key), and 8 bytes of heap once evicting. The slot
 //!   vector never grows past `capacity`.
 //!
 //! # Layout
@@ -43,13 +43,18 @@
 //! allocation per key (a window's sketch is filled anew every window), and keys sit densely
 //! in memory. An evicted key's bytes stay in the arena as garbage until garbage outweighs
 //! the live keys; then the arena is rewritten with the live keys only (amortized O(1) per
-//! eviction). The index is a small open-addressing table (linear probing, backward-shift
-//! deletion) of `(hash tag, slot number)` pairs, in the style of `indexmap`:
-//! `std::collections::HashMap` has no stable way to find and remove a key it does not own,
-//! so it would need a second copy of every key for the evictions.
+//! eviction). The index is a `hashbrown::HashTable` of 4-byte slot numbers, hashed by
+//! their keys, in the style of `indexmap` (`std::collections::HashMap` has no stable way
+//! to find and remove a key it does not own, so it would need a second copy of every key
+//! for the evictions). Its one control byte per bucket filters out most key comparisons,
+//! and at 5 bytes per bucket and a load up to 7/8 it stays small enough to be cached:
+//! a probe costs a control group, a slot number, the slot's hot part and the key's bytes.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
+
+use hashbrown::hash_table::Entry;
+use hashbrown::HashTable;
 
 /// A SpaceSaving heavy-hitter counter with a payload `V` per tracked key (see the module
 /// documentation for the guarantees).
@@ -65,7 +70,8 @@ pub struct HeavyHitters<V, S = RandomState> {
     /// The keys of the slots, and `garbage` bytes of evicted ones.
     arena: String,
     garbage: usize,
-    index: Index,
+    /// Slot numbers, hashed by their keys.
+    index: HashTable<u32>,
     /// Empty until the first eviction; afterwards it holds every slot.
     heap: MinHeap,
     hasher: S,
@@ -122,7 +128,7 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
     /// keys). The hasher changes speed only, never results.
     pub fn with_hasher(capacity: usize, hasher: S) -> Self {
         assert!(capacity >= 1, "HeavyHitters capacity must be at least 1");
-        // Slot numbers are u32 and the index derives bucket positions from a 32-bit tag.
+        // Slot numbers are u32.
         assert!(
             capacity <= MAX_CAPACITY,
             "HeavyHitters capacity must be at most {MAX_CAPACITY}"
@@ -133,7 +139,7 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
             slots: Vec::new(),
             arena: String::new(),
             garbage: 0,
-            index: Index::new(),
+            index: HashTable::new(),
             heap: MinHeap::default(),
             hasher,
             total: 0,
@@ -159,35 +165,43 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
     /// `V::default()`.
     pub fn add(&mut self, key: &str, weight: u64) -> (&mut V, bool) {
         self.total += weight;
-        let tag = self.tag(key);
-        let vacant = match self.index.find(tag, key, &self.hot, &self.arena) {
-            Ok(slot) => {
-                self.hot[slot].count += weight;
+        let hash = self.hasher.hash_one(key);
+        let HeavyHitters {
+            hot,
+            arena,
+            index,
+            hasher,
+            ..
+        } = self;
+        let entry = index.entry(
+            hash,
+            |&slot| hot[slot as usize].key.of(arena) == key,
+            |&slot| hasher.hash_one(hot[slot as usize].key.of(arena)),
+        );
+        let slot = match entry {
+            Entry::Occupied(occupied) => {
+                let slot = *occupied.get() as usize;
+                hot[slot].count += weight;
                 if self.heap.is_built() {
                     self.heap.increased(slot, &self.hot);
                 }
                 return (&mut self.slots[slot].value, false);
             }
-            Err(vacant) => vacant,
-        };
-        let slot = if self.hot.len() < self.capacity {
-            self.track_new(tag, vacant, key, weight)
-        } else {
-            self.replace_min(tag, key, weight)
+            Entry::Vacant(vacant) if hot.len() < self.capacity => {
+                let slot = hot.len();
+                vacant.insert(slot as u32);
+                self.track_new(key, weight);
+                slot
+            }
+            Entry::Vacant(_) => self.replace_min(hash, key, weight),
         };
         (&mut self.slots[slot].value, true)
     }
 
-    /// Exact path: a fresh slot, no eviction.
-    fn track_new(&mut self, tag: u32, vacant: usize, key: &str, weight: u64) -> usize {
+    /// Exact path: a fresh slot (already in the index), no eviction.
+    fn track_new(&mut self, key: &str, weight: u64) {
         let slot = self.hot.len();
-        let vacant = if self.index.needs_growth(slot + 1) {
-            self.index.grow();
-            self.index.vacant(tag)
-        } else {
-            vacant
-        };
-        if self.hot.len() == self.hot.capacity() {
+        if slot == self.hot.capacity() {
             // Amortized doubling, but never past `capacity`: that memory would stay unused.
             let more = slot.max(4).min(self.capacity - slot);
             self.hot.reserve_exact(more);
@@ -199,22 +213,31 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
             error: 0,
             value: V::default(),
         });
-        self.index.set(vacant, tag, slot);
-        slot
     }
 
-    /// SpaceSaving step: `key` takes over the slot of the smallest count.
-    fn replace_min(&mut self, tag: u32, key: &str, weight: u64) -> usize {
+    /// SpaceSaving step: `key` (hashed to `hash`) takes over the slot of the smallest count.
+    fn replace_min(&mut self, hash: u64, key: &str, weight: u64) -> usize {
         if !self.heap.is_built() {
             self.heap.build(&self.hot);
         }
         let slot = self.heap.min();
         let evicted = self.hot[slot].key;
+        let evicted_hash = self.hasher.hash_one(evicted.of(&self.arena));
         self.index
-            .remove_slot(self.tag(evicted.of(&self.arena)), slot);
-        // The removal may shift buckets, so the vacant bucket found earlier is stale.
-        let vacant = self.index.vacant(tag);
-        self.index.set(vacant, tag, slot);
+            .find_entry(evicted_hash, |&s| s as usize == slot)
+            .expect("every slot is indexed")
+            .remove();
+        let HeavyHitters {
+            hot,
+            arena,
+            index,
+            hasher,
+            ..
+        } = self;
+        // No growth: the removal just made room.
+        index.insert_unique(hash, slot as u32, |&s| {
+            hasher.hash_one(hot[s as usize].key.of(arena))
+        });
         self.garbage += evicted.len as usize;
         let key = self.store(key);
         let min = self.hot[slot].count;
@@ -257,19 +280,13 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
         }
     }
 
-    fn tag(&self, key: &str) -> u32 {
-        let hash = self.hasher.hash_one(key);
-        // Fold so that hashers with weak low bits still spread over the buckets.
-        (hash ^ (hash >> 32)) as u32
-    }
-
     /// The tracked entry of `key`, if any.
     pub fn get(&self, key: &str) -> Option<Counted<'_, V>> {
-        let slot = self
-            .index
-            .find(self.tag(key), key, &self.hot, &self.arena)
-            .ok()?;
-        Some(self.counted(slot))
+        let hash = self.hasher.hash_one(key);
+        let &slot = self.index.find(hash, |&slot| {
+            self.hot[slot as usize].key.of(&self.arena) == key
+        })?;
+        Some(self.counted(slot as usize))
     }
 }
 
@@ -317,124 +334,8 @@ impl<V, S> HeavyHitters<V, S> {
     }
 }
 
-/// The largest capacity: slot numbers are `u32`, and the index derives bucket positions
-/// from a 32-bit tag.
+/// The largest capacity: slot numbers are `u32`.
 pub const MAX_CAPACITY: usize = 1 << 31;
-
-/// A bucket of the index: the slot of a key and a 32-bit tag of its hash, which gives the
-/// home bucket and filters out most string comparisons.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tag: u32,
-    slot: u32,
-}
-
-impl Bucket {
-    const EMPTY: Bucket = Bucket {
-        tag: 0,
-        slot: u32::MAX,
-    };
-
-    fn is_empty(self) -> bool {
-        self.slot == u32::MAX
-    }
-}
-
-/// Open-addressing index from key to slot number: linear probing over a power-of-two table
-/// kept at most 3/4 full, so every probe ends at an empty bucket.
-#[derive(Debug, Clone)]
-struct Index {
-    buckets: Vec<Bucket>,
-}
-
-impl Index {
-    const MIN_BUCKETS: usize = 8;
-
-    fn new() -> Self {
-        Index {
-            buckets: vec![Bucket::EMPTY; Self::MIN_BUCKETS],
-        }
-    }
-
-    /// Empties every bucket; the table keeps its size.
-    fn clear(&mut self) {
-        self.buckets.fill(Bucket::EMPTY);
-    }
-
-    fn mask(&self) -> usize {
-        self.buckets.len() - 1
-    }
-
-    /// `Ok(slot)` of `key`, or `Err(bucket)`: the empty bucket ending its probe sequence.
-    fn find(&self, tag: u32, key: &str, hot: &[Hot], arena: &str) -> Result<usize, usize> {
-        let mask = self.mask();
-        let mut at = tag as usize & mask;
-        loop {
-            let bucket = self.buckets[at];
-            if bucket.is_empty() {
-                return Err(at);
-            }
-            if bucket.tag == tag && hot[bucket.slot as usize].key.of(arena) == key {
-                return Ok(bucket.slot as usize);
-            }
-            at = (at + 1) & mask;
-        }
-    }
-
-    /// The first empty bucket of `tag`'s probe sequence.
-    fn vacant(&self, tag: u32) -> usize {
-        let mask = self.mask();
-        let mut at = tag as usize & mask;
-        while !self.buckets[at].is_empty() {
-            at = (at + 1) & mask;
-        }
-        at
-    }
-
-    fn set(&mut self, at: usize, tag: u32, slot: usize) {
-        self.buckets[at] = Bucket {
-            tag,
-            slot: slot as u32,
-        };
-    }
-
-    fn needs_growth(&self, entries: usize) -> bool {
-        entries * 4 > self.buckets.len() * 3
-    }
-
-    fn grow(&mut self) {
-        let doubled = vec![Bucket::EMPTY; self.buckets.len() * 2];
-        let old = std::mem::replace(&mut self.buckets, doubled);
-        for bucket in old.into_iter().filter(|bucket| !bucket.is_empty()) {
-            let at = self.vacant(bucket.tag);
-            self.buckets[at] = bucket;
-        }
-    }
-
-    /// Removes the bucket of `slot` (whose key has `tag`), then shifts later buckets of the
-    /// run back into the hole so that no probe sequence is cut short (Knuth's algorithm R;
-    /// no tombstones, so probes stay short however many evictions happen).
-    fn remove_slot(&mut self, tag: u32, slot: usize) {
-        let mask = self.mask();
-        let mut hole = tag as usize & mask;
-        while self.buckets[hole].slot as usize != slot {
-            hole = (hole + 1) & mask;
-        }
-        let mut next = (hole + 1) & mask;
-        while !self.buckets[next].is_empty() {
-            let home = self.buckets[next].tag as usize & mask;
-            let displacement = next.wrapping_sub(home) & mask;
-            let gap = next.wrapping_sub(hole) & mask;
-            // Moving back by `gap` keeps it at or after its home bucket.
-            if displacement >= gap {
-                self.buckets[hole] = self.buckets[next];
-                hole = next;
-            }
-            next = (next + 1) & mask;
-        }
-        self.buckets[hole] = Bucket::EMPTY;
-    }
-}
 
 /// Binary min-heap of slot numbers ordered by `(count, slot)`, with each slot's position so
 /// that a slot whose count grew can be sifted down in O(log n). Counts only ever grow, so
