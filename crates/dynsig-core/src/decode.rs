@@ -8,6 +8,7 @@
 //!
 //! Encoding outputs is the service's job, not this module's.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -181,6 +182,22 @@ pub fn decode(
     bytes: &[u8],
     limits: &Limits,
 ) -> Result<Input, Rejection> {
+    let mut input = Input::Post(Post::default());
+    decode_into(kind, format, bytes, limits, &mut input)?;
+    Ok(input)
+}
+
+/// [`decode`] into `out`, whose strings are reused: a JSON record's strings are copied
+/// into their buffers, so decoding a stream into the same `out` allocates nothing once
+/// the buffers have grown (and moves no record around). After a rejection `out` holds no
+/// meaningful record.
+pub fn decode_into(
+    kind: InputKind,
+    format: Format,
+    bytes: &[u8],
+    limits: &Limits,
+    out: &mut Input,
+) -> Result<(), Rejection> {
     if bytes.len() > limits.max_message_bytes {
         return Err(reject(
             RejectReason::TooLarge,
@@ -191,12 +208,11 @@ pub fn decode(
             ),
         ));
     }
-    let input = match format {
-        Format::Json => decode_json(kind, bytes)?,
-        Format::Protobuf => decode_protobuf(kind, bytes)?,
-    };
-    validate(&input, limits)?;
-    Ok(input)
+    match format {
+        Format::Json => decode_json(kind, bytes, out)?,
+        Format::Protobuf => *out = decode_protobuf(kind, bytes)?,
+    }
+    validate(out, limits)
 }
 
 /// The checks both formats share, on the decoded record.
@@ -234,29 +250,40 @@ const DEFAULT_EVENT_VALUE: f64 = 1.0;
 // ---------------------------------------------------------------------------------------
 // JSON
 
-/// A post as JSON may carry it. `None` is an absent field or `null`. Strings are owned
-/// rather than borrowed: the model owns them, so borrowing would only move the one copy.
-/// Unknown fields are ignored, as protobuf ignores unknown tags.
+/// A post as JSON may carry it. `None` is an absent field or `null`. Strings borrow from
+/// the record where they have no escapes, to be copied into the reused strings of
+/// [`decode_into`]'s output rather than allocated anew per record. Unknown fields are
+/// ignored, as protobuf ignores unknown tags.
 #[derive(Deserialize)]
-struct JsonPost {
-    id: Option<String>,
+struct JsonPost<'a> {
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
     ts: Option<EpochMs>,
-    source: Option<String>,
-    author: Option<String>,
-    text: Option<String>,
-    lang: Option<String>,
-    url: Option<String>,
+    #[serde(borrow)]
+    source: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    author: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    lang: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    url: Option<Cow<'a, str>>,
     metadata: Option<BTreeMap<String, String>>,
 }
 
 /// An internal event as JSON may carry it; see [`JsonPost`].
 #[derive(Deserialize)]
-struct JsonEvent {
-    id: Option<String>,
+struct JsonEvent<'a> {
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
     ts: Option<EpochMs>,
-    source: Option<String>,
-    kind: Option<String>,
-    key: Option<String>,
+    #[serde(borrow)]
+    source: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    key: Option<Cow<'a, str>>,
     value: Option<f64>,
     attributes: Option<BTreeMap<String, String>>,
 }
@@ -294,7 +321,7 @@ const EVENT_FIELDS: &[(&str, JsonType)] = &[
     ("attributes", JsonType::StringMap),
 ];
 
-fn decode_json(kind: InputKind, bytes: &[u8]) -> Result<Input, Rejection> {
+fn decode_json(kind: InputKind, bytes: &[u8], out: &mut Input) -> Result<(), Rejection> {
     // Checked first so that non-UTF-8 bytes get their own reason rather than a JSON
     // syntax error; it also lets serde_json skip its own UTF-8 checks.
     let text = std::str::from_utf8(bytes)
@@ -303,30 +330,51 @@ fn decode_json(kind: InputKind, bytes: &[u8]) -> Result<Input, Rejection> {
         InputKind::Post => {
             let raw: JsonPost = serde_json::from_str(text)
                 .map_err(|error| explain_json_error(text, &error, POST_FIELDS))?;
-            Ok(Input::Post(Post {
-                id: raw.id.unwrap_or_default(),
-                ts: required(raw.ts, "ts")?,
-                source: raw.source.unwrap_or_default(),
-                author: raw.author.unwrap_or_default(),
-                text: required(raw.text, "text")?,
-                lang: raw.lang.unwrap_or_default(),
-                url: raw.url.unwrap_or_default(),
-                metadata: raw.metadata.unwrap_or_default(),
-            }))
+            let ts = required(raw.ts, "ts")?;
+            let body = required(raw.text, "text")?;
+            if !matches!(out, Input::Post(_)) {
+                *out = Input::Post(Post::default());
+            }
+            let Input::Post(post) = out else {
+                unreachable!("just made a post")
+            };
+            post.ts = ts;
+            copy_into(&mut post.id, raw.id);
+            copy_into(&mut post.source, raw.source);
+            copy_into(&mut post.author, raw.author);
+            copy_into(&mut post.text, Some(body));
+            copy_into(&mut post.lang, raw.lang);
+            copy_into(&mut post.url, raw.url);
+            post.metadata = raw.metadata.unwrap_or_default();
         }
         InputKind::Event => {
             let raw: JsonEvent = serde_json::from_str(text)
                 .map_err(|error| explain_json_error(text, &error, EVENT_FIELDS))?;
-            Ok(Input::Event(InternalEvent {
-                id: raw.id.unwrap_or_default(),
-                ts: required(raw.ts, "ts")?,
-                source: raw.source.unwrap_or_default(),
-                kind: required(raw.kind, "kind")?,
-                key: raw.key.unwrap_or_default(),
-                value: raw.value.unwrap_or(DEFAULT_EVENT_VALUE),
-                attributes: raw.attributes.unwrap_or_default(),
-            }))
+            let ts = required(raw.ts, "ts")?;
+            let event_kind = required(raw.kind, "kind")?;
+            if !matches!(out, Input::Event(_)) {
+                *out = Input::Event(InternalEvent::default());
+            }
+            let Input::Event(event) = out else {
+                unreachable!("just made an event")
+            };
+            event.ts = ts;
+            copy_into(&mut event.id, raw.id);
+            copy_into(&mut event.source, raw.source);
+            copy_into(&mut event.kind, Some(event_kind));
+            copy_into(&mut event.key, raw.key);
+            event.value = raw.value.unwrap_or(DEFAULT_EVENT_VALUE);
+            event.attributes = raw.attributes.unwrap_or_default();
         }
+    }
+    Ok(())
+}
+
+/// Replaces `field` with `value` (empty when absent), reusing its buffer.
+fn copy_into(field: &mut String, value: Option<Cow<'_, str>>) {
+    field.clear();
+    if let Some(value) = value {
+        field.push_str(&value);
     }
 }
 

@@ -5,7 +5,7 @@
 use dynsig_core::decode::{self, Format, InputKind, Limits, RejectReason, Rejection};
 use dynsig_core::engine::{Engine, EngineError, Refused};
 use dynsig_core::feedback::Feedback;
-use dynsig_core::model::{Input, Origin, Signal};
+use dynsig_core::model::{Input, Origin, Post, Signal};
 use metrics::counter;
 
 use crate::config::Config;
@@ -27,6 +27,8 @@ pub struct Processor {
     limits: Limits,
     posts_format: Format,
     events_format: Format,
+    /// The record [`Processor::process`] decodes into, kept so that its strings are reused.
+    record: Option<Input>,
 }
 
 impl Processor {
@@ -36,20 +38,29 @@ impl Processor {
             limits: config.limits,
             posts_format: config.topics.posts_format,
             events_format: config.topics.events_format,
+            record: None,
         })
     }
 
     /// Decodes and ingests one record. A rejection (undecodable, invalid, or late) is
     /// returned for the caller to dead-letter; it is counted here.
     pub fn process(&mut self, input: RawInput<'_>) -> Result<(), Rejection> {
-        let record = self.decode(input)?;
-        self.ingest(&record, input.origin)
+        let mut record = self
+            .record
+            .take()
+            .unwrap_or_else(|| Input::Post(Post::default()));
+        let result = self
+            .decode_into(input, &mut record)
+            .and_then(|()| self.ingest(&record, input.origin));
+        self.record = Some(record);
+        result
     }
 
-    /// Decodes and validates one record (counted when rejected).
-    pub fn decode(&self, input: RawInput<'_>) -> Result<Input, Rejection> {
+    /// Decodes and validates one record into `out`, reusing its strings (see
+    /// [`decode::decode_into`]); counted when rejected.
+    pub fn decode_into(&self, input: RawInput<'_>, out: &mut Input) -> Result<(), Rejection> {
         let topic = input_label(input.kind);
-        self.decode_uncounted(input)
+        self.decode_uncounted(input, out)
             .inspect(|_| counter!(names::EVENTS_DECODED, "topic" => topic).increment(1))
             .inspect_err(|rejection| count_rejection(rejection, topic))
     }
@@ -113,7 +124,7 @@ impl Processor {
             .inspect_err(|rejection| count_rejection(rejection, "feedback"))
     }
 
-    fn decode_uncounted(&self, input: RawInput<'_>) -> Result<Input, Rejection> {
+    fn decode_uncounted(&self, input: RawInput<'_>, out: &mut Input) -> Result<(), Rejection> {
         let format = match input.content_type {
             Some(value) => Format::from_content_type(value).ok_or_else(|| Rejection {
                 reason: RejectReason::UnknownContentType,
@@ -124,7 +135,7 @@ impl Processor {
                 InputKind::Event => self.events_format,
             },
         };
-        decode::decode(input.kind, format, input.payload, &self.limits)
+        decode::decode_into(input.kind, format, input.payload, &self.limits, out)
     }
 
     /// The input partitions read now (see [`Engine::assign_partitions`]).
