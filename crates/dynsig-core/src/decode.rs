@@ -257,33 +257,40 @@ const DEFAULT_EVENT_VALUE: f64 = 1.0;
 #[derive(Deserialize)]
 struct JsonPost<'a> {
     #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
+    id: Option<JsonStr<'a>>,
     ts: Option<EpochMs>,
     #[serde(borrow)]
-    source: Option<Cow<'a, str>>,
+    source: Option<JsonStr<'a>>,
     #[serde(borrow)]
-    author: Option<Cow<'a, str>>,
+    author: Option<JsonStr<'a>>,
     #[serde(borrow)]
-    text: Option<Cow<'a, str>>,
+    text: Option<JsonStr<'a>>,
     #[serde(borrow)]
-    lang: Option<Cow<'a, str>>,
+    lang: Option<JsonStr<'a>>,
     #[serde(borrow)]
-    url: Option<Cow<'a, str>>,
+    url: Option<JsonStr<'a>>,
     metadata: Option<BTreeMap<String, String>>,
 }
+
+/// A JSON string, borrowed from the record unless it has escapes. A bare
+/// `Option<Cow<str>>` field would always be deserialized owned (serde borrows only for a
+/// `Cow` it sees directly), allocating per string.
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct JsonStr<'a>(#[serde(borrow)] Cow<'a, str>);
 
 /// An internal event as JSON may carry it; see [`JsonPost`].
 #[derive(Deserialize)]
 struct JsonEvent<'a> {
     #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
+    id: Option<JsonStr<'a>>,
     ts: Option<EpochMs>,
     #[serde(borrow)]
-    source: Option<Cow<'a, str>>,
+    source: Option<JsonStr<'a>>,
     #[serde(borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<JsonStr<'a>>,
     #[serde(borrow)]
-    key: Option<Cow<'a, str>>,
+    key: Option<JsonStr<'a>>,
     value: Option<f64>,
     attributes: Option<BTreeMap<String, String>>,
 }
@@ -371,9 +378,9 @@ fn decode_json(kind: InputKind, bytes: &[u8], out: &mut Input) -> Result<(), Rej
 }
 
 /// Replaces `field` with `value` (empty when absent), reusing its buffer.
-fn copy_into(field: &mut String, value: Option<Cow<'_, str>>) {
+fn copy_into(field: &mut String, value: Option<JsonStr<'_>>) {
     field.clear();
-    if let Some(value) = value {
+    if let Some(JsonStr(value)) = value {
         field.push_str(&value);
     }
 }
@@ -537,6 +544,13 @@ mod tests {
 
     fn rejected(result: Result<Input, Rejection>) -> Rejection {
         result.expect_err("record should be rejected")
+    }
+
+    #[test]
+    fn json_strings_are_borrowed_unless_escaped() {
+        let raw: JsonPost = serde_json::from_str(r#"{"text":"plain","author":"a\u00e9"}"#).unwrap();
+        assert!(matches!(raw.text, Some(JsonStr(Cow::Borrowed("plain")))));
+        assert!(matches!(raw.author, Some(JsonStr(Cow::Owned(ref s))) if s == "aé"));
     }
 
     fn sample_post() -> Post {
