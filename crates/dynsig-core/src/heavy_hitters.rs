@@ -31,15 +31,16 @@
 //!   incrementing a tracked key and evicting are O(log capacity). An eviction also hashes the
 //!   evicted key again and appends the new key to the key arena.
 //! - Memory is O(capacity), bounded whatever the vocabulary. Per tracked key:
-//!   `24 + size_of::<V>()` bytes of slot (16 hot bytes, key span and count, apart from
-//!   the error and the payload, so that counting a key touches little), the key's bytes
-//!   in the arena (at most twice over: see below), 5-byte index buckets at a load between
-//!   7/16 and 7/8 (about 6 to 12 bytes per key), and 8 bytes of heap once evicting. The slot
-//!   vector never grows past `capacity`.
+//!   `24 + size_of::<V>()` bytes of slot (16 hot bytes, key reference and count, apart
+//!   from the error and the payload, so that counting a key touches little), the bytes
+//!   of a key longer than 7 in the arena (at most twice over: see below), 5-byte index
+//!   buckets at a load between 7/16 and 7/8 (about 6 to 12 bytes per key), and 8 bytes of
+//!   heap once evicting. The slot vector never grows past `capacity`.
 //!
 //! # Layout
 //!
-//! Keys live once, concatenated in one arena string that the slots point into: no
+//! Keys of up to 7 bytes (most words) live inline in their slot's hot part; longer ones
+//! live once, concatenated in one arena string that the slots point into: no
 //! allocation per key (a window's sketch is filled anew every window), and keys sit densely
 //! in memory. An evicted key's bytes stay in the arena as garbage until garbage outweighs
 //! the live keys; then the arena is rewritten with the live keys only (amortized O(1) per
@@ -48,7 +49,8 @@
 //! to find and remove a key it does not own, so it would need a second copy of every key
 //! for the evictions). Its one control byte per bucket filters out most key comparisons,
 //! and at 5 bytes per bucket and a load up to 7/8 it stays small enough to be cached:
-//! a probe costs a control group, a slot number, the slot's hot part and the key's bytes.
+//! a probe costs a control group, a slot number, the slot's hot part and, for a long key,
+//! its bytes in the arena.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -92,7 +94,7 @@ pub struct Counted<'a, V> {
 
 #[derive(Debug, Clone, Copy)]
 struct Hot {
-    key: Span,
+    key: KeyRef,
     count: u64,
 }
 
@@ -102,16 +104,66 @@ struct Slot<V> {
     value: V,
 }
 
-/// Where a key sits in the arena.
-#[derive(Debug, Clone, Copy)]
-struct Span {
-    start: u32,
-    len: u32,
-}
+/// A key of at most 7 bytes, held inline (its bytes, zero-padded, then its length in
+/// byte 7), or where a longer key sits in the arena (start, then length with the high bit
+/// set). Most words are that short: comparing them costs one 8-byte compare, with no
+/// visit to the arena (a cache miss per probe) and no call to `memcmp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeyRef([u8; 8]);
 
-impl Span {
-    fn of(self, arena: &str) -> &str {
-        &arena[self.start as usize..(self.start + self.len) as usize]
+impl KeyRef {
+    const SPILLED: u32 = 1 << 31;
+
+    /// The inline form of `key`, if it is short enough. Built with overlapping loads: a
+    /// copy of a variable length would call `memcpy`.
+    fn inline(key: &str) -> Option<KeyRef> {
+        let bytes = key.as_bytes();
+        let len = bytes.len();
+        let at = |i: usize| u64::from(bytes[i]) << (8 * i);
+        let four = |i: usize| u64::from(u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap()));
+        let packed = match len {
+            0 => 0,
+            1..=3 => at(0) | at(len / 2) | at(len - 1),
+            4..=7 => four(0) | four(len - 4) << (8 * (len - 4)),
+            _ => return None,
+        };
+        Some(KeyRef((packed | (len as u64) << 56).to_le_bytes()))
+    }
+
+    fn spilled(start: u32, len: u32) -> KeyRef {
+        let word = u64::from(start) | u64::from(len | Self::SPILLED) << 32;
+        KeyRef(word.to_le_bytes())
+    }
+
+    /// The bytes the key takes in the arena (0 when inline).
+    fn spilled_len(self) -> usize {
+        let high = u32::from_le_bytes(self.0[4..].try_into().unwrap());
+        if high & Self::SPILLED == 0 {
+            0
+        } else {
+            (high & !Self::SPILLED) as usize
+        }
+    }
+
+    fn of<'a>(&'a self, arena: &'a str) -> &'a str {
+        match self.spilled_len() {
+            0 => {
+                let len = usize::from(self.0[7]);
+                std::str::from_utf8(&self.0[..len]).expect("an inline key is a whole string")
+            }
+            len => {
+                let start = u32::from_le_bytes(self.0[..4].try_into().unwrap()) as usize;
+                &arena[start..start + len]
+            }
+        }
+    }
+
+    /// Whether this is the key of a probe (`inline`: the probe's inline form, if any).
+    fn is(&self, key: &str, inline: Option<KeyRef>, arena: &str) -> bool {
+        match inline {
+            Some(inline) => *self == inline,
+            None => self.spilled_len() == key.len() && self.of(arena) == key,
+        }
     }
 }
 
@@ -166,6 +218,7 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
     pub fn add(&mut self, key: &str, weight: u64) -> (&mut V, bool) {
         self.total += weight;
         let hash = self.hasher.hash_one(key);
+        let inline = KeyRef::inline(key);
         let HeavyHitters {
             hot,
             arena,
@@ -175,7 +228,7 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
         } = self;
         let entry = index.entry(
             hash,
-            |&slot| hot[slot as usize].key.of(arena) == key,
+            |&slot| hot[slot as usize].key.is(key, inline, arena),
             |&slot| hasher.hash_one(hot[slot as usize].key.of(arena)),
         );
         let slot = match entry {
@@ -238,7 +291,7 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
         index.insert_unique(hash, slot as u32, |&s| {
             hasher.hash_one(hot[s as usize].key.of(arena))
         });
-        self.garbage += evicted.len as usize;
+        self.garbage += evicted.spilled_len();
         let key = self.store(key);
         let min = self.hot[slot].count;
         self.hot[slot] = Hot {
@@ -257,17 +310,20 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
         slot
     }
 
-    /// Appends `key` to the arena.
-    fn store(&mut self, key: &str) -> Span {
+    /// The reference of `key`: inline, or appended to the arena.
+    fn store(&mut self, key: &str) -> KeyRef {
+        if let Some(inline) = KeyRef::inline(key) {
+            return inline;
+        }
         let start = u32::try_from(self.arena.len()).ok();
-        let span = start
+        let spilled = start
             .zip(u32::try_from(key.len()).ok())
             .and_then(|(start, len)| {
                 start.checked_add(len)?;
-                Some(Span { start, len })
+                (len < KeyRef::SPILLED).then(|| KeyRef::spilled(start, len))
             });
         self.arena.push_str(key);
-        span.expect("keys of a sketch under 4 GiB")
+        spilled.expect("keys of a sketch under 2 GiB")
     }
 
     /// Rewrites the arena with the slots' keys only.
@@ -275,8 +331,10 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
         let old = std::mem::take(&mut self.arena);
         self.garbage = 0;
         for at in 0..self.hot.len() {
-            let key = self.hot[at].key.of(&old);
-            self.hot[at].key = self.store(key);
+            let key = self.hot[at].key;
+            if key.spilled_len() > 0 {
+                self.hot[at].key = self.store(key.of(&old));
+            }
         }
     }
 
@@ -284,7 +342,9 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
     pub fn get(&self, key: &str) -> Option<Counted<'_, V>> {
         let hash = self.hasher.hash_one(key);
         let &slot = self.index.find(hash, |&slot| {
-            self.hot[slot as usize].key.of(&self.arena) == key
+            self.hot[slot as usize]
+                .key
+                .is(key, KeyRef::inline(key), &self.arena)
         })?;
         Some(self.counted(slot as usize))
     }
@@ -463,6 +523,38 @@ mod tests {
             .iter()
             .map(|entry| (entry.key.to_string(), entry.count, entry.error))
             .collect()
+    }
+
+    #[test]
+    fn short_keys_are_inline_and_every_key_reads_back() {
+        let mut hitters = HeavyHitters::<()>::new(100);
+        let keys = [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "abcd",
+            "abcdefg",
+            "abcdefgh",
+            "é",
+            "東京",
+            "\u{1}東京x",
+            "longer key",
+        ];
+        for key in keys {
+            hitters.add(key, 1);
+        }
+        for (slot, key) in keys.iter().enumerate() {
+            assert_eq!(
+                hitters.hot[slot].key.spilled_len() == 0,
+                key.len() <= 7,
+                "{key:?}"
+            );
+            assert_eq!(hitters.get(key).map(|c| (c.key, c.count)), Some((*key, 1)));
+        }
+        // Same length and bytes but one: not the same key.
+        assert!(hitters.get("abcdefx").is_none() && hitters.get("abcdefgx").is_none());
+        assert_eq!(hitters.arena, "abcdefgh\u{1}東京xlonger key");
     }
 
     #[test]
