@@ -14,7 +14,8 @@ use std::fmt;
 
 use dynsig_proto::v1;
 use prost::Message;
-use serde::{Deserialize, Serialize};
+use serde::de::{Error as _, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer as _, Serialize};
 use serde_json::Value;
 
 use crate::model::{EpochMs, Input, InternalEvent, Post};
@@ -250,26 +251,84 @@ const DEFAULT_EVENT_VALUE: f64 = 1.0;
 // ---------------------------------------------------------------------------------------
 // JSON
 
-/// A post as JSON may carry it. `None` is an absent field or `null`. Strings borrow from
-/// the record where they have no escapes, to be copied into the reused strings of
-/// [`decode_into`]'s output rather than allocated anew per record. Unknown fields are
-/// ignored, as protobuf ignores unknown tags.
-#[derive(Deserialize)]
-struct JsonPost<'a> {
-    #[serde(borrow)]
-    id: Option<JsonStr<'a>>,
-    ts: Option<EpochMs>,
-    #[serde(borrow)]
-    source: Option<JsonStr<'a>>,
-    #[serde(borrow)]
-    author: Option<JsonStr<'a>>,
-    #[serde(borrow)]
-    text: Option<JsonStr<'a>>,
-    #[serde(borrow)]
-    lang: Option<JsonStr<'a>>,
-    #[serde(borrow)]
-    url: Option<JsonStr<'a>>,
-    metadata: Option<BTreeMap<String, String>>,
+/// The fields of a post in JSON, in the order of [`POST_FIELDS`]; `Other` is any unknown
+/// field, ignored as protobuf ignores unknown tags.
+#[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum PostField {
+    Id,
+    Ts,
+    Source,
+    Author,
+    Text,
+    Lang,
+    Url,
+    Metadata,
+    #[serde(other)]
+    Other,
+}
+
+/// Deserializes a JSON post object straight into a reused [`Post`] (posts are the hot
+/// path: a derived struct in between was moved, ~180 bytes, several times per post).
+/// `null` is an absent field; a repeated known field is an error, as with a derived
+/// struct. Returns `ts` and whether `text` was present, both required.
+struct PostInto<'p>(&'p mut Post);
+
+impl<'de> Visitor<'de> for PostInto<'_> {
+    type Value = (Option<EpochMs>, bool);
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let post = self.0;
+        for field in [
+            &mut post.id,
+            &mut post.source,
+            &mut post.author,
+            &mut post.text,
+            &mut post.lang,
+            &mut post.url,
+        ] {
+            field.clear();
+        }
+        post.metadata.clear();
+        let (mut ts, mut has_text, mut seen) = (None, false, 0u16);
+        while let Some(field) = map.next_key::<PostField>()? {
+            if field != PostField::Other {
+                let bit = 1 << field as u16;
+                if seen & bit != 0 {
+                    return Err(A::Error::duplicate_field(POST_FIELDS[field as usize].0));
+                }
+                seen |= bit;
+            }
+            let string = match field {
+                PostField::Id => &mut post.id,
+                PostField::Source => &mut post.source,
+                PostField::Author => &mut post.author,
+                PostField::Text => &mut post.text,
+                PostField::Lang => &mut post.lang,
+                PostField::Url => &mut post.url,
+                PostField::Ts => {
+                    ts = map.next_value()?;
+                    continue;
+                }
+                PostField::Metadata => {
+                    post.metadata = map.next_value::<Option<_>>()?.unwrap_or_default();
+                    continue;
+                }
+                PostField::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            let value: Option<JsonStr> = map.next_value()?;
+            has_text |= field == PostField::Text && value.is_some();
+            copy_into(string, value);
+        }
+        Ok((ts, has_text))
+    }
 }
 
 /// A JSON string, borrowed from the record unless it has escapes. A bare
@@ -279,7 +338,9 @@ struct JsonPost<'a> {
 #[serde(transparent)]
 struct JsonStr<'a>(#[serde(borrow)] Cow<'a, str>);
 
-/// An internal event as JSON may carry it; see [`JsonPost`].
+/// An internal event as JSON may carry it. `None` is an absent field or `null`; strings are
+/// borrowed, then copied into the reused output (see [`decode_into`]). Unknown fields are
+/// ignored, as protobuf ignores unknown tags.
 #[derive(Deserialize)]
 struct JsonEvent<'a> {
     #[serde(borrow)]
@@ -296,7 +357,7 @@ struct JsonEvent<'a> {
 }
 
 /// The JSON type each field must have. Only consulted to explain a failed fast parse, so
-/// it must list every field of [`JsonPost`] and [`JsonEvent`] with the type serde expects
+/// it must list every field of [`PostField`] (in its order) and [`JsonEvent`] with the type serde expects
 /// (test `every_mistyped_json_field_is_named` holds them together).
 #[derive(Debug, Clone, Copy)]
 enum JsonType {
@@ -335,28 +396,29 @@ fn decode_json(kind: InputKind, bytes: &[u8], out: &mut Input) -> Result<(), Rej
         .map_err(|error| reject(RejectReason::InvalidUtf8, error.to_string()))?;
     match kind {
         InputKind::Post => {
-            let raw: JsonPost = serde_json::from_str(text)
-                .map_err(|error| explain_json_error(text, &error, POST_FIELDS))?;
-            let ts = required(raw.ts, "ts")?;
-            let body = required(raw.text, "text")?;
             if !matches!(out, Input::Post(_)) {
                 *out = Input::Post(Post::default());
             }
             let Input::Post(post) = out else {
                 unreachable!("just made a post")
             };
-            post.ts = ts;
-            copy_into(&mut post.id, raw.id);
-            copy_into(&mut post.source, raw.source);
-            copy_into(&mut post.author, raw.author);
-            copy_into(&mut post.text, Some(body));
-            copy_into(&mut post.lang, raw.lang);
-            copy_into(&mut post.url, raw.url);
-            post.metadata = raw.metadata.unwrap_or_default();
+            let mut json = serde_json::Deserializer::from_str(text);
+            let (ts, has_text) = json
+                .deserialize_map(PostInto(post))
+                .and_then(|fields| json.end().map(|()| fields))
+                .map_err(|error| explain_json_error(text, &error, POST_FIELDS))?;
+            post.ts = required(ts, "ts")?;
+            required(has_text.then_some(()), "text")?;
         }
         InputKind::Event => {
-            let raw: JsonEvent = serde_json::from_str(text)
-                .map_err(|error| explain_json_error(text, &error, EVENT_FIELDS))?;
+            // A record is a JSON object, as posts are read: a derived struct would also
+            // take the sequence form (an array of the fields in order).
+            let raw: JsonEvent = if text.trim_start().starts_with('[') {
+                Err(serde_json::Error::custom("expected a JSON object"))
+            } else {
+                serde_json::from_str(text)
+            }
+            .map_err(|error| explain_json_error(text, &error, EVENT_FIELDS))?;
             let ts = required(raw.ts, "ts")?;
             let event_kind = required(raw.kind, "kind")?;
             if !matches!(out, Input::Event(_)) {
@@ -547,10 +609,28 @@ mod tests {
     }
 
     #[test]
+    fn json_arrays_are_not_records() {
+        for (kind, array) in [
+            (
+                InputKind::Post,
+                r#"[" p", 1735689600000, "s", "a", "text", "en", "", {}]"#,
+            ),
+            (
+                InputKind::Event,
+                r#" ["e", 1735689600000, "s", "error", "k", 1.0, {}]"#,
+            ),
+        ] {
+            let rejection = rejected(decode(kind, Format::Json, array.as_bytes(), &limits()));
+            assert_eq!(rejection.reason, RejectReason::InvalidJson);
+            assert_eq!(rejection.detail, "expected a JSON object, got array");
+        }
+    }
+
+    #[test]
     fn json_strings_are_borrowed_unless_escaped() {
-        let raw: JsonPost = serde_json::from_str(r#"{"text":"plain","author":"a\u00e9"}"#).unwrap();
-        assert!(matches!(raw.text, Some(JsonStr(Cow::Borrowed("plain")))));
-        assert!(matches!(raw.author, Some(JsonStr(Cow::Owned(ref s))) if s == "aé"));
+        let raw: JsonEvent = serde_json::from_str(r#"{"kind":"plain","key":"a\u00e9"}"#).unwrap();
+        assert!(matches!(raw.kind, Some(JsonStr(Cow::Borrowed("plain")))));
+        assert!(matches!(raw.key, Some(JsonStr(Cow::Owned(ref s))) if s == "aé"));
     }
 
     fn sample_post() -> Post {
