@@ -357,8 +357,10 @@ struct JsonEvent<'a> {
 }
 
 /// The JSON type each field must have. Only consulted to explain a failed fast parse, so
-/// it must list every field of [`PostField`] (in its order) and [`JsonEvent`] with the type serde expects
-/// (test `every_mistyped_json_field_is_named` holds them together).
+/// it must list every field of [`PostField`] (in its order, which names a repeated field)
+/// and [`JsonEvent`] with the type serde expects (tests
+/// `every_mistyped_json_field_is_named` and `post_fields_follow_the_field_table` hold them
+/// together).
 #[derive(Debug, Clone, Copy)]
 enum JsonType {
     /// An integer: `ts`, epoch milliseconds.
@@ -606,6 +608,21 @@ mod tests {
 
     fn rejected(result: Result<Input, Rejection>) -> Rejection {
         result.expect_err("record should be rejected")
+    }
+
+    #[test]
+    fn post_fields_follow_the_field_table() {
+        for (i, &(name, _)) in POST_FIELDS.iter().enumerate() {
+            let field: PostField = serde_json::from_str(&format!("{name:?}")).unwrap();
+            assert_eq!(field as usize, i, "{name}");
+        }
+        let duplicate = rejected(json_post(&format!(
+            r#"{{"ts":{TS},"text":"a","text":"b"}}"#
+        )));
+        assert!(
+            duplicate.detail.contains("duplicate field `text`"),
+            "{duplicate}"
+        );
     }
 
     #[test]
