@@ -8,12 +8,14 @@
 //!
 //! Encoding outputs is the service's job, not this module's.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
 use dynsig_proto::v1;
 use prost::Message;
-use serde::{Deserialize, Serialize};
+use serde::de::{Error as _, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer as _, Serialize};
 use serde_json::Value;
 
 use crate::model::{EpochMs, Input, InternalEvent, Post};
@@ -181,6 +183,22 @@ pub fn decode(
     bytes: &[u8],
     limits: &Limits,
 ) -> Result<Input, Rejection> {
+    let mut input = Input::Post(Post::default());
+    decode_into(kind, format, bytes, limits, &mut input)?;
+    Ok(input)
+}
+
+/// [`decode`] into `out`, whose strings are reused: a JSON record's strings are copied
+/// into their buffers, so decoding a stream into the same `out` allocates nothing once
+/// the buffers have grown (and moves no record around). After a rejection `out` holds no
+/// meaningful record.
+pub fn decode_into(
+    kind: InputKind,
+    format: Format,
+    bytes: &[u8],
+    limits: &Limits,
+    out: &mut Input,
+) -> Result<(), Rejection> {
     if bytes.len() > limits.max_message_bytes {
         return Err(reject(
             RejectReason::TooLarge,
@@ -191,12 +209,11 @@ pub fn decode(
             ),
         ));
     }
-    let input = match format {
-        Format::Json => decode_json(kind, bytes)?,
-        Format::Protobuf => decode_protobuf(kind, bytes)?,
-    };
-    validate(&input, limits)?;
-    Ok(input)
+    match format {
+        Format::Json => decode_json(kind, bytes, out)?,
+        Format::Protobuf => *out = decode_protobuf(kind, bytes)?,
+    }
+    validate(out, limits)
 }
 
 /// The checks both formats share, on the decoded record.
@@ -234,36 +251,116 @@ const DEFAULT_EVENT_VALUE: f64 = 1.0;
 // ---------------------------------------------------------------------------------------
 // JSON
 
-/// A post as JSON may carry it. `None` is an absent field or `null`. Strings are owned
-/// rather than borrowed: the model owns them, so borrowing would only move the one copy.
-/// Unknown fields are ignored, as protobuf ignores unknown tags.
-#[derive(Deserialize)]
-struct JsonPost {
-    id: Option<String>,
-    ts: Option<EpochMs>,
-    source: Option<String>,
-    author: Option<String>,
-    text: Option<String>,
-    lang: Option<String>,
-    url: Option<String>,
-    metadata: Option<BTreeMap<String, String>>,
+/// The fields of a post in JSON, in the order of [`POST_FIELDS`]; `Other` is any unknown
+/// field, ignored as protobuf ignores unknown tags.
+#[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum PostField {
+    Id,
+    Ts,
+    Source,
+    Author,
+    Text,
+    Lang,
+    Url,
+    Metadata,
+    #[serde(other)]
+    Other,
 }
 
-/// An internal event as JSON may carry it; see [`JsonPost`].
+/// Deserializes a JSON post object straight into a reused [`Post`] (posts are the hot
+/// path: a derived struct in between was moved, ~180 bytes, several times per post).
+/// `null` is an absent field; a repeated known field is an error, as with a derived
+/// struct. Returns `ts` and whether `text` was present, both required.
+struct PostInto<'p>(&'p mut Post);
+
+impl<'de> Visitor<'de> for PostInto<'_> {
+    type Value = (Option<EpochMs>, bool);
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let post = self.0;
+        for field in [
+            &mut post.id,
+            &mut post.source,
+            &mut post.author,
+            &mut post.text,
+            &mut post.lang,
+            &mut post.url,
+        ] {
+            field.clear();
+        }
+        post.metadata.clear();
+        let (mut ts, mut has_text, mut seen) = (None, false, 0u16);
+        while let Some(field) = map.next_key::<PostField>()? {
+            if field != PostField::Other {
+                let bit = 1 << field as u16;
+                if seen & bit != 0 {
+                    return Err(A::Error::duplicate_field(POST_FIELDS[field as usize].0));
+                }
+                seen |= bit;
+            }
+            let string = match field {
+                PostField::Id => &mut post.id,
+                PostField::Source => &mut post.source,
+                PostField::Author => &mut post.author,
+                PostField::Text => &mut post.text,
+                PostField::Lang => &mut post.lang,
+                PostField::Url => &mut post.url,
+                PostField::Ts => {
+                    ts = map.next_value()?;
+                    continue;
+                }
+                PostField::Metadata => {
+                    post.metadata = map.next_value::<Option<_>>()?.unwrap_or_default();
+                    continue;
+                }
+                PostField::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            let value: Option<JsonStr> = map.next_value()?;
+            has_text |= field == PostField::Text && value.is_some();
+            copy_into(string, value);
+        }
+        Ok((ts, has_text))
+    }
+}
+
+/// A JSON string, borrowed from the record unless it has escapes. A bare
+/// `Option<Cow<str>>` field would always be deserialized owned (serde borrows only for a
+/// `Cow` it sees directly), allocating per string.
 #[derive(Deserialize)]
-struct JsonEvent {
-    id: Option<String>,
+#[serde(transparent)]
+struct JsonStr<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// An internal event as JSON may carry it. `None` is an absent field or `null`; strings are
+/// borrowed, then copied into the reused output (see [`decode_into`]). Unknown fields are
+/// ignored, as protobuf ignores unknown tags.
+#[derive(Deserialize)]
+struct JsonEvent<'a> {
+    #[serde(borrow)]
+    id: Option<JsonStr<'a>>,
     ts: Option<EpochMs>,
-    source: Option<String>,
-    kind: Option<String>,
-    key: Option<String>,
+    #[serde(borrow)]
+    source: Option<JsonStr<'a>>,
+    #[serde(borrow)]
+    kind: Option<JsonStr<'a>>,
+    #[serde(borrow)]
+    key: Option<JsonStr<'a>>,
     value: Option<f64>,
     attributes: Option<BTreeMap<String, String>>,
 }
 
 /// The JSON type each field must have. Only consulted to explain a failed fast parse, so
-/// it must list every field of [`JsonPost`] and [`JsonEvent`] with the type serde expects
-/// (test `every_mistyped_json_field_is_named` holds them together).
+/// it must list every field of [`PostField`] (in its order, which names a repeated field)
+/// and [`JsonEvent`] with the type serde expects (tests
+/// `every_mistyped_json_field_is_named` and `post_fields_follow_the_field_table` hold them
+/// together).
 #[derive(Debug, Clone, Copy)]
 enum JsonType {
     /// An integer: `ts`, epoch milliseconds.
@@ -294,39 +391,61 @@ const EVENT_FIELDS: &[(&str, JsonType)] = &[
     ("attributes", JsonType::StringMap),
 ];
 
-fn decode_json(kind: InputKind, bytes: &[u8]) -> Result<Input, Rejection> {
+fn decode_json(kind: InputKind, bytes: &[u8], out: &mut Input) -> Result<(), Rejection> {
     // Checked first so that non-UTF-8 bytes get their own reason rather than a JSON
     // syntax error; it also lets serde_json skip its own UTF-8 checks.
     let text = std::str::from_utf8(bytes)
         .map_err(|error| reject(RejectReason::InvalidUtf8, error.to_string()))?;
     match kind {
         InputKind::Post => {
-            let raw: JsonPost = serde_json::from_str(text)
+            if !matches!(out, Input::Post(_)) {
+                *out = Input::Post(Post::default());
+            }
+            let Input::Post(post) = out else {
+                unreachable!("just made a post")
+            };
+            let mut json = serde_json::Deserializer::from_str(text);
+            let (ts, has_text) = json
+                .deserialize_map(PostInto(post))
+                .and_then(|fields| json.end().map(|()| fields))
                 .map_err(|error| explain_json_error(text, &error, POST_FIELDS))?;
-            Ok(Input::Post(Post {
-                id: raw.id.unwrap_or_default(),
-                ts: required(raw.ts, "ts")?,
-                source: raw.source.unwrap_or_default(),
-                author: raw.author.unwrap_or_default(),
-                text: required(raw.text, "text")?,
-                lang: raw.lang.unwrap_or_default(),
-                url: raw.url.unwrap_or_default(),
-                metadata: raw.metadata.unwrap_or_default(),
-            }))
+            post.ts = required(ts, "ts")?;
+            required(has_text.then_some(()), "text")?;
         }
         InputKind::Event => {
-            let raw: JsonEvent = serde_json::from_str(text)
-                .map_err(|error| explain_json_error(text, &error, EVENT_FIELDS))?;
-            Ok(Input::Event(InternalEvent {
-                id: raw.id.unwrap_or_default(),
-                ts: required(raw.ts, "ts")?,
-                source: raw.source.unwrap_or_default(),
-                kind: required(raw.kind, "kind")?,
-                key: raw.key.unwrap_or_default(),
-                value: raw.value.unwrap_or(DEFAULT_EVENT_VALUE),
-                attributes: raw.attributes.unwrap_or_default(),
-            }))
+            // A record is a JSON object, as posts are read: a derived struct would also
+            // take the sequence form (an array of the fields in order).
+            let raw: JsonEvent = if text.trim_start().starts_with('[') {
+                Err(serde_json::Error::custom("expected a JSON object"))
+            } else {
+                serde_json::from_str(text)
+            }
+            .map_err(|error| explain_json_error(text, &error, EVENT_FIELDS))?;
+            let ts = required(raw.ts, "ts")?;
+            let event_kind = required(raw.kind, "kind")?;
+            if !matches!(out, Input::Event(_)) {
+                *out = Input::Event(InternalEvent::default());
+            }
+            let Input::Event(event) = out else {
+                unreachable!("just made an event")
+            };
+            event.ts = ts;
+            copy_into(&mut event.id, raw.id);
+            copy_into(&mut event.source, raw.source);
+            copy_into(&mut event.kind, Some(event_kind));
+            copy_into(&mut event.key, raw.key);
+            event.value = raw.value.unwrap_or(DEFAULT_EVENT_VALUE);
+            event.attributes = raw.attributes.unwrap_or_default();
         }
+    }
+    Ok(())
+}
+
+/// Replaces `field` with `value` (empty when absent), reusing its buffer.
+fn copy_into(field: &mut String, value: Option<JsonStr<'_>>) {
+    field.clear();
+    if let Some(JsonStr(value)) = value {
+        field.push_str(&value);
     }
 }
 
@@ -489,6 +608,46 @@ mod tests {
 
     fn rejected(result: Result<Input, Rejection>) -> Rejection {
         result.expect_err("record should be rejected")
+    }
+
+    #[test]
+    fn post_fields_follow_the_field_table() {
+        for (i, &(name, _)) in POST_FIELDS.iter().enumerate() {
+            let field: PostField = serde_json::from_str(&format!("{name:?}")).unwrap();
+            assert_eq!(field as usize, i, "{name}");
+        }
+        let duplicate = rejected(json_post(&format!(
+            r#"{{"ts":{TS},"text":"a","text":"b"}}"#
+        )));
+        assert!(
+            duplicate.detail.contains("duplicate field `text`"),
+            "{duplicate}"
+        );
+    }
+
+    #[test]
+    fn json_arrays_are_not_records() {
+        for (kind, array) in [
+            (
+                InputKind::Post,
+                r#"[" p", 1735689600000, "s", "a", "text", "en", "", {}]"#,
+            ),
+            (
+                InputKind::Event,
+                r#" ["e", 1735689600000, "s", "error", "k", 1.0, {}]"#,
+            ),
+        ] {
+            let rejection = rejected(decode(kind, Format::Json, array.as_bytes(), &limits()));
+            assert_eq!(rejection.reason, RejectReason::InvalidJson);
+            assert_eq!(rejection.detail, "expected a JSON object, got array");
+        }
+    }
+
+    #[test]
+    fn json_strings_are_borrowed_unless_escaped() {
+        let raw: JsonEvent = serde_json::from_str(r#"{"kind":"plain","key":"a\u00e9"}"#).unwrap();
+        assert!(matches!(raw.kind, Some(JsonStr(Cow::Borrowed("plain")))));
+        assert!(matches!(raw.key, Some(JsonStr(Cow::Owned(ref s))) if s == "aé"));
     }
 
     fn sample_post() -> Post {

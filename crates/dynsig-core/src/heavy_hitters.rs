@@ -31,25 +31,32 @@
 //!   incrementing a tracked key and evicting are O(log capacity). An eviction also hashes the
 //!   evicted key again and appends the new key to the key arena.
 //! - Memory is O(capacity), bounded whatever the vocabulary. Per tracked key:
-//!   `24 + size_of::<V>()` bytes of slot (key span, count, error, payload), the key's bytes
-//!   in the arena (at most twice over: see below), 8-byte index buckets at a load between
-//!   3/8 and 3/4 (about 11 to 21 bytes per key), and 8 bytes of heap once evicting. The slot
-//!   vector never grows past `capacity`.
+//!   `24 + size_of::<V>()` bytes of slot (16 hot bytes, key reference and count, apart
+//!   from the error and the payload, so that counting a key touches little), the bytes
+//!   of a key longer than 7 in the arena (at most twice over: see below), 5-byte index
+//!   buckets at a load between 7/16 and 7/8 (about 6 to 12 bytes per key), and 8 bytes of
+//!   heap once evicting. The slot vector never grows past `capacity`.
 //!
 //! # Layout
 //!
-//! Keys live once, concatenated in one arena string that the slots point into: no
+//! Keys of up to 7 bytes (most words) live inline in their slot's hot part; longer ones
+//! live once, concatenated in one arena string that the slots point into: no
 //! allocation per key (a window's sketch is filled anew every window), and keys sit densely
 //! in memory. An evicted key's bytes stay in the arena as garbage until garbage outweighs
 //! the live keys; then the arena is rewritten with the live keys only (amortized O(1) per
-//! eviction). The index is a small open-addressing table (linear probing, backward-shift
-//! deletion) of `(hash tag, slot number)` pairs, in the style of `indexmap`:
-//! `std::collections::HashMap` has no stable way to find and remove a key it does not own,
-//! so it would need a second copy of every key for the evictions.
+//! eviction). The index is a `hashbrown::HashTable` of 4-byte slot numbers, hashed by
+//! their keys, in the style of `indexmap` (`std::collections::HashMap` has no stable way
+//! to find and remove a key it does not own, so it would need a second copy of every key
+//! for the evictions). Its one control byte per bucket filters out most key comparisons,
+//! and at 5 bytes per bucket and a load up to 7/8 it stays small enough to be cached:
+//! a probe costs a control group, a slot number, the slot's hot part and, for a long key,
+//! its bytes in the arena.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
+use hashbrown::hash_table::Entry;
+use hashbrown::HashTable;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A SpaceSaving heavy-hitter counter with a payload `V` per tracked key (see the module
@@ -57,12 +64,17 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Debug, Clone)]
 pub struct HeavyHitters<V, S = RandomState> {
     capacity: usize,
-    /// Tracked keys by slot number; `len() <= capacity`.
+    /// What every `add` reads, by slot number: the key and its count. Kept apart from the
+    /// rest of the slot so that an index probe and a count update touch 16 bytes per key
+    /// (a window's keys then mostly fit in L2); `len() <= capacity`.
+    hot: Vec<Hot>,
+    /// The rest of each slot (error, payload), read when a payload is used or on output.
     slots: Vec<Slot<V>>,
     /// The keys of the slots, and `garbage` bytes of evicted ones.
     arena: String,
     garbage: usize,
-    index: Index,
+    /// Slot numbers, hashed by their keys.
+    index: HashTable<u32>,
     /// Empty until the first eviction; afterwards it holds every slot.
     heap: MinHeap,
     hasher: S,
@@ -81,35 +93,78 @@ pub struct Counted<'a, V> {
     pub value: &'a V,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Hot {
+    key: KeyRef,
+    count: u64,
+}
+
 #[derive(Debug, Clone)]
 struct Slot<V> {
-    key: Span,
-    count: u64,
     error: u64,
     value: V,
 }
 
-impl<V> Slot<V> {
-    fn counted<'a>(&'a self, arena: &'a str) -> Counted<'a, V> {
-        Counted {
-            key: self.key.of(arena),
-            count: self.count,
-            error: self.error,
-            value: &self.value,
+/// A key of at most 7 bytes, held inline (its bytes, zero-padded, then its length in
+/// byte 7), or where a longer key sits in the arena (start, then length with the high bit
+/// set). Most words are that short: comparing them costs one 8-byte compare, with no
+/// visit to the arena (a cache miss per probe) and no call to `memcmp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeyRef([u8; 8]);
+
+impl KeyRef {
+    const SPILLED: u32 = 1 << 31;
+
+    /// The inline form of `key`, if it is short enough. Built with overlapping loads: a
+    /// copy of a variable length would call `memcpy`.
+    fn inline(key: &str) -> Option<KeyRef> {
+        let bytes = key.as_bytes();
+        let len = bytes.len();
+        let at = |i: usize| u64::from(bytes[i]) << (8 * i);
+        let four = |i: usize| u64::from(u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap()));
+        let packed = match len {
+            0 => 0,
+            1..=3 => at(0) | at(len / 2) | at(len - 1),
+            4..=7 => four(0) | four(len - 4) << (8 * (len - 4)),
+            _ => return None,
+        };
+        Some(KeyRef((packed | (len as u64) << 56).to_le_bytes()))
+    }
+
+    fn spilled(start: u32, len: u32) -> KeyRef {
+        let word = u64::from(start) | u64::from(len | Self::SPILLED) << 32;
+        KeyRef(word.to_le_bytes())
+    }
+
+    /// The bytes the key takes in the arena (0 when inline).
+    fn spilled_len(self) -> usize {
+        let high = u32::from_le_bytes(self.0[4..].try_into().unwrap());
+        if high & Self::SPILLED == 0 {
+            0
+        } else {
+            (high & !Self::SPILLED) as usize
         }
     }
-}
 
-/// Where a key sits in the arena.
-#[derive(Debug, Clone, Copy)]
-struct Span {
-    start: u32,
-    len: u32,
-}
+    fn of<'a>(&'a self, arena: &'a str) -> &'a str {
+        match self.spilled_len() {
+            0 => {
+                let len = usize::from(self.0[7]);
+                std::str::from_utf8(&self.0[..len]).expect("an inline key is a whole string")
+            }
+            len => {
+                let start = u32::from_le_bytes(self.0[..4].try_into().unwrap()) as usize;
+                &arena[start..start + len]
+            }
+        }
+    }
 
-impl Span {
-    fn of(self, arena: &str) -> &str {
-        &arena[self.start as usize..(self.start + self.len) as usize]
+    /// Whether this is the key of a probe (`inline`: the probe's inline form, if any).
+    fn is(&self, key: &str, inline: Option<KeyRef>, arena: &str) -> bool {
+        match inline {
+            Some(inline) => *self == inline,
+            None => self.spilled_len() == key.len() && self.of(arena) == key,
+        }
     }
 }
 
@@ -126,17 +181,18 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
     /// keys). The hasher changes speed only, never results.
     pub fn with_hasher(capacity: usize, hasher: S) -> Self {
         assert!(capacity >= 1, "HeavyHitters capacity must be at least 1");
-        // Slot numbers are u32 and the index derives bucket positions from a 32-bit tag.
+        // Slot numbers are u32.
         assert!(
             capacity <= MAX_CAPACITY,
             "HeavyHitters capacity must be at most {MAX_CAPACITY}"
         );
         HeavyHitters {
             capacity,
+            hot: Vec::new(),
             slots: Vec::new(),
             arena: String::new(),
             garbage: 0,
-            index: Index::new(),
+            index: HashTable::new(),
             heap: MinHeap::default(),
             hasher,
             total: 0,
@@ -147,6 +203,7 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
     /// Forgets every key but keeps the allocations (slots, arena, index), so that a sketch
     /// can be reused for the next window without growing (and rehashing) again from empty.
     pub fn clear(&mut self) {
+        self.hot.clear();
         self.slots.clear();
         self.arena.clear();
         self.garbage = 0;
@@ -161,131 +218,161 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
     /// `V::default()`.
     pub fn add(&mut self, key: &str, weight: u64) -> (&mut V, bool) {
         self.total += weight;
-        let tag = self.tag(key);
-        let vacant = match self.index.find(tag, key, &self.slots, &self.arena) {
-            Ok(slot) => {
-                self.slots[slot].count += weight;
+        let hash = self.hasher.hash_one(key);
+        let inline = KeyRef::inline(key);
+        let HeavyHitters {
+            hot,
+            arena,
+            index,
+            hasher,
+            ..
+        } = self;
+        let entry = index.entry(
+            hash,
+            |&slot| hot[slot as usize].key.is(key, inline, arena),
+            |&slot| hasher.hash_one(hot[slot as usize].key.of(arena)),
+        );
+        let slot = match entry {
+            Entry::Occupied(occupied) => {
+                let slot = *occupied.get() as usize;
+                hot[slot].count += weight;
                 if self.heap.is_built() {
-                    self.heap.increased(slot, &self.slots);
+                    self.heap.increased(slot, &self.hot);
                 }
                 return (&mut self.slots[slot].value, false);
             }
-            Err(vacant) => vacant,
-        };
-        let slot = if self.slots.len() < self.capacity {
-            self.track_new(tag, vacant, key, weight)
-        } else {
-            self.replace_min(tag, key, weight)
+            Entry::Vacant(vacant) if hot.len() < self.capacity => {
+                let slot = hot.len();
+                vacant.insert(slot as u32);
+                self.track_new(key, weight);
+                slot
+            }
+            Entry::Vacant(_) => self.replace_min(hash, key, weight),
         };
         (&mut self.slots[slot].value, true)
     }
 
-    /// Exact path: a fresh slot, no eviction.
-    fn track_new(&mut self, tag: u32, vacant: usize, key: &str, weight: u64) -> usize {
-        let slot = self.slots.len();
-        let vacant = if self.index.needs_growth(slot + 1) {
-            self.index.grow();
-            self.index.vacant(tag)
-        } else {
-            vacant
-        };
-        if self.slots.len() == self.slots.capacity() {
+    /// Exact path: a fresh slot (already in the index), no eviction.
+    fn track_new(&mut self, key: &str, weight: u64) {
+        let slot = self.hot.len();
+        if slot == self.hot.capacity() {
             // Amortized doubling, but never past `capacity`: that memory would stay unused.
-            let room = self.capacity - self.slots.len();
-            self.slots.reserve_exact(self.slots.len().max(4).min(room));
+            let more = slot.max(4).min(self.capacity - slot);
+            self.hot.reserve_exact(more);
+            self.slots.reserve_exact(more);
         }
         let key = self.store(key);
+        self.hot.push(Hot { key, count: weight });
         self.slots.push(Slot {
-            key,
-            count: weight,
             error: 0,
             value: V::default(),
         });
-        self.index.set(vacant, tag, slot);
-        slot
     }
 
-    /// SpaceSaving step: `key` takes over the slot of the smallest count.
-    fn replace_min(&mut self, tag: u32, key: &str, weight: u64) -> usize {
+    /// SpaceSaving step: `key` (hashed to `hash`) takes over the slot of the smallest count.
+    fn replace_min(&mut self, hash: u64, key: &str, weight: u64) -> usize {
         if !self.heap.is_built() {
-            self.heap.build(&self.slots);
+            self.heap.build(&self.hot);
         }
         let slot = self.heap.min();
-        let evicted = self.slots[slot].key;
+        let evicted = self.hot[slot].key;
+        let evicted_hash = self.hasher.hash_one(evicted.of(&self.arena));
         self.index
-            .remove_slot(self.tag(evicted.of(&self.arena)), slot);
-        // The removal may shift buckets, so the vacant bucket found earlier is stale.
-        let vacant = self.index.vacant(tag);
-        self.index.set(vacant, tag, slot);
-        self.garbage += evicted.len as usize;
+            .find_entry(evicted_hash, |&s| s as usize == slot)
+            .expect("every slot is indexed")
+            .remove();
+        let HeavyHitters {
+            hot,
+            arena,
+            index,
+            hasher,
+            ..
+        } = self;
+        // No growth: the removal just made room.
+        index.insert_unique(hash, slot as u32, |&s| {
+            hasher.hash_one(hot[s as usize].key.of(arena))
+        });
+        self.garbage += evicted.spilled_len();
         let key = self.store(key);
-        let min = self.slots[slot].count;
-        self.slots[slot] = Slot {
+        let min = self.hot[slot].count;
+        self.hot[slot] = Hot {
             key,
             count: min + weight,
+        };
+        self.slots[slot] = Slot {
             error: min,
             value: V::default(),
         };
         if self.garbage > self.arena.len() / 2 {
             self.compact_arena();
         }
-        self.heap.increased(slot, &self.slots);
+        self.heap.increased(slot, &self.hot);
         self.evictions += 1;
         slot
     }
 
-    /// Appends `key` to the arena.
-    fn store(&mut self, key: &str) -> Span {
+    /// The reference of `key`: inline, or appended to the arena.
+    fn store(&mut self, key: &str) -> KeyRef {
+        if let Some(inline) = KeyRef::inline(key) {
+            return inline;
+        }
         let start = u32::try_from(self.arena.len()).ok();
-        let span = start
+        let spilled = start
             .zip(u32::try_from(key.len()).ok())
             .and_then(|(start, len)| {
                 start.checked_add(len)?;
-                Some(Span { start, len })
+                (len < KeyRef::SPILLED).then(|| KeyRef::spilled(start, len))
             });
         self.arena.push_str(key);
-        span.expect("keys of a sketch under 4 GiB")
+        spilled.expect("keys of a sketch under 2 GiB")
     }
 
     /// Rewrites the arena with the slots' keys only.
     fn compact_arena(&mut self) {
         let old = std::mem::take(&mut self.arena);
         self.garbage = 0;
-        for at in 0..self.slots.len() {
-            let key = self.slots[at].key.of(&old);
-            self.slots[at].key = self.store(key);
+        for at in 0..self.hot.len() {
+            let key = self.hot[at].key;
+            if key.spilled_len() > 0 {
+                self.hot[at].key = self.store(key.of(&old));
+            }
         }
-    }
-
-    fn tag(&self, key: &str) -> u32 {
-        let hash = self.hasher.hash_one(key);
-        // Fold so that hashers with weak low bits still spread over the buckets.
-        (hash ^ (hash >> 32)) as u32
     }
 
     /// The tracked entry of `key`, if any.
     pub fn get(&self, key: &str) -> Option<Counted<'_, V>> {
-        let slot = self
-            .index
-            .find(self.tag(key), key, &self.slots, &self.arena)
-            .ok()?;
-        Some(self.slots[slot].counted(&self.arena))
+        let hash = self.hasher.hash_one(key);
+        let &slot = self.index.find(hash, |&slot| {
+            self.hot[slot as usize]
+                .key
+                .is(key, KeyRef::inline(key), &self.arena)
+        })?;
+        Some(self.counted(slot as usize))
     }
 }
 
 impl<V, S> HeavyHitters<V, S> {
     /// Every tracked key, in slot order (deterministic for a given input sequence).
     pub fn iter(&self) -> impl Iterator<Item = Counted<'_, V>> {
-        self.slots.iter().map(|slot| slot.counted(&self.arena))
+        (0..self.hot.len()).map(|slot| self.counted(slot))
+    }
+
+    fn counted(&self, slot: usize) -> Counted<'_, V> {
+        Counted {
+            key: self.hot[slot].key.of(&self.arena),
+            count: self.hot[slot].count,
+            error: self.slots[slot].error,
+            value: &self.slots[slot].value,
+        }
     }
 
     /// Number of tracked keys (at most [`HeavyHitters::capacity`]).
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.hot.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.hot.is_empty()
     }
 
     pub fn capacity(&self) -> usize {
@@ -351,14 +438,14 @@ where
         }
         let mut sketch = HeavyHitters::with_hasher(saved.capacity, S::default());
         for (key, count, error, value) in saved.entries {
-            let tag = sketch.tag(&key);
-            let vacant = match sketch.index.find(tag, &key, &sketch.slots, &sketch.arena) {
-                Ok(_) => return Err(D::Error::custom("sketch: duplicate key")),
-                Err(vacant) => vacant,
-            };
-            let slot = sketch.track_new(tag, vacant, &key, count);
+            // Under capacity, `add` takes the next slot: slot order is kept.
+            let (payload, new) = sketch.add(&key, count);
+            if !new {
+                return Err(D::Error::custom("sketch: duplicate key"));
+            }
+            *payload = value;
+            let slot = sketch.slots.len() - 1;
             sketch.slots[slot].error = error;
-            sketch.slots[slot].value = value;
         }
         sketch.total = saved.total;
         sketch.evictions = saved.evictions;
@@ -366,124 +453,8 @@ where
     }
 }
 
-/// The largest capacity: slot numbers are `u32`, and the index derives bucket positions
-/// from a 32-bit tag.
+/// The largest capacity: slot numbers are `u32`.
 pub const MAX_CAPACITY: usize = 1 << 31;
-
-/// A bucket of the index: the slot of a key and a 32-bit tag of its hash, which gives the
-/// home bucket and filters out most string comparisons.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tag: u32,
-    slot: u32,
-}
-
-impl Bucket {
-    const EMPTY: Bucket = Bucket {
-        tag: 0,
-        slot: u32::MAX,
-    };
-
-    fn is_empty(self) -> bool {
-        self.slot == u32::MAX
-    }
-}
-
-/// Open-addressing index from key to slot number: linear probing over a power-of-two table
-/// kept at most 3/4 full, so every probe ends at an empty bucket.
-#[derive(Debug, Clone)]
-struct Index {
-    buckets: Vec<Bucket>,
-}
-
-impl Index {
-    const MIN_BUCKETS: usize = 8;
-
-    fn new() -> Self {
-        Index {
-            buckets: vec![Bucket::EMPTY; Self::MIN_BUCKETS],
-        }
-    }
-
-    /// Empties every bucket; the table keeps its size.
-    fn clear(&mut self) {
-        self.buckets.fill(Bucket::EMPTY);
-    }
-
-    fn mask(&self) -> usize {
-        self.buckets.len() - 1
-    }
-
-    /// `Ok(slot)` of `key`, or `Err(bucket)`: the empty bucket ending its probe sequence.
-    fn find<V>(&self, tag: u32, key: &str, slots: &[Slot<V>], arena: &str) -> Result<usize, usize> {
-        let mask = self.mask();
-        let mut at = tag as usize & mask;
-        loop {
-            let bucket = self.buckets[at];
-            if bucket.is_empty() {
-                return Err(at);
-            }
-            if bucket.tag == tag && slots[bucket.slot as usize].key.of(arena) == key {
-                return Ok(bucket.slot as usize);
-            }
-            at = (at + 1) & mask;
-        }
-    }
-
-    /// The first empty bucket of `tag`'s probe sequence.
-    fn vacant(&self, tag: u32) -> usize {
-        let mask = self.mask();
-        let mut at = tag as usize & mask;
-        while !self.buckets[at].is_empty() {
-            at = (at + 1) & mask;
-        }
-        at
-    }
-
-    fn set(&mut self, at: usize, tag: u32, slot: usize) {
-        self.buckets[at] = Bucket {
-            tag,
-            slot: slot as u32,
-        };
-    }
-
-    fn needs_growth(&self, entries: usize) -> bool {
-        entries * 4 > self.buckets.len() * 3
-    }
-
-    fn grow(&mut self) {
-        let doubled = vec![Bucket::EMPTY; self.buckets.len() * 2];
-        let old = std::mem::replace(&mut self.buckets, doubled);
-        for bucket in old.into_iter().filter(|bucket| !bucket.is_empty()) {
-            let at = self.vacant(bucket.tag);
-            self.buckets[at] = bucket;
-        }
-    }
-
-    /// Removes the bucket of `slot` (whose key has `tag`), then shifts later buckets of the
-    /// run back into the hole so that no probe sequence is cut short (Knuth's algorithm R;
-    /// no tombstones, so probes stay short however many evictions happen).
-    fn remove_slot(&mut self, tag: u32, slot: usize) {
-        let mask = self.mask();
-        let mut hole = tag as usize & mask;
-        while self.buckets[hole].slot as usize != slot {
-            hole = (hole + 1) & mask;
-        }
-        let mut next = (hole + 1) & mask;
-        while !self.buckets[next].is_empty() {
-            let home = self.buckets[next].tag as usize & mask;
-            let displacement = next.wrapping_sub(home) & mask;
-            let gap = next.wrapping_sub(hole) & mask;
-            // Moving back by `gap` keeps it at or after its home bucket.
-            if displacement >= gap {
-                self.buckets[hole] = self.buckets[next];
-                hole = next;
-            }
-            next = (next + 1) & mask;
-        }
-        self.buckets[hole] = Bucket::EMPTY;
-    }
-}
 
 /// Binary min-heap of slot numbers ordered by `(count, slot)`, with each slot's position so
 /// that a slot whose count grew can be sifted down in O(log n). Counts only ever grow, so
@@ -505,7 +476,7 @@ impl MinHeap {
     }
 
     /// Floyd's O(n) heap construction over all slots.
-    fn build<V>(&mut self, slots: &[Slot<V>]) {
+    fn build(&mut self, slots: &[Hot]) {
         self.order = (0..slots.len() as u32).collect();
         self.position = self.order.clone();
         for at in (0..slots.len() / 2).rev() {
@@ -517,11 +488,11 @@ impl MinHeap {
         self.order[0] as usize
     }
 
-    fn increased<V>(&mut self, slot: usize, slots: &[Slot<V>]) {
+    fn increased(&mut self, slot: usize, slots: &[Hot]) {
         self.sift_down(self.position[slot] as usize, slots);
     }
 
-    fn sift_down<V>(&mut self, mut at: usize, slots: &[Slot<V>]) {
+    fn sift_down(&mut self, mut at: usize, slots: &[Hot]) {
         let rank = |slot: u32| (slots[slot as usize].count, slot);
         let len = self.order.len();
         loop {
@@ -611,6 +582,38 @@ mod tests {
             .iter()
             .map(|entry| (entry.key.to_string(), entry.count, entry.error))
             .collect()
+    }
+
+    #[test]
+    fn short_keys_are_inline_and_every_key_reads_back() {
+        let mut hitters = HeavyHitters::<()>::new(100);
+        let keys = [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "abcd",
+            "abcdefg",
+            "abcdefgh",
+            "é",
+            "東京",
+            "\u{1}東京x",
+            "longer key",
+        ];
+        for key in keys {
+            hitters.add(key, 1);
+        }
+        for (slot, key) in keys.iter().enumerate() {
+            assert_eq!(
+                hitters.hot[slot].key.spilled_len() == 0,
+                key.len() <= 7,
+                "{key:?}"
+            );
+            assert_eq!(hitters.get(key).map(|c| (c.key, c.count)), Some((*key, 1)));
+        }
+        // Same length and bytes but one: not the same key.
+        assert!(hitters.get("abcdefx").is_none() && hitters.get("abcdefgx").is_none());
+        assert_eq!(hitters.arena, "abcdefgh\u{1}東京xlonger key");
     }
 
     #[test]

@@ -147,13 +147,16 @@ impl WindowTerms {
     }
 
     /// Counts one occurrence of the term `key` (see [`crate::term_key`]) by `author`
-    /// (a hash from [`crate::authors::author_hash`]) in `post`.
+    /// (a hash from [`crate::authors::author_hash`]) in `post`, in a window that tags no
+    /// actors: the term's actor vote is left alone ([`TermStats::actor`] stays `None`), so
+    /// that nothing but the count is written when authors and examples are not kept either.
     pub fn add(&mut self, key: &str, author: u64, post: Option<PostRef>) {
-        self.add_about(key, author, post, None);
+        self.count(key, author, post);
     }
 
-    /// [`Self::add`] for a post that mentions the catalog actor at position `actor`
-    /// first (`None`: no actor; actors past `u16::MAX - 1` count as none).
+    /// [`Self::add`] in a window that tags actors, for a post that mentions the catalog
+    /// actor at position `actor` first (`None`: no actor, which is a vote too; actors past
+    /// `u16::MAX - 1` count as none). A window uses either this or [`Self::add`].
     pub fn add_about(
         &mut self,
         key: &str,
@@ -161,18 +164,22 @@ impl WindowTerms {
         post: Option<PostRef>,
         actor: Option<usize>,
     ) {
-        let (stats, _) = self.sketch.add(key, 1);
         let actor = actor
             .and_then(|a| u16::try_from(a).ok())
             .filter(|&a| a != NO_ACTOR)
             .unwrap_or(NO_ACTOR);
-        stats.vote_actor(actor);
+        self.count(key, author, post).vote_actor(actor);
+    }
+
+    fn count(&mut self, key: &str, author: u64, post: Option<PostRef>) -> &mut TermStats {
+        let (stats, _) = self.sketch.add(key, 1);
         if self.count_authors {
             stats.authors.insert(author);
         }
         if let Some(post) = post {
             stats.add_example(post, &self.post_ranks);
         }
+        stats
     }
 
     pub fn get(&self, key: &str) -> Option<Counted<'_, TermStats>> {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use dynsig_core::decode::{InputKind, Rejection};
-use dynsig_core::model::{Input, Signal};
+use dynsig_core::model::{Input, Post, Signal};
 
 use crate::catalog;
 use crate::config::{Config, TopicsConfig};
@@ -51,39 +51,36 @@ pub fn replay(
         Some(path) => Some(LineSource::open(path, InputKind::Event)?),
         None => None,
     };
-    let mut next_post = post_lines.next_input(&processor, &mut sinks, &mut summary)?;
-    let mut next_event = match event_lines.as_mut() {
+    let mut post_ready = post_lines.next_input(&processor, &mut sinks, &mut summary)?;
+    let mut event_ready = match event_lines.as_mut() {
         Some(lines) => lines.next_input(&processor, &mut sinks, &mut summary)?,
-        None => None,
+        None => false,
     };
     let mut progress = Progress::new("inputs");
     // Two-way merge by event time, as a consumer interleaving two partitions would.
     loop {
-        let take_post = match (&next_post, &next_event) {
-            (Some(post), Some(event)) => post.ts() <= event.ts(),
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (None, None) => break,
+        let events = event_lines.as_ref().filter(|_| event_ready);
+        let take_post = match (post_ready, events) {
+            (true, Some(events)) => post_lines.record.ts() <= events.record.ts(),
+            (true, None) => true,
+            (false, Some(_)) => false,
+            (false, None) => break,
         };
-        let (record, source) = if take_post {
-            (next_post.take(), &mut post_lines)
+        let source = if take_post {
+            &mut post_lines
         } else {
-            (
-                next_event.take(),
-                event_lines.as_mut().expect("an event was read"),
-            )
+            event_lines.as_mut().expect("an event was read")
         };
-        let record = record.expect("the chosen side has a record");
-        if let Err(rejection) = processor.ingest(&record, None) {
+        if let Err(rejection) = processor.ingest(&source.record, None) {
             // The source's buffer still holds this record's line: it is read before the next.
             let line = trim_line_end(&source.buffer);
             sinks.dead_letter(&source.path, source.line_no, line, &rejection, &mut summary)?;
         }
-        let next = source.next_input(&processor, &mut sinks, &mut summary)?;
+        let ready = source.next_input(&processor, &mut sinks, &mut summary)?;
         if take_post {
-            next_post = next;
+            post_ready = ready;
         } else {
-            next_event = next;
+            event_ready = ready;
         }
         sinks.write_signals(processor.poll(None), &mut summary)?;
         progress.update(summary.inputs, || {
@@ -98,12 +95,15 @@ pub fn replay(
     Ok(summary)
 }
 
-/// One JSONL input file, read line by line into a reused buffer.
+/// One JSONL input file, read line by line into a reused buffer, each line decoded into
+/// a reused record.
 struct LineSource {
     path: PathBuf,
     kind: InputKind,
     reader: BufReader<File>,
     buffer: Vec<u8>,
+    /// The record of the last line read, when [`LineSource::next_input`] said so.
+    record: Input,
     line_no: u64,
     /// Bytes read so far, and the file's size (for the progress line).
     bytes_read: u64,
@@ -119,19 +119,21 @@ impl LineSource {
             kind,
             reader: BufReader::with_capacity(1 << 20, file),
             buffer: Vec::new(),
+            record: Input::Post(Post::default()),
             line_no: 0,
             bytes_read: 0,
             size,
         })
     }
 
-    /// The next decodable record; rejected lines go to the dead-letter file on the way.
+    /// Decodes the next decodable line into `record`; false at the end of the file.
+    /// Rejected lines go to the dead-letter file on the way.
     fn next_input(
         &mut self,
         processor: &Processor,
         sinks: &mut Sinks,
         summary: &mut ReplaySummary,
-    ) -> anyhow::Result<Option<Input>> {
+    ) -> anyhow::Result<bool> {
         loop {
             self.buffer.clear();
             let read = self
@@ -139,7 +141,7 @@ impl LineSource {
                 .read_until(b'\n', &mut self.buffer)
                 .with_context(|| format!("reading {}", self.path.display()))?;
             if read == 0 {
-                return Ok(None);
+                return Ok(false);
             }
             self.bytes_read += read as u64;
             self.line_no += 1;
@@ -154,8 +156,8 @@ impl LineSource {
                 content_type: None,
                 origin: None,
             };
-            match processor.decode(input) {
-                Ok(record) => return Ok(Some(record)),
+            match processor.decode_into(input, &mut self.record) {
+                Ok(()) => return Ok(true),
                 Err(rejection) => {
                     sinks.dead_letter(&self.path, self.line_no, line, &rejection, summary)?
                 }

@@ -14,6 +14,7 @@ pub mod novelty;
 pub mod series;
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 
 pub use series::{Component, DetectorParams, Observation, SeriesDetector};
 
@@ -91,10 +92,10 @@ impl AnomalyDetector {
     /// series absent from it observes 0 (a source that goes silent is an anomaly too).
     /// Returns the scores of the series past warmup, ordered by series name. Series that
     /// stayed 0 for `forget_after_zero_windows` windows are then forgotten.
-    pub fn close_window(
+    pub fn close_window<S: BuildHasher>(
         &mut self,
         window_start: EpochMs,
-        values: &HashMap<String, f64>,
+        values: &HashMap<String, f64, S>,
     ) -> Vec<SeriesScore> {
         for series in values.keys() {
             if !self.series.contains_key(series) {
