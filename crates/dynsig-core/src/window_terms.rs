@@ -18,8 +18,9 @@ pub const EXAMPLES_PER_TERM: usize = 3;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PostRef(u32);
 
-/// Per-term payload of the sketch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Per-term payload of the sketch. In a checkpoint it is a tuple (a window holds up to
+/// `trends.max_terms_per_window` of them: field names would be most of their bytes).
+#[derive(Debug, Clone)]
 pub struct TermStats {
     pub authors: AuthorSet,
     examples: [u32; EXAMPLES_PER_TERM],
@@ -29,6 +30,39 @@ pub struct TermStats {
     /// a word used mostly without actors is about none); `actor_votes` is the lead.
     actor: u16,
     actor_votes: u16,
+}
+
+/// [`TermStats`]' fields in order, as written to a checkpoint.
+type TermStatsTuple = (AuthorSet, [u32; EXAMPLES_PER_TERM], u8, u16, u16);
+
+impl Serialize for TermStats {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (
+            &self.authors,
+            self.examples,
+            self.example_count,
+            self.actor,
+            self.actor_votes,
+        )
+            .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for TermStats {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (authors, examples, example_count, actor, actor_votes) =
+            TermStatsTuple::deserialize(deserializer)?;
+        if usize::from(example_count) > EXAMPLES_PER_TERM {
+            return Err(serde::de::Error::custom("term: too many examples"));
+        }
+        Ok(TermStats {
+            authors,
+            examples,
+            example_count,
+            actor,
+            actor_votes,
+        })
+    }
 }
 
 /// "No actor" in [`TermStats`]' vote.
