@@ -1,0 +1,38 @@
+//! How large the engine's checkpoint is for a busy feed: the demo feed (`dynsig gen`'s
+//! planted bursts and incidents over a Zipf vocabulary) at POSTS_PER_SEC for 20 minutes
+//! of event time through `Engine::ingest`, then the encoded state while windows are open
+//! and after they are all closed.
+//!
+//! `cargo run --release -p dynsig-core --example checkpoint_size [POSTS_PER_SEC]`
+
+use dynsig_core::config::EngineConfig;
+use dynsig_core::engine::Engine;
+use dynsig_core::synth::{Synth, SynthConfig};
+
+fn encoded_mb(engine: &Engine) -> f64 {
+    let mut state = Vec::new();
+    engine.save_state_into(&mut state).expect("encoding to memory");
+    state.len() as f64 / 1e6
+}
+
+fn main() {
+    let posts_per_sec: f64 = std::env::args()
+        .nth(1)
+        .map_or(4166.0, |rate| rate.parse().expect("POSTS_PER_SEC is a number"));
+    let mut feed = SynthConfig::demo(1_767_225_600_000, 20 * 60_000);
+    feed.posts_per_sec = posts_per_sec;
+    feed.events_per_sec = 0.0;
+    let mut engine = Engine::new(EngineConfig::default()).expect("the default config is valid");
+    let mut inputs = 0_u64;
+    for input in Synth::new(&feed).expect("the demo feed is valid") {
+        let _ = engine.ingest(&input, None);
+        inputs += 1;
+        if inputs % 10_000 == 0 {
+            engine.poll_closed();
+        }
+    }
+    let open = encoded_mb(&engine);
+    engine.finish();
+    let closed = encoded_mb(&engine);
+    println!("{inputs} inputs: state {open:.1} MB with its last windows open, {closed:.1} MB once closed");
+}
