@@ -11,14 +11,16 @@ use dynsig_core::synth::{Synth, SynthConfig};
 
 fn encoded_mb(engine: &Engine) -> f64 {
     let mut state = Vec::new();
-    engine.save_state_into(&mut state).expect("encoding to memory");
+    engine
+        .save_state_into(&mut state)
+        .expect("encoding to memory");
     state.len() as f64 / 1e6
 }
 
 fn main() {
-    let posts_per_sec: f64 = std::env::args()
-        .nth(1)
-        .map_or(4166.0, |rate| rate.parse().expect("POSTS_PER_SEC is a number"));
+    let posts_per_sec: f64 = std::env::args().nth(1).map_or(4166.0, |rate| {
+        rate.parse().expect("POSTS_PER_SEC is a number")
+    });
     let mut feed = SynthConfig::demo(1_767_225_600_000, 20 * 60_000);
     feed.posts_per_sec = posts_per_sec;
     feed.events_per_sec = 0.0;
