@@ -130,6 +130,16 @@ async fn assert_counts_as_replayed(
     assert_eq!(&got, expected, "posts per window, against the replay");
 }
 
+/// Starts the service and waits until it is ready and has dealt with the checkpoint it
+/// found, with `outcome` (as in `dynsig_checkpoint_restores_total`).
+async fn start_restoring(broker: &TestBroker, outcome: &str) -> Service {
+    let mut svc = Service::start(broker, "dynsig.dlq", CONFIG, &[]);
+    svc.wait_http_ok("/readyz", Duration::from_secs(60)).await;
+    let metric = format!(r#"dynsig_checkpoint_restores_total{{outcome="{outcome}"}}"#);
+    svc.wait_metric(&metric, |n| n == 1.0).await;
+    svc
+}
+
 async fn metric(svc: &Service, name: &str) -> f64 {
     let (_, text) = http_get(&svc.http, "/metrics").await.unwrap();
     metric_sum(&text, name).unwrap_or(0.0)
@@ -286,14 +296,7 @@ async fn a_killed_service_restarts_from_its_checkpoint_and_loses_nothing() {
             "{topic}: committed offsets after SIGTERM, against the partitions' ends"
         );
     }
-    let mut third = Service::start(&broker, "dynsig.dlq", CONFIG, &[]);
-    third.wait_http_ok("/readyz", Duration::from_secs(60)).await;
-    third
-        .wait_metric(
-            r#"dynsig_checkpoint_restores_total{outcome="restored"}"#,
-            |n| n == 1.0,
-        )
-        .await;
+    let third = start_restoring(&broker, "restored").await;
     let status = third.process.terminate();
     assert!(status.success(), "SIGTERM exit: {status}");
 }
@@ -350,16 +353,7 @@ async fn a_torn_or_corrupt_checkpoint_is_never_restored() {
     broker
         .produce("dynsig.checkpoints", &[chunk(1 - slot, generation + 1)])
         .await;
-    let mut second = Service::start(&broker, "dynsig.dlq", CONFIG, &[]);
-    second
-        .wait_http_ok("/readyz", Duration::from_secs(60))
-        .await;
-    second
-        .wait_metric(
-            r#"dynsig_checkpoint_restores_total{outcome="restored"}"#,
-            |n| n == 1.0,
-        )
-        .await;
+    let second = start_restoring(&broker, "restored").await;
     assert!(second.process.terminate().success());
 
     // The slot the manifest points to overwritten by another generation: refused as
@@ -369,14 +363,7 @@ async fn a_torn_or_corrupt_checkpoint_is_never_restored() {
     broker
         .produce("dynsig.checkpoints", &[chunk(slot, generation + 7)])
         .await;
-    let mut third = Service::start(&broker, "dynsig.dlq", CONFIG, &[]);
-    third.wait_http_ok("/readyz", Duration::from_secs(60)).await;
-    third
-        .wait_metric(
-            r#"dynsig_checkpoint_restores_total{outcome="unreadable"}"#,
-            |n| n == 1.0,
-        )
-        .await;
+    let mut third = start_restoring(&broker, "unreadable").await;
     for round in BEFORE_CRASH..ROUNDS {
         feed.produce(&broker, round).await;
     }
