@@ -84,12 +84,16 @@ impl TermStats {
     /// Keeps the posts of smallest rank (see [`WindowTerms::add_post`]), in rank order.
     fn add_example(&mut self, post: PostRef, ranks: &[u32]) {
         let n = usize::from(self.example_count);
+        let rank = ranks[post.0 as usize];
+        // Most occurrences of a frequent term rank behind its examples: one comparison.
+        if n == EXAMPLES_PER_TERM && rank >= ranks[self.examples[n - 1] as usize] {
+            return;
+        }
         let kept = &self.examples[..n];
         // A term repeated in one post must not list that post twice.
         if kept.contains(&post.0) {
             return;
         }
-        let rank = ranks[post.0 as usize];
         let at = kept.partition_point(|&i| ranks[i as usize] < rank);
         if at == EXAMPLES_PER_TERM {
             return;
