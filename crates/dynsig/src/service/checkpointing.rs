@@ -202,10 +202,10 @@ impl Checkpointing {
         if !state.waiting_feedback.is_empty() {
             return None;
         }
-        self.last = Instant::now();
-        self.in_flight_since = Some(self.last);
-        state.changed_since_checkpoint = false;
         let started = Instant::now();
+        self.last = started;
+        self.in_flight_since = Some(started);
+        state.changed_since_checkpoint = false;
         let mut encoded = self.topic.writer(self.next_generation);
         // CBOR is written a few bytes at a time: a buffer turns that into large copies
         // (profiled: the writes themselves were ~10% of the service's CPU).
