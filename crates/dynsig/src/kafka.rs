@@ -189,7 +189,12 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
         // A fetch returns after at most this long even when little arrived (librdkafka
         // waits 500 ms by default): a quiet partition then holds the watermark, and so
         // every window's signals, back for less (benches/latency.sh).
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.wait.max.ms", "100")
+        // A subscribed topic that appears (re-created after a wiped cluster, or created
+        // after the service started) or gains partitions is noticed at the next metadata
+        // refresh, and only then does the group rebalance onto it: every 5 s instead of
+        // librdkafka's 5 min. One small request per refresh.
+        .set("topic.metadata.refresh.interval.ms", "5000");
     apply_common(&mut config, kafka);
     config.set("enable.auto.offset.store", "false");
     config
@@ -212,7 +217,12 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
         // accepted that record: the producer's own limit (1 MB by default) must not be
         // the one to refuse it, or the publish would fail forever. The broker's limit
         // still applies.
-        .set("message.max.bytes", "100000000");
+        .set("message.max.bytes", "100000000")
+        // The service creates its topics itself, with their settings (the checkpoint topic
+        // compacted, one partition): a send to a topic the broker lost must not have it
+        // auto-created with the broker's defaults first (librdkafka's producer asks for
+        // that by default). The send waits until `watch_broker` re-creates the topic.
+        .set("allow.auto.create.topics", "false");
     apply_common(&mut config, kafka);
     config
 }

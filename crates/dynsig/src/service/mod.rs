@@ -46,7 +46,7 @@ use crate::api::ApiState;
 use crate::checkpoint::CheckpointTopic;
 use crate::config::{Config, KafkaConfig, TopicsConfig};
 use crate::control::ReadModelWriter;
-use crate::kafka::{self, Assignment, Health, NeededTopic, OutputProducer, TrackingContext};
+use crate::kafka::{self, Assignment, Health, NeededTopic, TrackingContext};
 use crate::output::OutRecord;
 use crate::processor::Processor;
 use crate::telemetry::names;
@@ -175,19 +175,15 @@ pub async fn run(
         }
         None => None,
     };
-    let mut subscription = topics.inputs().to_vec();
-    subscription.push(&topics.feedback);
     consumer
-        .subscribe(&subscription)
+        .subscribe(&subscription(&topics))
         .context("subscribing to the input and feedback topics")?;
     let publisher = Arc::new(Publisher::new(&config.kafka)?);
-    let producer = publisher.current().1;
     tracing::info!(brokers = %config.kafka.brokers, group = %config.kafka.group_id, "dynsig running");
 
     let watch_broker = tokio::spawn(watch_broker(
-        producer.clone(),
-        health.clone(),
-        assignment.clone(),
+        publisher.clone(),
+        (health.clone(), assignment.clone()),
         (config.kafka.clone(), needed_topics, topics.clone()),
         shutdown.clone(),
     ));
@@ -317,9 +313,8 @@ async fn source(
 
 /// Keeps `/readyz` honest about the cluster: a metadata request every few seconds.
 async fn watch_broker(
-    producer: OutputProducer,
-    health: Arc<Health>,
-    assignment: Arc<Assignment>,
+    publisher: Arc<Publisher>,
+    (health, assignment): (Arc<Health>, Arc<Assignment>),
     (kafka_config, needed_topics, topics): (KafkaConfig, Vec<NeededTopic>, Arc<TopicsConfig>),
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -328,7 +323,7 @@ async fn watch_broker(
     // the consumer waits forever and every publish fails.
     let mut topics_ensured = true;
     loop {
-        let client = producer.clone();
+        let client = publisher.current().1;
         let up = tokio::task::spawn_blocking(move || {
             client
                 .client()
@@ -345,6 +340,9 @@ async fn watch_broker(
                 Ok(created) => {
                     topics_ensured = true;
                     tracing::info!(?created, "broker reachable again; topics ensured");
+                    if !created.is_empty() {
+                        publisher.replace_after_wipe();
+                    }
                     if created
                         .iter()
                         .any(|t| topics.inputs().contains(&t.as_str()))
@@ -361,6 +359,13 @@ async fn watch_broker(
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
+}
+
+/// The topics the consumer group reads: the inputs and the feedback topic.
+fn subscription(topics: &TopicsConfig) -> Vec<&str> {
+    let mut subscription = topics.inputs().to_vec();
+    subscription.push(&topics.feedback);
+    subscription
 }
 
 /// The engine's partition indexes of the current assignment.

@@ -11,7 +11,7 @@ use futures::future::join_all;
 use metrics::{counter, gauge, histogram};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
@@ -135,7 +135,7 @@ impl Publisher {
     }
 
     /// Replaces the producer of `generation` (if it is still the current one).
-    fn renew(&self, generation: u64) {
+    fn renew(&self, generation: u64, why: &str) {
         let mut current = self
             .current
             .lock()
@@ -145,11 +145,27 @@ impl Publisher {
         }
         match Self::create(&self.config) {
             Ok(producer) => {
-                tracing::warn!("the producer failed for good; replaced by a new one");
+                tracing::warn!(why, "producer replaced by a new one");
                 counter!(names::PRODUCER_RENEWALS).increment(1);
                 *current = (generation + 1, producer);
             }
             Err(error) => tracing::error!(%error, "cannot replace the failed producer"),
+        }
+    }
+
+    /// Replaces the producer after the cluster lost its topics (wiped or replaced): it lost
+    /// the producer ids with them, and librdkafka may retry a record refused for an unknown
+    /// producer id without ever reporting it (`message.timeout.ms = 0`). The old producer's
+    /// records are purged, which fails their sends, and [`publish`] sends them again with
+    /// the new producer.
+    pub(super) fn replace_after_wipe(&self) {
+        let (generation, old) = self.current();
+        self.renew(
+            generation,
+            "the cluster lost its topics, and so its producer ids",
+        );
+        if self.current().0 != generation {
+            old.purge(PurgeConfig::default().queue().inflight());
         }
     }
 }
@@ -193,7 +209,7 @@ pub(super) async fn publish(publisher: &Publisher, record: &OutRecord) {
                     )
                 );
                 if broken_state || producer.client().fatal_error().is_some() {
-                    publisher.renew(generation);
+                    publisher.renew(generation, "it failed for good");
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
