@@ -13,8 +13,11 @@
 # alerts; trend path: trend snapshots. Percentiles are exact over all records (a few hundred
 # per run, so p99.9 is the maximum or close to it).
 #
-# Knobs (environment): IDLE_MS (window.idle_timeout_ms, default 1000), FETCH_WAIT_MS
-# (librdkafka's fetch.wait.max.ms for the service's consumer; default librdkafka's 500).
+# Knobs (environment): IDLE_MS (window.idle_timeout_ms, default 20: a latency-minded
+# setting; a partition counts as idle only when it is also caught up, and the allowed
+# lateness covers records still in flight, so a short timeout closes windows sooner without
+# making records late), FETCH_WAIT_MS (librdkafka's fetch.wait.max.ms for the service's
+# consumer; default the service's 100).
 #
 # Last line (50% load, alert path): p50_ms=A p99_ms=B p999_ms=C
 set -euo pipefail
@@ -46,7 +49,7 @@ $fetch_wait
 [window]
 size_ms = 1000
 allowed_lateness_ms = $LATENESS_MS
-idle_timeout_ms = ${IDLE_MS:-1000}
+idle_timeout_ms = ${IDLE_MS:-20}
 TOML
     sleep 1
     "$BIN" --log-level warn run --config "$run/dynsig.toml" --brokers "$broker" \

@@ -6,8 +6,8 @@
 //! partition's batch at a time, and a single global maximum would run ahead with the first
 //! partition and declare most of the others late.
 //!
-//! Idleness (wall clock, `idle_timeout_ms`, 0 = off): a partition with no input for longer
-//! than the timeout stops holding the watermark back (as Flink's idle sources); when every
+//! Idleness (wall clock, `idle_timeout_ms`, 0 = off): a partition with no input for the
+//! whole timeout stops holding the watermark back (as Flink's idle sources); when every
 //! partition is idle, the watermark advances with the wall clock from the newest event
 //! time, so that the last windows of a quiet stream still close. An assigned partition
 //! that has delivered nothing yet holds the watermark until it delivers or goes idle.
@@ -117,7 +117,7 @@ impl Watermark {
                 clock.quiet_since_wall = Some(wall_now);
             }
             let quiet = wall_now.saturating_sub(clock.quiet_since_wall.unwrap_or(wall_now));
-            clock.idle = self.idle_timeout_ms > 0 && quiet > self.idle_timeout_ms;
+            clock.idle = self.idle_timeout_ms > 0 && quiet >= self.idle_timeout_ms;
         }
         self.recompute();
         if self.partitions.is_empty() || self.partitions.values().any(|c| !c.idle) {
@@ -284,8 +284,8 @@ mod tests {
         wm.tick(501_000);
         assert_eq!(
             wm.value(),
-            Some(9_995),
-            "exactly the timeout is not longer than it"
+            Some(9_995 + 1_000),
+            "idle once quiet for the whole timeout"
         );
         wm.tick(501_200);
         assert_eq!(wm.value(), Some(9_995 + 1_200));

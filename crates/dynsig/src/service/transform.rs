@@ -35,7 +35,7 @@ pub(super) const BATCH_BYTES: usize = 1 << 20;
 /// only on a flush, and a quiet partition is declared idle only on a tick, so this adds
 /// up to one period to the latency of every signal (benches/latency.sh); a tick costs a
 /// few microseconds when nothing happens.
-pub(super) const TICK: Duration = Duration::from_millis(50);
+pub(super) const TICK: Duration = Duration::from_millis(10);
 /// What the transform stage knows of its input: the assignment, whether it can be read
 /// at all, and (from the consumer) how far behind its end each partition is.
 pub(super) struct InputState {
