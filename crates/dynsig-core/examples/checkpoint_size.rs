@@ -29,7 +29,7 @@ fn main() {
     for input in Synth::new(&feed).expect("the demo feed is valid") {
         let _ = engine.ingest(&input, None);
         inputs += 1;
-        if inputs % 10_000 == 0 {
+        if inputs.is_multiple_of(10_000) {
             engine.poll_closed();
         }
     }
