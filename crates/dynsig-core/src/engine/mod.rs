@@ -355,8 +355,8 @@ impl Engine {
         self.watermark.assign(partitions);
     }
 
-    /// Wall-clock tick (the service calls it ~every 50 ms, replay never). If no input was
-    /// ingested since the previous tick for longer than `window.idle_timeout_ms` (wall
+    /// Wall-clock tick (the service calls it ~every 10 ms, replay never). If no input was
+    /// ingested since the previous tick for `window.idle_timeout_ms` (wall
     /// time), the watermark advances by the wall time elapsed since the last input, so
     /// quiet streams still close windows. idle_timeout_ms = 0 disables it. The tick is
     /// also the clock of the future check.
