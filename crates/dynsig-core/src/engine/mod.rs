@@ -40,7 +40,7 @@ use crate::window_alerts::{self, ACTOR_SERIES_PREFIX};
 use crate::window_terms::WindowTerms;
 
 mod state;
-pub use state::RestoreError;
+pub use state::{RestoreError, StateSnapshot};
 
 /// Why the engine did not count an input.
 #[derive(Debug, Clone, Copy, PartialEq)]

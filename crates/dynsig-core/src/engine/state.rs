@@ -69,12 +69,79 @@ struct ViewState<'a> {
     closed_any: bool,
 }
 
+/// A copy of the engine's state, taken in one step and encoded later, elsewhere (the
+/// service encodes it on another thread): copying costs a fraction of encoding, so the
+/// pipeline stops only for the copy. It holds a second copy of the state until encoded.
+pub struct StateSnapshot(EngineState<'static>);
+
+impl StateSnapshot {
+    /// Writes the state, encoded as [`Engine::save_state_into`] does, to `out`.
+    pub fn write_into<W: std::io::Write>(&self, out: W) -> std::io::Result<()> {
+        encode(&self.0, out)
+    }
+}
+
+fn encode<W: std::io::Write>(state: &EngineState<'_>, out: W) -> std::io::Result<()> {
+    ciborium::into_writer(state, out).map_err(|error| match error {
+        ciborium::ser::Error::Io(error) => error,
+        // Every part of the state is a plain value CBOR can hold.
+        ciborium::ser::Error::Value(message) => std::io::Error::other(message),
+    })
+}
+
+/// A borrowed part as an owned one.
+fn owned<T: Clone>(part: Cow<'_, T>) -> Cow<'static, T> {
+    Cow::Owned(part.into_owned())
+}
+
+impl EngineState<'_> {
+    fn into_owned(self) -> EngineState<'static> {
+        EngineState {
+            format: self.format,
+            config: Cow::Owned(self.config.into_owned()),
+            views: self
+                .views
+                .into_iter()
+                .map(|view| ViewState {
+                    windows: owned(view.windows),
+                    trends: owned(view.trends),
+                    anomalies: owned(view.anomalies),
+                    started_at: view.started_at,
+                    closed_any: view.closed_any,
+                })
+                .collect(),
+            watermark: owned(self.watermark),
+            alerting: owned(self.alerting),
+            co_mentions: owned(self.co_mentions),
+            catalog_actors: self
+                .catalog_actors
+                .into_iter()
+                .map(|id| Cow::Owned(id.into_owned()))
+                .collect(),
+            catalog_generation: self.catalog_generation,
+            flushed_at: self.flushed_at,
+            next_update_at: self.next_update_at,
+            anonymous_posts: self.anonymous_posts,
+        }
+    }
+}
+
 impl Engine {
     /// Writes the whole state (see the module docs), encoded, to `out`: straight into the
     /// caller's buffers (the service's checkpoint records), so that a large state is not
     /// held twice.
     pub fn save_state_into<W: std::io::Write>(&self, out: W) -> std::io::Result<()> {
-        let state = EngineState {
+        encode(&self.state(), out)
+    }
+
+    /// A copy of the whole state, to be encoded later (see [`StateSnapshot`]).
+    pub fn snapshot_state(&self) -> StateSnapshot {
+        StateSnapshot(self.state().into_owned())
+    }
+
+    /// The state, borrowed.
+    fn state(&self) -> EngineState<'_> {
+        EngineState {
             format: FORMAT,
             config: Cow::Borrowed(&self.config_json),
             views: self
@@ -96,12 +163,7 @@ impl Engine {
             flushed_at: self.flushed_at,
             next_update_at: self.next_update_at,
             anonymous_posts: self.anonymous_posts,
-        };
-        ciborium::into_writer(&state, out).map_err(|error| match error {
-            ciborium::ser::Error::Io(error) => error,
-            // Every part of the state is a plain value CBOR can hold.
-            ciborium::ser::Error::Value(message) => std::io::Error::other(message),
-        })
+        }
     }
 
     /// Replaces the state with a saved one, if it was saved under the same config.

@@ -53,6 +53,8 @@ pub(super) struct Checkpointing {
     pub(super) last_cost: Duration,
     /// Read at start; applied (or refused) at the first assignment.
     pub(super) to_restore: Option<Saved>,
+    /// The checkpoint being encoded (see [`Checkpointing::begin`]).
+    pub(super) encoding: Option<tokio::task::JoinHandle<Option<CheckpointWrite>>>,
 }
 
 impl Checkpointing {
@@ -113,6 +115,7 @@ impl Checkpointing {
             in_flight_since: None,
             last_cost: Duration::ZERO,
             to_restore,
+            encoding: None,
         }
     }
 
@@ -190,38 +193,25 @@ impl Checkpointing {
         self.last.elapsed() >= self.interval.max(self.last_cost * COST_SHARE)
     }
 
-    /// A checkpoint of the state as it stands (right after a flush), covering every record
-    /// processed. Not while feedback waits for the alert clock: those records are read
-    /// but not yet in the state.
-    pub(super) fn take(
+    /// Starts a checkpoint of the state as it stands (right after a flush), covering every
+    /// record processed: the state is copied here and encoded on a blocking thread, so
+    /// that the pipeline stops only for the copy; [`Self::encoded`] hands it over. Not
+    /// while feedback waits for the alert clock: those records are read but not yet in
+    /// the state.
+    pub(super) fn begin(
         &mut self,
         owner: &EngineOwner,
         topics: &TopicsConfig,
         state: &mut TransformState,
-    ) -> Option<CheckpointWrite> {
+    ) {
         if !state.waiting_feedback.is_empty() {
-            return None;
+            return;
         }
         let started = Instant::now();
         self.last = started;
         self.in_flight_since = Some(started);
         state.changed_since_checkpoint = false;
-        let mut encoded = self.topic.writer(self.next_generation);
-        // CBOR is written a few bytes at a time: a buffer turns that into large copies
-        // (profiled: the writes themselves were ~10% of the service's CPU).
-        let written = {
-            let mut buffered = std::io::BufWriter::with_capacity(1 << 16, &mut encoded);
-            owner
-                .processor
-                .engine()
-                .save_state_into(&mut buffered)
-                .and_then(|()| buffered.flush())
-        };
-        if let Err(error) = written {
-            tracing::error!(%error, "cannot encode the state: no checkpoint");
-            return None;
-        }
-        let bytes = encoded.bytes();
+        let snapshot = owner.processor.engine().snapshot_state();
         let positions: Vec<Position> = state
             .next_offsets
             .iter()
@@ -231,17 +221,72 @@ impl Checkpointing {
                 next_offset,
             })
             .collect();
-        let (chunks, manifest) = self.topic.records(encoded, positions, wall_now_ms());
+        let offsets = state.next_offsets.clone();
         let generation = self.next_generation;
         self.next_generation += 1;
-        Some(CheckpointWrite {
-            chunks,
-            manifest: Some(manifest),
-            positions: state.next_offsets.clone(),
-            generation,
-            started,
-            bytes,
-        })
+        let topic = self.topic.clone();
+        self.encoding = Some(tokio::task::spawn_blocking(move || {
+            let mut encoded = topic.writer(generation);
+            // CBOR is written a few bytes at a time: a buffer turns that into large copies
+            // (profiled: the writes themselves were ~10% of the service's CPU).
+            let written = {
+                let mut buffered = std::io::BufWriter::with_capacity(1 << 16, &mut encoded);
+                snapshot
+                    .write_into(&mut buffered)
+                    .and_then(|()| buffered.flush())
+            };
+            if let Err(error) = written {
+                tracing::error!(%error, "cannot encode the state: no checkpoint");
+                return None;
+            }
+            let bytes = encoded.bytes();
+            let (chunks, manifest) = topic.records(encoded, positions, wall_now_ms());
+            Some(CheckpointWrite {
+                chunks,
+                manifest: Some(manifest),
+                positions: offsets,
+                generation,
+                started,
+                bytes,
+            })
+        }));
+    }
+
+    /// The checkpoint being encoded, once it is (pending forever when none is).
+    /// Cancel-safe: a select that drops it leaves the encoding running.
+    pub(super) async fn encoded(&mut self) -> Option<CheckpointWrite> {
+        let Some(encoding) = self.encoding.as_mut() else {
+            return std::future::pending().await;
+        };
+        let write = encoding.await.unwrap_or_else(|panic| {
+            tracing::error!(%panic, "checkpoint encoder panicked: no checkpoint");
+            None
+        });
+        self.encoding = None;
+        if write.is_none() {
+            // Nothing was written: the next checkpoint takes this one's generation (and
+            // so its slot, keeping the last good checkpoint in the other).
+            self.next_generation -= 1;
+        }
+        write
+    }
+
+    /// At shutdown: the checkpoint being encoded, then one of the state as it stands.
+    pub(super) async fn last(
+        &mut self,
+        owner: &EngineOwner,
+        topics: &TopicsConfig,
+        state: &mut TransformState,
+    ) -> Vec<CheckpointWrite> {
+        let mut writes = Vec::new();
+        if self.encoding.is_some() {
+            writes.extend(self.encoded().await);
+        }
+        self.begin(owner, topics, state);
+        if self.encoding.is_some() {
+            writes.extend(self.encoded().await);
+        }
+        writes
     }
 }
 

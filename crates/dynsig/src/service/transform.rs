@@ -19,7 +19,7 @@ use crate::output::{self, SourcePosition};
 use crate::processor::{Processor, RawInput};
 use crate::telemetry::names;
 
-use super::checkpointing::Checkpointing;
+use super::checkpointing::{CheckpointWrite, Checkpointing};
 use super::{
     assigned_indexes, partition_index, source_of, topic_name, wall_now_ms, Batch, Consumed,
     InputConsumer, Source,
@@ -148,30 +148,54 @@ pub(super) async fn transform(
                     owner.processor.engine_mut().suspend_idle(now);
                     None
                 };
-                let mut batch = state.flush(&mut owner, &topics, wall_now);
+                let batch = state.flush(&mut owner, &topics, wall_now);
                 // An unchanged state is not written again (a quiet stream still closes
                 // windows by the wall clock: those outputs are changes).
                 let changed = state.changed_since_checkpoint || !batch.records.is_empty();
+                let has_news = !batch.records.is_empty() || !batch.offsets.is_empty();
+                if has_news && tx.send(batch).await.is_err() {
+                    return;
+                }
                 if let Some(checkpointing) = checkpointing.as_mut() {
                     if changed && checkpointing.is_due() {
-                        batch.checkpoint = checkpointing.take(&owner, &topics, &mut state);
+                        checkpointing.begin(&owner, &topics, &mut state);
                     }
                 }
-                let has_news = !batch.records.is_empty()
-                    || !batch.offsets.is_empty()
-                    || batch.checkpoint.is_some();
-                if has_news && tx.send(batch).await.is_err() {
+            }
+            // Its positions are those of the batches sent before it; batches sent while
+            // it was encoded go further, and their offsets wait for the next one.
+            Some(write) = encoded(&mut checkpointing) => {
+                let batch = Batch { checkpoint: Some(write), ..Batch::default() };
+                if tx.send(batch).await.is_err() {
                     return;
                 }
             }
         }
     }
     // Shutdown: the last outputs, and a checkpoint of the state after them.
-    let mut batch = state.flush(&mut owner, &topics, None);
-    if let Some(checkpointing) = checkpointing.as_mut() {
-        batch.checkpoint = checkpointing.take(&owner, &topics, &mut state);
+    let batch = state.flush(&mut owner, &topics, None);
+    if tx.send(batch).await.is_err() {
+        return;
     }
-    let _ = tx.send(batch).await;
+    if let Some(checkpointing) = checkpointing.as_mut() {
+        for write in checkpointing.last(&owner, &topics, &mut state).await {
+            let batch = Batch {
+                checkpoint: Some(write),
+                ..Batch::default()
+            };
+            if tx.send(batch).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The checkpoint being encoded, once it is; pending while checkpoints are off.
+async fn encoded(checkpointing: &mut Option<Checkpointing>) -> Option<CheckpointWrite> {
+    match checkpointing {
+        Some(checkpointing) => checkpointing.encoded().await,
+        None => std::future::pending().await,
+    }
 }
 
 #[derive(Default)]
