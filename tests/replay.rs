@@ -1,6 +1,7 @@
 //! `dynsig gen` then `dynsig replay`, through the binary, no broker: every burst and
 //! incident the generator planted must come out as a firing alert in the right window,
-//! and the output files must be what downstream tools parse.
+//! the output files must be what downstream tools parse, and `--threads 2` must write
+//! the same files.
 
 mod support;
 
@@ -34,15 +35,35 @@ fn replay_reports_every_planted_burst_and_incident() {
         "--truth",
         truth.to_str().unwrap(),
     ]);
-    run_dynsig(&[
-        "replay",
-        "--posts",
-        posts.to_str().unwrap(),
-        "--events",
-        events.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+    let replay = |threads: &str, out: &std::path::Path| {
+        run_dynsig(&[
+            "replay",
+            "--threads",
+            threads,
+            "--posts",
+            posts.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ])
+    };
+    replay("1", &out);
+    // The same with each file read, decoded and tokenized on a thread of its own.
+    let threaded = dir.join("out-threaded");
+    replay("2", &threaded);
+    for file in std::fs::read_dir(&out).unwrap() {
+        let name = file.unwrap().file_name();
+        assert_eq!(
+            std::fs::read(out.join(&name)).unwrap(),
+            std::fs::read(threaded.join(&name)).unwrap(),
+            "{name:?} differs with --threads 2"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        std::fs::read_dir(&threaded).unwrap().count()
+    );
 
     let truth: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(&truth).unwrap()).unwrap();
@@ -97,7 +118,16 @@ fn replay_reports_every_planted_burst_and_incident() {
 
 #[test]
 fn replay_dead_letters_bad_lines_and_keeps_going() {
-    let scratch = TestDir::new("replay-bad-lines");
+    dead_letters_bad_lines_and_keeps_going("1");
+}
+
+#[test]
+fn replay_with_reader_threads_dead_letters_bad_lines_and_keeps_going() {
+    dead_letters_bad_lines_and_keeps_going("2");
+}
+
+fn dead_letters_bad_lines_and_keeps_going(threads: &str) {
+    let scratch = TestDir::new(&format!("replay-bad-lines-{threads}"));
     let dir = scratch.path();
     let posts = dir.join("posts.jsonl");
     let good = |ts: i64, text: &str| format!(r#"{{"ts":{ts},"author":"a","text":"{text}"}}"#);
@@ -113,6 +143,8 @@ fn replay_dead_letters_bad_lines_and_keeps_going() {
     let out = dir.join("out");
     run_dynsig(&[
         "replay",
+        "--threads",
+        threads,
         "--posts",
         posts.to_str().unwrap(),
         "--output",

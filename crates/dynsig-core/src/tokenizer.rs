@@ -51,7 +51,7 @@ pub struct Tokenizer {
 
 /// Reusable buffers of [`Tokenizer::for_each_term`]: keeping them across calls makes
 /// tokenizing allocation-free once they have grown to the longest token.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Scratch {
     token: String,
     previous_word: String,

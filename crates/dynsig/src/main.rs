@@ -116,6 +116,10 @@ struct ReplayArgs {
     /// TOML config file (windows, tokenizer, detectors...).
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// 2: read, decode and tokenize each file on a thread of its own while another runs
+    /// the engine (same outputs).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    threads: u8,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -127,8 +131,13 @@ fn main() -> anyhow::Result<()> {
         Command::Replay(args) => {
             let config = Config::load(args.config.as_deref(), std::env::vars())?;
             let started = std::time::Instant::now();
-            let summary =
-                replay::replay(&config, &args.posts, args.events.as_deref(), &args.output)?;
+            let summary = replay::replay(
+                &config,
+                &args.posts,
+                args.events.as_deref(),
+                &args.output,
+                args.threads,
+            )?;
             eprintln!(
                 "replayed {} inputs in {:.2}s: {} rejected, {} trend snapshots, {} anomalies, {} alerts -> {}",
                 summary.inputs,

@@ -3,7 +3,7 @@
 //! service and `dynsig replay`, so both run exactly the same pipeline.
 
 use dynsig_core::decode::{self, Format, InputKind, Limits, RejectReason, Rejection};
-use dynsig_core::engine::{Engine, EngineError, Refused};
+use dynsig_core::engine::{Engine, EngineError, PostTerms, Refused};
 use dynsig_core::feedback::Feedback;
 use dynsig_core::model::{Input, Origin, Post, Signal};
 use metrics::{counter, Counter};
@@ -24,31 +24,44 @@ pub struct RawInput<'a> {
 
 pub struct Processor {
     engine: Engine,
+    decoder: Decoder,
+    /// The record [`Processor::process`] decodes into, kept so that its strings are reused.
+    record: Option<Input>,
+    /// Registered once, as the decoder's counters (see [`Decoder`]).
+    windows_closed: Counter,
+}
+
+/// Decoding and validation, apart from the engine so that it can run on another thread
+/// (`dynsig replay --threads 2`). Its counters are registered once: a `counter!` per
+/// record built and dropped its key each time (~3% of a replay). The metrics recorder must
+/// therefore be installed before it is made, as `main` does.
+#[derive(Clone)]
+pub struct Decoder {
     limits: Limits,
     posts_format: Format,
     events_format: Format,
-    /// The record [`Processor::process`] decodes into, kept so that its strings are reused.
-    record: Option<Input>,
-    /// Counters bumped per record or poll, registered once: a `counter!` per record built
-    /// and dropped its key each time (~3% of a replay). The metrics recorder must
-    /// therefore be installed before the processor is made, as `main` does.
     decoded_posts: Counter,
     decoded_events: Counter,
-    windows_closed: Counter,
 }
 
 impl Processor {
     pub fn new(config: &Config) -> Result<Self, EngineError> {
         Ok(Self {
             engine: Engine::new(config.engine())?,
-            limits: config.limits,
-            posts_format: config.topics.posts_format,
-            events_format: config.topics.events_format,
+            decoder: Decoder {
+                limits: config.limits,
+                posts_format: config.topics.posts_format,
+                events_format: config.topics.events_format,
+                decoded_posts: counter!(names::EVENTS_DECODED, "topic" => input_label(InputKind::Post)),
+                decoded_events: counter!(names::EVENTS_DECODED, "topic" => input_label(InputKind::Event)),
+            },
             record: None,
-            decoded_posts: counter!(names::EVENTS_DECODED, "topic" => input_label(InputKind::Post)),
-            decoded_events: counter!(names::EVENTS_DECODED, "topic" => input_label(InputKind::Event)),
             windows_closed: counter!(names::WINDOWS_CLOSED),
         })
+    }
+
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
     }
 
     /// Decodes and ingests one record. A rejection (undecodable, invalid, or late) is
@@ -59,69 +72,44 @@ impl Processor {
             .take()
             .unwrap_or_else(|| Input::Post(Post::default()));
         let result = self
+            .decoder
             .decode_into(input, &mut record)
             .and_then(|()| self.ingest(&record, input.origin));
         self.record = Some(record);
         result
     }
 
-    /// Decodes and validates one record into `out`, reusing its strings (see
-    /// [`decode::decode_into`]); counted when rejected.
-    pub fn decode_into(&self, input: RawInput<'_>, out: &mut Input) -> Result<(), Rejection> {
-        let decoded = match input.kind {
-            InputKind::Post => &self.decoded_posts,
-            InputKind::Event => &self.decoded_events,
-        };
-        self.decode_uncounted(input, out)
-            .inspect(|()| decoded.increment(1))
-            .inspect_err(|rejection| count_rejection(rejection, input_label(input.kind)))
-    }
-
     /// Feeds a decoded record to the engine; a record it refuses is rejected as `late`
     /// (its window already closed) or `future` (stamped too far ahead of the wall
     /// clock), and counted.
     pub fn ingest(&mut self, record: &Input, origin: Option<Origin>) -> Result<(), Rejection> {
-        self.engine
-            .ingest(record, origin)
-            .map_err(|refused| match refused {
-                Refused::Late {
-                    window_end,
-                    watermark,
-                } => Rejection {
-                    reason: RejectReason::Late,
-                    detail: format!(
-                        "event time {} is in window ending {window_end}, already closed by watermark {watermark}",
-                        record.ts(),
-                    ),
-                },
-                Refused::Future { limit } => Rejection {
-                    reason: RejectReason::Future,
-                    detail: format!(
-                        "event time {} is after {limit}, the wall clock plus window.max_future_ms",
-                        record.ts(),
-                    ),
-                },
-            })
-            .inspect_err(|rejection| {
-                let kind = match record {
-                    Input::Post(_) => InputKind::Post,
-                    Input::Event(_) => InputKind::Event,
-                };
-                count_rejection(rejection, input_label(kind));
-            })
+        let result = self.engine.ingest(record, origin);
+        refusal_counted(record, result)
+    }
+
+    /// [`Processor::ingest`] for a post whose terms were extracted already (see
+    /// [`Engine::ingest_with_terms`]).
+    pub fn ingest_with_terms(
+        &mut self,
+        record: &Input,
+        origin: Option<Origin>,
+        terms: &mut PostTerms,
+    ) -> Result<(), Rejection> {
+        let result = self.engine.ingest_with_terms(record, origin, terms);
+        refusal_counted(record, result)
     }
 
     /// Decodes one record of the feedback topic (JSON `Feedback`) and records it. A record
     /// that is not a usable verdict is rejected (and counted) like a bad input. Call it
     /// once the alert clock has started ([`control::alert_clock_started`]).
     pub fn process_feedback(&mut self, payload: &[u8]) -> Result<(), Rejection> {
-        let decoded = if payload.len() > self.limits.max_message_bytes {
+        let decoded = if payload.len() > self.decoder.limits.max_message_bytes {
             Err(Rejection {
                 reason: RejectReason::TooLarge,
                 detail: format!(
                     "message is {} bytes, limit is {}",
                     payload.len(),
-                    self.limits.max_message_bytes
+                    self.decoder.limits.max_message_bytes
                 ),
             })
         } else {
@@ -134,20 +122,6 @@ impl Processor {
                     .map_err(control::feedback_rejection)
             })
             .inspect_err(|rejection| count_rejection(rejection, "feedback"))
-    }
-
-    fn decode_uncounted(&self, input: RawInput<'_>, out: &mut Input) -> Result<(), Rejection> {
-        let format = match input.content_type {
-            Some(value) => Format::from_content_type(value).ok_or_else(|| Rejection {
-                reason: RejectReason::UnknownContentType,
-                detail: format!("content-type {:?}", String::from_utf8_lossy(value)),
-            })?,
-            None => match input.kind {
-                InputKind::Post => self.posts_format,
-                InputKind::Event => self.events_format,
-            },
-        };
-        decode::decode_into(input.kind, format, input.payload, &self.limits, out)
     }
 
     /// The input partitions read now (see [`Engine::assign_partitions`]).
@@ -195,6 +169,66 @@ pub fn input_label(kind: InputKind) -> &'static str {
     match kind {
         InputKind::Post => "posts",
         InputKind::Event => "events",
+    }
+}
+
+/// An engine refusal as a rejection (`late`: its window already closed; `future`: stamped
+/// too far ahead of the wall clock), counted.
+fn refusal_counted(record: &Input, result: Result<(), Refused>) -> Result<(), Rejection> {
+    result
+            .map_err(|refused| match refused {
+                Refused::Late {
+                    window_end,
+                    watermark,
+                } => Rejection {
+                    reason: RejectReason::Late,
+                    detail: format!(
+                        "event time {} is in window ending {window_end}, already closed by watermark {watermark}",
+                        record.ts(),
+                    ),
+                },
+                Refused::Future { limit } => Rejection {
+                    reason: RejectReason::Future,
+                    detail: format!(
+                        "event time {} is after {limit}, the wall clock plus window.max_future_ms",
+                        record.ts(),
+                    ),
+                },
+            })
+            .inspect_err(|rejection| {
+                let kind = match record {
+                    Input::Post(_) => InputKind::Post,
+                    Input::Event(_) => InputKind::Event,
+                };
+                count_rejection(rejection, input_label(kind));
+            })
+}
+
+impl Decoder {
+    /// Decodes and validates one record into `out`, reusing its strings (see
+    /// [`decode::decode_into`]); counted when rejected.
+    pub fn decode_into(&self, input: RawInput<'_>, out: &mut Input) -> Result<(), Rejection> {
+        let decoded = match input.kind {
+            InputKind::Post => &self.decoded_posts,
+            InputKind::Event => &self.decoded_events,
+        };
+        self.decode_uncounted(input, out)
+            .inspect(|()| decoded.increment(1))
+            .inspect_err(|rejection| count_rejection(rejection, input_label(input.kind)))
+    }
+
+    fn decode_uncounted(&self, input: RawInput<'_>, out: &mut Input) -> Result<(), Rejection> {
+        let format = match input.content_type {
+            Some(value) => Format::from_content_type(value).ok_or_else(|| Rejection {
+                reason: RejectReason::UnknownContentType,
+                detail: format!("content-type {:?}", String::from_utf8_lossy(value)),
+            })?,
+            None => match input.kind {
+                InputKind::Post => self.posts_format,
+                InputKind::Event => self.events_format,
+            },
+        };
+        decode::decode_into(input.kind, format, input.payload, &self.limits, out)
     }
 }
 

@@ -7,15 +7,18 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::JoinHandle;
 
 use anyhow::Context as _;
 use dynsig_core::decode::{InputKind, Rejection};
+use dynsig_core::engine::PostTerms;
 use dynsig_core::model::{Input, Post, Signal};
 
 use crate::catalog;
 use crate::config::{Config, TopicsConfig};
 use crate::output::signal_record;
-use crate::processor::{Processor, RawInput};
+use crate::processor::{Decoder, Processor, RawInput};
 use crate::progress::Progress;
 
 /// What a replay read and wrote.
@@ -30,12 +33,15 @@ pub struct ReplaySummary {
 }
 
 /// Runs the pipeline over `posts` (and `events`), with the catalog of `catalog.path` when
-/// set, and writes one `<topic>.jsonl` file per output topic into `out_dir`.
+/// set, and writes one `<topic>.jsonl` file per output topic into `out_dir`. With
+/// `threads = 2`, each file is read, decoded and tokenized on a thread of its own while
+/// this one runs the engine (see [`Prefetched`]); the outputs are the same.
 pub fn replay(
     config: &Config,
     posts: &Path,
     events: Option<&Path>,
     out_dir: &Path,
+    threads: u8,
 ) -> anyhow::Result<ReplaySummary> {
     let mut processor = Processor::new(config)?;
     if !config.catalog.path.is_empty() {
@@ -46,37 +52,44 @@ pub fn replay(
     let mut sinks = Sinks::create(config, out_dir)?;
     let mut summary = ReplaySummary::default();
 
-    let mut post_lines = LineSource::open(posts, InputKind::Post)?;
-    let mut event_lines = match events {
-        Some(path) => Some(LineSource::open(path, InputKind::Event)?),
-        None => None,
+    let open = |path: &Path, kind| -> anyhow::Result<Feed> {
+        let lines = LineSource::open(path, kind)?;
+        Ok(if threads > 1 {
+            Feed::Prefetched(Prefetched::start(lines, &processor))
+        } else {
+            Feed::Inline(lines, Input::Post(Post::default()))
+        })
     };
-    let mut post_ready = post_lines.next_input(&processor, &mut sinks, &mut summary)?;
-    let mut event_ready = match event_lines.as_mut() {
-        Some(lines) => lines.next_input(&processor, &mut sinks, &mut summary)?,
+    let mut post_feed = open(posts, InputKind::Post)?;
+    let mut event_feed = events
+        .map(|path| open(path, InputKind::Event))
+        .transpose()?;
+    let decoder = processor.decoder().clone();
+    let mut post_ready = post_feed.advance(&decoder, &mut sinks, &mut summary)?;
+    let mut event_ready = match event_feed.as_mut() {
+        Some(feed) => feed.advance(&decoder, &mut sinks, &mut summary)?,
         None => false,
     };
     let mut progress = Progress::new("inputs");
     // Two-way merge by event time, as a consumer interleaving two partitions would.
     loop {
-        let events = event_lines.as_ref().filter(|_| event_ready);
+        let events = event_feed.as_ref().filter(|_| event_ready);
         let take_post = match (post_ready, events) {
-            (true, Some(events)) => post_lines.record.ts() <= events.record.ts(),
+            (true, Some(events)) => post_feed.record().ts() <= events.record().ts(),
             (true, None) => true,
             (false, Some(_)) => false,
             (false, None) => break,
         };
-        let source = if take_post {
-            &mut post_lines
+        let feed = if take_post {
+            &mut post_feed
         } else {
-            event_lines.as_mut().expect("an event was read")
+            event_feed.as_mut().expect("an event was read")
         };
-        if let Err(rejection) = processor.ingest(&source.record, None) {
-            // The source's buffer still holds this record's line: it is read before the next.
-            let line = trim_line_end(&source.buffer);
-            sinks.dead_letter(&source.path, source.line_no, line, &rejection, &mut summary)?;
+        if let Err(rejection) = feed.ingest(&mut processor) {
+            let (path, line_no, line) = feed.line();
+            sinks.dead_letter(path, line_no, line, &rejection, &mut summary)?;
         }
-        let ready = source.next_input(&processor, &mut sinks, &mut summary)?;
+        let ready = feed.advance(&decoder, &mut sinks, &mut summary)?;
         if take_post {
             post_ready = ready;
         } else {
@@ -84,8 +97,11 @@ pub fn replay(
         }
         sinks.write_signals(processor.poll(None), &mut summary)?;
         progress.update(summary.inputs, || {
-            let sources = std::iter::once(&post_lines).chain(event_lines.as_ref());
-            let (read, size) = sources.fold((0, 0), |(r, s), l| (r + l.bytes_read, s + l.size));
+            let feeds = std::iter::once(&post_feed).chain(event_feed.as_ref());
+            let (read, size) = feeds.fold((0, 0), |(r, s), feed| {
+                let (read, size) = feed.progress();
+                (r + read, s + size)
+            });
             (size > 0).then(|| read as f64 / size as f64)
         });
     }
@@ -95,15 +111,103 @@ pub fn replay(
     Ok(summary)
 }
 
-/// One JSONL input file, read line by line into a reused buffer, each line decoded into
-/// a reused record.
+/// One input file's records, in order: read and decoded on this thread into one reused
+/// record, or prefetched by a reader thread.
+enum Feed {
+    Inline(LineSource, Input),
+    Prefetched(Prefetched),
+}
+
+impl Feed {
+    /// Moves to the next decodable record; false at the end of the file. Rejected lines go
+    /// to the dead-letter file on the way.
+    fn advance(
+        &mut self,
+        decoder: &Decoder,
+        sinks: &mut Sinks,
+        summary: &mut ReplaySummary,
+    ) -> anyhow::Result<bool> {
+        match self {
+            Feed::Inline(lines, record) => {
+                while lines.read_line()? {
+                    summary.inputs += 1;
+                    match decoder.decode_into(lines.raw_input(), record) {
+                        Ok(()) => return Ok(true),
+                        Err(rejection) => sinks.dead_letter(
+                            &lines.path,
+                            lines.line_no,
+                            lines.line(),
+                            &rejection,
+                            summary,
+                        )?,
+                    }
+                }
+                Ok(false)
+            }
+            Feed::Prefetched(prefetched) => {
+                while prefetched.next()? {
+                    summary.inputs += 1;
+                    let item = prefetched.current();
+                    match &item.decoded {
+                        Ok(()) => return Ok(true),
+                        Err(rejection) => sinks.dead_letter(
+                            &prefetched.path,
+                            item.line_no,
+                            &item.line,
+                            rejection,
+                            summary,
+                        )?,
+                    }
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// The current record (after [`Feed::advance`] said there is one).
+    fn record(&self) -> &Input {
+        match self {
+            Feed::Inline(_, record) => record,
+            Feed::Prefetched(prefetched) => &prefetched.current().record,
+        }
+    }
+
+    fn ingest(&mut self, processor: &mut Processor) -> Result<(), Rejection> {
+        match self {
+            Feed::Inline(_, record) => processor.ingest(record, None),
+            Feed::Prefetched(prefetched) => {
+                let item = prefetched.current_mut();
+                processor.ingest_with_terms(&item.record, None, &mut item.terms)
+            }
+        }
+    }
+
+    /// The current record's file, line number and line.
+    fn line(&self) -> (&Path, u64, &[u8]) {
+        match self {
+            Feed::Inline(lines, _) => (&lines.path, lines.line_no, lines.line()),
+            Feed::Prefetched(prefetched) => {
+                let item = prefetched.current();
+                (&prefetched.path, item.line_no, &item.line)
+            }
+        }
+    }
+
+    /// Bytes read so far, and the file's size (for the progress line).
+    fn progress(&self) -> (u64, u64) {
+        match self {
+            Feed::Inline(lines, _) => (lines.bytes_read, lines.size),
+            Feed::Prefetched(prefetched) => (prefetched.bytes_read, prefetched.size),
+        }
+    }
+}
+
+/// One JSONL input file, read line by line into a reused buffer.
 struct LineSource {
     path: PathBuf,
     kind: InputKind,
     reader: BufReader<File>,
     buffer: Vec<u8>,
-    /// The record of the last line read, when [`LineSource::next_input`] said so.
-    record: Input,
     line_no: u64,
     /// Bytes read so far, and the file's size (for the progress line).
     bytes_read: u64,
@@ -119,21 +223,14 @@ impl LineSource {
             kind,
             reader: BufReader::with_capacity(1 << 20, file),
             buffer: Vec::new(),
-            record: Input::Post(Post::default()),
             line_no: 0,
             bytes_read: 0,
             size,
         })
     }
 
-    /// Decodes the next decodable line into `record`; false at the end of the file.
-    /// Rejected lines go to the dead-letter file on the way.
-    fn next_input(
-        &mut self,
-        processor: &Processor,
-        sinks: &mut Sinks,
-        summary: &mut ReplaySummary,
-    ) -> anyhow::Result<bool> {
+    /// Reads the next line that is not blank; false at the end of the file.
+    fn read_line(&mut self) -> anyhow::Result<bool> {
         loop {
             self.buffer.clear();
             let read = self
@@ -145,24 +242,154 @@ impl LineSource {
             }
             self.bytes_read += read as u64;
             self.line_no += 1;
-            let line = trim_line_end(&self.buffer);
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
+            if !self.line().iter().all(u8::is_ascii_whitespace) {
+                return Ok(true);
             }
-            summary.inputs += 1;
-            let input = RawInput {
-                kind: self.kind,
-                payload: line,
-                content_type: None,
-                origin: None,
-            };
-            match processor.decode_into(input, &mut self.record) {
-                Ok(()) => return Ok(true),
-                Err(rejection) => {
-                    sinks.dead_letter(&self.path, self.line_no, line, &rejection, summary)?
+        }
+    }
+
+    /// The line last read, without its line end.
+    fn line(&self) -> &[u8] {
+        trim_line_end(&self.buffer)
+    }
+
+    fn raw_input(&self) -> RawInput<'_> {
+        RawInput {
+            kind: self.kind,
+            payload: self.line(),
+            content_type: None,
+            origin: None,
+        }
+    }
+}
+
+/// Lines per batch handed from a reader thread to the engine's.
+const PREFETCH_BATCH: usize = 1024;
+/// Batches decoded ahead at most.
+const PREFETCH_AHEAD: usize = 4;
+
+/// A line as a reader thread prepared it: decoded (or rejected) and, for a post, its
+/// terms extracted, so that the engine's thread only counts.
+struct Prepared {
+    line_no: u64,
+    line: Vec<u8>,
+    decoded: Result<(), Rejection>,
+    record: Input,
+    terms: PostTerms,
+}
+
+impl Default for Prepared {
+    fn default() -> Self {
+        Prepared {
+            line_no: 0,
+            line: Vec::new(),
+            decoded: Ok(()),
+            record: Input::Post(Post::default()),
+            terms: PostTerms::default(),
+        }
+    }
+}
+
+/// Prepared lines, in order. The batches go back to the reader once consumed, so that
+/// their records' strings are reused rather than allocated per line.
+#[derive(Default)]
+struct PreparedBatch {
+    items: Vec<Prepared>,
+    len: usize,
+    bytes_read: u64,
+}
+
+/// A file read, decoded and tokenized on a reader thread of its own.
+struct Prefetched {
+    path: PathBuf,
+    size: u64,
+    bytes_read: u64,
+    batches: Receiver<PreparedBatch>,
+    spent: Sender<PreparedBatch>,
+    current: PreparedBatch,
+    /// The next item of `current` to hand out.
+    next: usize,
+    reader: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Prefetched {
+    fn start(mut lines: LineSource, processor: &Processor) -> Prefetched {
+        let (path, size) = (lines.path.clone(), lines.size);
+        let decoder = processor.decoder().clone();
+        let mut extractor = processor.engine().term_extractor();
+        let (batch_tx, batches) = mpsc::sync_channel(PREFETCH_AHEAD);
+        let (spent, spent_rx) = mpsc::channel::<PreparedBatch>();
+        let reader = std::thread::spawn(move || -> anyhow::Result<()> {
+            loop {
+                let mut batch = spent_rx.try_recv().unwrap_or_default();
+                batch.len = 0;
+                while batch.len < PREFETCH_BATCH && lines.read_line()? {
+                    if batch.len == batch.items.len() {
+                        batch.items.push(Prepared::default());
+                    }
+                    let item = &mut batch.items[batch.len];
+                    item.line_no = lines.line_no;
+                    item.line.clear();
+                    item.line.extend_from_slice(lines.line());
+                    item.decoded = decoder.decode_into(lines.raw_input(), &mut item.record);
+                    if let (Ok(()), Input::Post(post)) = (&item.decoded, &item.record) {
+                        extractor.extract(&post.text, &mut item.terms);
+                    }
+                    batch.len += 1;
+                }
+                batch.bytes_read = lines.bytes_read;
+                let last = batch.len < PREFETCH_BATCH;
+                // The engine's side stopped (an error there): nothing more to do.
+                if batch_tx.send(batch).is_err() || last {
+                    return Ok(());
+                }
+            }
+        });
+        Prefetched {
+            path,
+            size,
+            bytes_read: 0,
+            batches,
+            spent,
+            current: PreparedBatch::default(),
+            next: 0,
+            reader: Some(reader),
+        }
+    }
+
+    /// Moves to the next prepared line; false at the end of the file (an error when the
+    /// reader failed).
+    fn next(&mut self) -> anyhow::Result<bool> {
+        while self.next >= self.current.len {
+            match self.batches.recv() {
+                Ok(batch) => {
+                    let spent = std::mem::replace(&mut self.current, batch);
+                    // The reader may have finished: then the batch is simply dropped.
+                    let _ = self.spent.send(spent);
+                    self.bytes_read = self.current.bytes_read;
+                    self.next = 0;
+                }
+                Err(_) => {
+                    if let Some(reader) = self.reader.take() {
+                        reader.join().map_err(|_| {
+                            anyhow::anyhow!("the reader of {} panicked", self.path.display())
+                        })??;
+                    }
+                    return Ok(false);
                 }
             }
         }
+        self.next += 1;
+        Ok(true)
+    }
+
+    /// The line [`Prefetched::next`] handed out last.
+    fn current(&self) -> &Prepared {
+        &self.current.items[self.next - 1]
+    }
+
+    fn current_mut(&mut self) -> &mut Prepared {
+        &mut self.current.items[self.next - 1]
     }
 }
 

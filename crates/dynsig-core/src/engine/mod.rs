@@ -32,7 +32,7 @@ use crate::model::{
 };
 use crate::routing::RoutingError;
 use crate::term_key;
-use crate::tokenizer::{Scratch, Tokenizer, TokenizerError};
+use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::trend::TrendDetector;
 use crate::watermark::{Watermark, UNPARTITIONED};
 use crate::window::{ClosedWindow, Windows};
@@ -40,7 +40,9 @@ use crate::window_alerts::{self, ACTOR_SERIES_PREFIX};
 use crate::window_terms::WindowTerms;
 
 mod state;
+mod terms;
 pub use state::{RestoreError, StateSnapshot};
+pub use terms::{PostTerms, TermExtractor};
 
 /// Why the engine did not count an input.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -139,7 +141,7 @@ impl View {
 pub struct Engine {
     /// The config as JSON: a checkpoint restores only under the same (see [`state`]).
     config_json: String,
-    tokenizer: Tokenizer,
+    extractor: TermExtractor,
     /// The main view first: it alone drives alerts.
     views: Vec<View>,
     watermark: Watermark,
@@ -166,9 +168,8 @@ pub struct Engine {
     /// Numbers posts that have neither author nor id, so that each counts as its own author.
     anonymous_posts: u64,
     /// Reused buffers: tokenizing and series keys allocate nothing per input once warm.
-    scratch: Scratch,
-    term_keys: String,
-    term_ends: Vec<usize>,
+    /// The current post's terms (its text's, then one per catalog actor it mentions).
+    terms: PostTerms,
     series_scratch: String,
     match_scratch: MatchScratch,
     /// The catalog positions of the actors the current post mentions.
@@ -229,10 +230,8 @@ impl Engine {
             next_update_at: None,
             wall_now: None,
             anonymous_posts: 0,
-            tokenizer,
-            scratch: Scratch::default(),
-            term_keys: String::new(),
-            term_ends: Vec::new(),
+            extractor: TermExtractor::new(tokenizer),
+            terms: PostTerms::default(),
             series_scratch: String::new(),
             match_scratch: MatchScratch::default(),
             post_actors: Vec::new(),
@@ -256,12 +255,40 @@ impl Engine {
     /// Adds one input to every window of every view that counts it, or refuses it (see
     /// [`Refused`]); a refused input is counted nowhere, and the caller dead-letters it.
     pub fn ingest(&mut self, input: &Input, origin: Option<Origin>) -> Result<(), Refused> {
+        if let Input::Post(post) = input {
+            self.extractor.extract(&post.text, &mut self.terms);
+        }
+        self.ingest_extracted(input, origin)
+    }
+
+    /// [`Engine::ingest`] for a post whose terms were already extracted (by this engine's
+    /// [`Engine::term_extractor`], e.g. on another thread); `terms` is left with what the
+    /// engine added to them (catalog actors), to be overwritten by the next extraction.
+    pub fn ingest_with_terms(
+        &mut self,
+        input: &Input,
+        origin: Option<Origin>,
+        terms: &mut PostTerms,
+    ) -> Result<(), Refused> {
+        std::mem::swap(&mut self.terms, terms);
+        let result = self.ingest_extracted(input, origin);
+        std::mem::swap(&mut self.terms, terms);
+        result
+    }
+
+    /// A copy of the engine's tokenizer, for [`Engine::ingest_with_terms`].
+    pub fn term_extractor(&self) -> TermExtractor {
+        self.extractor.clone()
+    }
+
+    /// [`Engine::ingest`] once a post's text terms are in `self.terms`.
+    fn ingest_extracted(&mut self, input: &Input, origin: Option<Origin>) -> Result<(), Refused> {
         let ts = input.ts();
         self.check_time(input, ts)?;
         self.watermark
             .observe(origin.map_or(UNPARTITIONED, |o| o.partition), ts);
         // The series this input adds to, by how much, and for a post its author (its
-        // terms are in `term_keys`/`term_ends`).
+        // terms are in `terms`).
         let key = &mut self.series_scratch;
         key.clear();
         let (value, post) = match input {
@@ -275,7 +302,6 @@ impl Engine {
                 } else {
                     0
                 };
-                self.collect_terms(&post.text);
                 self.collect_actors(post);
                 (1.0, Some((post, author)))
             }
@@ -321,7 +347,7 @@ impl Engine {
                 // Generation 0: the window opened before any catalog, so its terms are
                 // never tagged with actors (see `close_window`) and need no actor votes.
                 let tags_actors = counts.catalog_generation != 0;
-                for key in split_at_ends(&self.term_keys, &self.term_ends) {
+                for key in self.terms.iter() {
                     if tags_actors {
                         counts.terms.add_about(key, author, post_ref, first_actor);
                     } else {
@@ -485,24 +511,6 @@ impl Engine {
         }
     }
 
-    /// Tokenizes `text` once into `term_keys`/`term_ends` (keys as in
-    /// [`crate::term_key`]), so that several windows can count the same terms.
-    fn collect_terms(&mut self, text: &str) {
-        let Engine {
-            tokenizer,
-            scratch,
-            term_keys,
-            term_ends,
-            ..
-        } = self;
-        term_keys.clear();
-        term_ends.clear();
-        tokenizer.for_each_term(text, scratch, |kind, text| {
-            term_key::push_key(term_keys, kind, text);
-            term_ends.push(term_keys.len());
-        });
-    }
-
     /// Matches the post against the catalog into `post_actors` and their series keys,
     /// and adds one `actor` term per actor to the post's terms.
     fn collect_actors(&mut self, post: &Post) {
@@ -520,8 +528,7 @@ impl Engine {
         );
         for &actor in &self.post_actors {
             let id = &catalog.actors()[actor].id;
-            term_key::push_key(&mut self.term_keys, TermKind::Actor, id);
-            self.term_ends.push(self.term_keys.len());
+            self.terms.push(TermKind::Actor, id);
             self.actor_series.push_str(ACTOR_SERIES_PREFIX);
             self.actor_series.push_str(id);
             self.actor_series_ends.push(self.actor_series.len());

@@ -1,0 +1,57 @@
+//! A post's terms, extracted apart from the engine: [`TermExtractor`] is the engine's
+//! tokenizer on its own, so that tokenizing can run on another thread than counting
+//! ([`super::Engine::ingest_with_terms`]), and [`PostTerms`] carries the result.
+
+use crate::model::TermKind;
+use crate::term_key;
+use crate::tokenizer::{Scratch, Tokenizer};
+
+/// The terms of one post, keys as in [`crate::term_key`], concatenated. Reused: extracting
+/// into it again replaces its content without allocating once it has grown.
+#[derive(Debug, Default, Clone)]
+pub struct PostTerms {
+    keys: String,
+    ends: Vec<usize>,
+}
+
+impl PostTerms {
+    /// The keys, in the order the tokenizer emitted them.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        super::split_at_ends(&self.keys, &self.ends)
+    }
+
+    /// Appends one term.
+    pub(super) fn push(&mut self, kind: TermKind, text: &str) {
+        term_key::push_key(&mut self.keys, kind, text);
+        self.ends.push(self.keys.len());
+    }
+
+    fn clear(&mut self) {
+        self.keys.clear();
+        self.ends.clear();
+    }
+}
+
+/// Extracts a post's terms exactly as the engine it came from does (same tokenizer
+/// config: modes, stopwords, bigrams).
+#[derive(Debug, Clone)]
+pub struct TermExtractor {
+    tokenizer: Tokenizer,
+    scratch: Scratch,
+}
+
+impl TermExtractor {
+    pub(super) fn new(tokenizer: Tokenizer) -> Self {
+        TermExtractor {
+            tokenizer,
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// Replaces `out` with the terms of `text`.
+    pub fn extract(&mut self, text: &str, out: &mut PostTerms) {
+        out.clear();
+        self.tokenizer
+            .for_each_term(text, &mut self.scratch, |kind, text| out.push(kind, text));
+    }
+}
