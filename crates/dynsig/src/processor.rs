@@ -5,7 +5,7 @@
 use dynsig_core::decode::{self, Format, InputKind, Limits, RejectReason, Rejection};
 use dynsig_core::engine::{Engine, EngineError, PostTerms, Refused};
 use dynsig_core::feedback::Feedback;
-use dynsig_core::model::{Input, Origin, Post, Signal};
+use dynsig_core::model::{Input, Origin, Signal};
 use metrics::{counter, Counter};
 
 use crate::config::Config;
@@ -19,14 +19,11 @@ pub struct RawInput<'a> {
     pub payload: &'a [u8],
     /// The record's `content-type` header, if any; it overrides the topic's format.
     pub content_type: Option<&'a [u8]>,
-    pub origin: Option<Origin>,
 }
 
 pub struct Processor {
     engine: Engine,
     decoder: Decoder,
-    /// The record [`Processor::process`] decodes into, kept so that its strings are reused.
-    record: Option<Input>,
     /// Registered once, as the decoder's counters (see [`Decoder`]).
     windows_closed: Counter,
 }
@@ -55,28 +52,12 @@ impl Processor {
                 decoded_posts: counter!(names::EVENTS_DECODED, "topic" => input_label(InputKind::Post)),
                 decoded_events: counter!(names::EVENTS_DECODED, "topic" => input_label(InputKind::Event)),
             },
-            record: None,
             windows_closed: counter!(names::WINDOWS_CLOSED),
         })
     }
 
     pub fn decoder(&self) -> &Decoder {
         &self.decoder
-    }
-
-    /// Decodes and ingests one record. A rejection (undecodable, invalid, or late) is
-    /// returned for the caller to dead-letter; it is counted here.
-    pub fn process(&mut self, input: RawInput<'_>) -> Result<(), Rejection> {
-        let mut record = self
-            .record
-            .take()
-            .unwrap_or_else(|| Input::Post(Post::default()));
-        let result = self
-            .decoder
-            .decode_into(input, &mut record)
-            .and_then(|()| self.ingest(&record, input.origin));
-        self.record = Some(record);
-        result
     }
 
     /// Feeds a decoded record to the engine; a record it refuses is rejected as `late`
@@ -240,6 +221,7 @@ fn count_rejection(rejection: &Rejection, topic: &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dynsig_core::model::Post;
     use prost::Message as _;
 
     fn processor() -> Processor {
@@ -251,8 +233,14 @@ mod tests {
             kind: InputKind::Post,
             payload,
             content_type,
-            origin: None,
         }
+    }
+
+    /// Decodes and ingests one record, as the service and replay do.
+    fn process(processor: &mut Processor, input: RawInput<'_>) -> Result<(), Rejection> {
+        let mut record = Input::Post(Post::default());
+        processor.decoder().decode_into(input, &mut record)?;
+        processor.ingest(&record, None)
     }
 
     #[test]
@@ -264,14 +252,10 @@ mod tests {
         }
         .encode_to_vec();
         let mut processor = processor();
-        assert!(processor
-            .process(raw(&post, Some(b"application/x-protobuf")))
-            .is_ok());
-        let as_json = processor.process(raw(&post, None)).unwrap_err();
+        assert!(process(&mut processor, raw(&post, Some(b"application/x-protobuf"))).is_ok());
+        let as_json = process(&mut processor, raw(&post, None)).unwrap_err();
         assert_ne!(as_json.reason, RejectReason::UnknownContentType);
-        let unknown = processor
-            .process(raw(b"a,b", Some(b"text/csv")))
-            .unwrap_err();
+        let unknown = process(&mut processor, raw(b"a,b", Some(b"text/csv"))).unwrap_err();
         assert_eq!(unknown.reason, RejectReason::UnknownContentType);
     }
 
@@ -279,16 +263,22 @@ mod tests {
     fn input_behind_the_watermark_is_rejected_as_late() {
         let mut processor = processor();
         let post = |ts: i64| format!(r#"{{"ts":{ts},"text":"x"}}"#);
-        processor
-            .process(raw(post(1_800_000_000_000).as_bytes(), None))
-            .unwrap();
-        processor
-            .process(raw(post(1_800_000_600_000).as_bytes(), None))
-            .unwrap();
+        process(
+            &mut processor,
+            raw(post(1_800_000_000_000).as_bytes(), None),
+        )
+        .unwrap();
+        process(
+            &mut processor,
+            raw(post(1_800_000_600_000).as_bytes(), None),
+        )
+        .unwrap();
         assert!(!processor.poll(None).is_empty(), "the first window closed");
-        let late = processor
-            .process(raw(post(1_800_000_000_500).as_bytes(), None))
-            .unwrap_err();
+        let late = process(
+            &mut processor,
+            raw(post(1_800_000_000_500).as_bytes(), None),
+        )
+        .unwrap_err();
         assert_eq!(late.reason, RejectReason::Late);
     }
 }

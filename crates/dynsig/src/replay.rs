@@ -258,7 +258,6 @@ impl LineSource {
             kind: self.kind,
             payload: self.line(),
             content_type: None,
-            origin: None,
         }
     }
 }

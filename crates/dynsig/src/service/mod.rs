@@ -33,7 +33,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use dynsig_core::decode::InputKind;
+use dynsig_core::decode::{InputKind, Rejection};
+use dynsig_core::engine::{PostTerms, TermExtractor};
+use dynsig_core::model::{Input, Post};
 use metrics::counter;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -48,7 +50,7 @@ use crate::config::{Config, KafkaConfig, TopicsConfig};
 use crate::control::ReadModelWriter;
 use crate::kafka::{self, Assignment, Health, NeededTopic, TrackingContext};
 use crate::output::OutRecord;
-use crate::processor::Processor;
+use crate::processor::{Decoder, Processor, RawInput};
 use crate::telemetry::names;
 use crate::{catalog, http};
 
@@ -81,8 +83,18 @@ struct Consumed {
     partition: i32,
     offset: i64,
     key: Option<Vec<u8>>,
+    /// As read: a rejected record is dead-lettered byte for byte.
     payload: Vec<u8>,
-    content_type: Option<Vec<u8>>,
+    /// An input as the source stage decoded it, or why it could not; None for feedback
+    /// (parsed by the transform stage).
+    decoded: Option<Result<Decoded, Rejection>>,
+}
+
+/// An input decoded and, for a post, its terms extracted: the transform stage, which runs
+/// the engine on one core, only counts them (the source stage runs beside it).
+struct Decoded {
+    record: Input,
+    terms: PostTerms,
 }
 
 /// A consumed partition.
@@ -138,6 +150,10 @@ pub async fn run(
     };
     kafka::ensure_topics(&config.kafka, &needed_topics).await?;
     let (model, model_reader) = ReadModelWriter::new(processor.engine());
+    let (decoder, extractor) = (
+        processor.decoder().clone(),
+        processor.engine().term_extractor(),
+    );
     let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
 
     let health = Arc::new(Health::default());
@@ -192,6 +208,7 @@ pub async fn run(
     let source = tokio::spawn(source(
         consumer.clone(),
         topics.clone(),
+        (decoder, extractor),
         input_tx,
         shutdown.clone(),
     ));
@@ -266,6 +283,7 @@ pub async fn run(
 async fn source(
     consumer: Arc<InputConsumer>,
     topics: Arc<TopicsConfig>,
+    (decoder, mut extractor): (Decoder, TermExtractor),
     tx: mpsc::Sender<Consumed>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -291,19 +309,38 @@ async fn source(
             Source::Feedback
         };
         counter!(names::EVENTS_CONSUMED, "topic" => source_label(source)).increment(1);
-        let content_type = message.headers().and_then(|headers| {
-            headers
-                .iter()
-                .find(|h| h.key.eq_ignore_ascii_case("content-type"))
-                .and_then(|h| h.value.map(<[u8]>::to_vec))
-        });
+        let payload = message.payload().unwrap_or_default();
+        let decoded = match source {
+            Source::Input(kind) => {
+                let content_type = message.headers().and_then(|headers| {
+                    headers
+                        .iter()
+                        .find(|h| h.key.eq_ignore_ascii_case("content-type"))
+                        .and_then(|h| h.value)
+                });
+                let mut record = Input::Post(Post::default());
+                let raw = RawInput {
+                    kind,
+                    payload,
+                    content_type,
+                };
+                Some(decoder.decode_into(raw, &mut record).map(|()| {
+                    let mut terms = PostTerms::default();
+                    if let Input::Post(post) = &record {
+                        extractor.extract(&post.text, &mut terms);
+                    }
+                    Decoded { record, terms }
+                }))
+            }
+            Source::Feedback => None,
+        };
         let record = Consumed {
             source,
             partition: message.partition(),
             offset: message.offset(),
             key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().unwrap_or_default().to_vec(),
-            content_type,
+            payload: payload.to_vec(),
+            decoded,
         };
         if tx.send(record).await.is_err() {
             break;

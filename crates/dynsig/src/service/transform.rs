@@ -16,7 +16,7 @@ use crate::config::TopicsConfig;
 use crate::control::{self, Command, ReadModelWriter};
 use crate::kafka::{self, Assignment, Health};
 use crate::output::{self, SourcePosition};
-use crate::processor::{Processor, RawInput};
+use crate::processor::Processor;
 use crate::telemetry::names;
 
 use super::checkpointing::{CheckpointWrite, Checkpointing};
@@ -251,20 +251,20 @@ impl TransformState {
     }
 
     /// Feeds one record to the processor; a rejected one becomes a dead letter.
-    fn apply(&mut self, processor: &mut Processor, topics: &TopicsConfig, record: Consumed) {
-        let outcome = match record.source {
-            Source::Input(kind) => processor.process(RawInput {
-                kind,
-                payload: &record.payload,
-                content_type: record.content_type.as_deref(),
-                origin: Some(Origin {
+    fn apply(&mut self, processor: &mut Processor, topics: &TopicsConfig, mut record: Consumed) {
+        let outcome = match (record.source, &mut record.decoded) {
+            (Source::Input(kind), Some(Ok(decoded))) => {
+                let origin = Origin {
                     partition: partition_index((kind, record.partition)),
                     offset: record.offset,
-                }),
-            }),
+                };
+                processor.ingest_with_terms(&decoded.record, Some(origin), &mut decoded.terms)
+            }
+            (Source::Input(_), Some(Err(rejection))) => Err(rejection.clone()),
+            (Source::Input(_), None) => unreachable!("the source stage decodes every input"),
             // A repeated verdict (a redelivery after a restart) is recognised by the
             // alert stage and not counted twice.
-            Source::Feedback => processor.process_feedback(&record.payload),
+            (Source::Feedback, _) => processor.process_feedback(&record.payload),
         };
         if let Err(rejection) = outcome {
             let from = SourcePosition {
