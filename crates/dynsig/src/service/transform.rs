@@ -22,7 +22,7 @@ use crate::telemetry::names;
 use super::checkpointing::{CheckpointWrite, Checkpointing};
 use super::{
     assigned_indexes, partition_index, source_of, topic_name, wall_now_ms, Batch, Consumed,
-    InputConsumer, Source,
+    InputConsumer, Recycler, Source,
 };
 
 /// Inputs per batch at the most; a batch also closes at every tick.
@@ -85,45 +85,48 @@ pub(super) async fn transform(
     topics: Arc<TopicsConfig>,
     input: InputState,
     mut checkpointing: Option<Checkpointing>,
-    mut rx: mpsc::Receiver<Consumed>,
+    (mut rx, recycler): (mpsc::Receiver<Vec<Consumed>>, Recycler),
     tx: mpsc::Sender<Batch>,
 ) {
     let mut ticker = tokio::time::interval(TICK);
-    let mut state = TransformState::default();
-    let mut seen_generation = 0;
-    let mut seen_recreated = 0;
+    let mut state = TransformState {
+        recycler: Some(recycler),
+        ..TransformState::default()
+    };
+    let mut seen = SeenAssignment::default();
     loop {
-        let assignment = &input.assignment;
-        if assignment.inputs_recreated() != seen_recreated {
-            seen_recreated = assignment.inputs_recreated();
-            state.forget_input_offsets();
-        }
-        // Records of a new assignment are fetched after the rebalance callback ran, so
-        // checking before each record keeps the watermark's partition set current.
-        if assignment.generation() != seen_generation {
-            seen_generation = assignment.generation();
-            let restored = checkpointing
-                .as_mut()
-                .and_then(|c| c.restore_at_assignment(&mut owner, &topics, assignment, &mut state));
-            if let Some(restored) = restored {
-                if tx.send(restored).await.is_err() {
-                    return;
-                }
-            }
-            owner
-                .processor
-                .assign_partitions(&assigned_indexes(&topics, assignment));
+        if !seen
+            .follow(
+                &input,
+                &mut owner,
+                &topics,
+                &mut checkpointing,
+                &mut state,
+                &tx,
+            )
+            .await
+        {
+            return;
         }
         tokio::select! {
-            record = rx.recv() => match record {
-                Some(record) => {
+            records = rx.recv() => match records {
+                Some(records) => for record in records {
+                    // Records of a new assignment are fetched after the rebalance
+                    // callback ran, so checking before each record keeps the watermark's
+                    // partition set current.
+                    if !seen
+                        .follow(&input, &mut owner, &topics, &mut checkpointing, &mut state, &tx)
+                        .await
+                    {
+                        return;
+                    }
                     state.handle(&mut owner.processor, &topics, record);
                     if (state.inputs_in_batch >= BATCH_INPUTS || state.bytes_in_batch >= BATCH_BYTES)
                         && tx.send(state.flush(&mut owner, &topics, None)).await.is_err()
                     {
                         return;
                     }
-                }
+                },
                 None => break,
             },
             // Senders live in the HTTP server and the catalog watcher; once they are all
@@ -190,6 +193,50 @@ pub(super) async fn transform(
     }
 }
 
+/// The assignment as the transform stage last applied it.
+#[derive(Default)]
+struct SeenAssignment {
+    generation: u64,
+    inputs_recreated: u64,
+}
+
+impl SeenAssignment {
+    /// Applies what changed in the assignment since last seen: re-created input topics
+    /// (their offsets start over), a new partition set (and, at the first one, the
+    /// checkpoint to restore). False when the sink is gone.
+    async fn follow(
+        &mut self,
+        input: &InputState,
+        owner: &mut EngineOwner,
+        topics: &TopicsConfig,
+        checkpointing: &mut Option<Checkpointing>,
+        state: &mut TransformState,
+        tx: &mpsc::Sender<Batch>,
+    ) -> bool {
+        let assignment = &input.assignment;
+        if assignment.inputs_recreated() != self.inputs_recreated {
+            self.inputs_recreated = assignment.inputs_recreated();
+            state.forget_input_offsets();
+        }
+        if assignment.generation() == self.generation {
+            return true;
+        }
+        self.generation = assignment.generation();
+        let restored = checkpointing
+            .as_mut()
+            .and_then(|c| c.restore_at_assignment(owner, topics, assignment, state));
+        if let Some(restored) = restored {
+            if tx.send(restored).await.is_err() {
+                return false;
+            }
+        }
+        owner
+            .processor
+            .assign_partitions(&assigned_indexes(topics, assignment));
+        true
+    }
+}
+
 /// The checkpoint being encoded, once it is; pending while checkpoints are off.
 async fn encoded(checkpointing: &mut Option<Checkpointing>) -> Option<CheckpointWrite> {
     match checkpointing {
@@ -214,6 +261,8 @@ pub(super) struct TransformState {
     /// [`control::FeedbackError::ClockNotStarted`]), applied in order once it has; their
     /// offsets are held until then.
     pub(super) waiting_feedback: VecDeque<Consumed>,
+    /// Where used record bodies go back to the source stage (None in tests).
+    pub(super) recycler: Option<Recycler>,
 }
 
 impl TransformState {
@@ -237,6 +286,7 @@ impl TransformState {
         if let Some(&next) = self.next_offsets.get(&partition_key) {
             if record.offset < next {
                 counter!(names::REDELIVERED_SKIPPED).increment(1);
+                self.recycle(record);
                 return;
             }
         }
@@ -252,19 +302,20 @@ impl TransformState {
 
     /// Feeds one record to the processor; a rejected one becomes a dead letter.
     fn apply(&mut self, processor: &mut Processor, topics: &TopicsConfig, mut record: Consumed) {
-        let outcome = match (record.source, &mut record.decoded) {
-            (Source::Input(kind), Some(Ok(decoded))) => {
+        let body = &mut *record.body;
+        let outcome = match (record.source, &body.decoded) {
+            (Source::Input(kind), Some(Ok(()))) => {
                 let origin = Origin {
                     partition: partition_index((kind, record.partition)),
                     offset: record.offset,
                 };
-                processor.ingest_with_terms(&decoded.record, Some(origin), &mut decoded.terms)
+                processor.ingest_with_terms(&body.record, Some(origin), &mut body.terms)
             }
             (Source::Input(_), Some(Err(rejection))) => Err(rejection.clone()),
             (Source::Input(_), None) => unreachable!("the source stage decodes every input"),
             // A repeated verdict (a redelivery after a restart) is recognised by the
             // alert stage and not counted twice.
-            (Source::Feedback, _) => processor.process_feedback(&record.payload),
+            (Source::Feedback, _) => processor.process_feedback(&body.payload),
         };
         if let Err(rejection) = outcome {
             let from = SourcePosition {
@@ -273,14 +324,23 @@ impl TransformState {
                 offset: record.offset,
             };
             tracing::debug!(reason = rejection.reason.as_str(), detail = %rejection.detail, "dead letter");
-            self.bytes_in_batch += record.payload.len();
+            self.bytes_in_batch += record.body.payload.len();
             self.batch.records.push(output::dead_letter(
                 topics,
                 from,
                 record.key.as_deref(),
-                &record.payload,
+                &record.body.payload,
                 &rejection,
             ));
+        }
+        self.recycle(record);
+    }
+
+    /// Hands a used record's body back to the source stage.
+    fn recycle(&self, record: Consumed) {
+        if let Some(recycler) = &self.recycler {
+            // The source stage is gone at shutdown: the body is simply dropped then.
+            let _ = recycler.send(record.body);
         }
     }
 
