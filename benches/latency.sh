@@ -2,7 +2,7 @@
 # benches/latency.sh [MAX_POSTS_PER_S] [SECONDS]: how soon signals are published once their
 # window may close, under an open-loop load through the test broker.
 #
-# For each load (50% and 80% of MAX_POSTS_PER_S, default 99000: benches/kafka.sh's figure):
+# For each load (50% and 80% of MAX_POSTS_PER_S, default 159000: benches/kafka.sh's figure):
 # a fresh broker (tansu), `dynsig run` with 1-second windows (200 ms allowed lateness), and
 # `dynsig gen --realtime` producing the demo feed (posts with planted bursts, internal events
 # with planted incidents) at its event times for SECONDS (default 30). Afterwards every
@@ -22,7 +22,7 @@
 # Last line (50% load, alert path): p50_ms=A p99_ms=B p999_ms=C
 set -euo pipefail
 
-MAX=${1:-99000}
+MAX=${1:-159000}
 SECONDS_OF_LOAD=${2:-30}
 LATENESS_MS=200
 source "$(dirname "${BASH_SOURCE[0]}")/broker_bench.sh"
