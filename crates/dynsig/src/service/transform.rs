@@ -25,6 +25,9 @@ use super::{
     InputConsumer, Recycler, Source,
 };
 
+/// Record bodies larger than this are freed after use instead of recycled (see
+/// `TransformState::recycle`); typical records are well under 1 KiB.
+const RECYCLED_PAYLOAD_MAX: usize = 64 << 10;
 /// Inputs per batch at the most; a batch also closes at every tick.
 pub(super) const BATCH_INPUTS: usize = 2048;
 /// Output bytes per batch at the most (dead letters carry whole inputs): with
@@ -336,8 +339,13 @@ impl TransformState {
         self.recycle(record);
     }
 
-    /// Hands a used record's body back to the source stage.
+    /// Hands a used record's body back to the source stage, unless it held a large record:
+    /// its buffers (payload, decoded strings, terms) keep their capacity, and bodies that
+    /// all grew to the largest record seen would keep the input queue's worth of them.
     fn recycle(&self, record: Consumed) {
+        if record.body.payload.capacity() > RECYCLED_PAYLOAD_MAX {
+            return;
+        }
         if let Some(recycler) = &self.recycler {
             // The source stage is gone at shutdown: the body is simply dropped then.
             let _ = recycler.send(record.body);
