@@ -1,6 +1,7 @@
-//! The transform stage: one raw input record in (bytes, content type, origin), decoded,
-//! validated and fed to the engine; closed windows out as signals. Shared by the Kafka
-//! service and `dynsig replay`, so both run exactly the same pipeline.
+//! The pipeline's steps around the engine: a raw input record (bytes, content type)
+//! decoded and validated by the [`Decoder`], then fed to the engine with its origin;
+//! closed windows out as signals. Shared by the Kafka service and `dynsig replay`, so both
+//! run exactly the same pipeline.
 
 use dynsig_core::decode::{self, Format, InputKind, Limits, RejectReason, Rejection};
 use dynsig_core::engine::{Engine, EngineError, PostTerms, Refused};
@@ -29,7 +30,7 @@ pub struct Processor {
 }
 
 /// Decoding and validation, apart from the engine so that it can run on another thread
-/// (`dynsig replay --threads 2`). Its counters are registered once: a `counter!` per
+/// (the service's source stage, `dynsig replay --threads 2`). Its counters are registered once: a `counter!` per
 /// record built and dropped its key each time (~3% of a replay). The metrics recorder must
 /// therefore be installed before it is made, as `main` does.
 #[derive(Clone)]
