@@ -4,7 +4,7 @@
 //! run exactly the same pipeline.
 
 use dynsig_core::decode::{self, Format, InputKind, Limits, RejectReason, Rejection};
-use dynsig_core::engine::{Engine, EngineError, PostTerms, Refused};
+use dynsig_core::engine::{Engine, EngineError, PostTerms, Refused, TermExtractor};
 use dynsig_core::feedback::Feedback;
 use dynsig_core::model::{Input, Origin, Signal};
 use metrics::{counter, Counter};
@@ -197,6 +197,22 @@ impl Decoder {
         self.decode_uncounted(input, out)
             .inspect(|()| decoded.increment(1))
             .inspect_err(|rejection| count_rejection(rejection, input_label(input.kind)))
+    }
+
+    /// [`Decoder::decode_into`], then a decoded post's terms into `terms` (for
+    /// [`Processor::ingest_with_terms`], on another thread than the engine's).
+    pub fn decode_with_terms(
+        &self,
+        input: RawInput<'_>,
+        extractor: &mut TermExtractor,
+        out: &mut Input,
+        terms: &mut PostTerms,
+    ) -> Result<(), Rejection> {
+        self.decode_into(input, out)?;
+        if let Input::Post(post) = out {
+            extractor.extract(&post.text, terms);
+        }
+        Ok(())
     }
 
     fn decode_uncounted(&self, input: RawInput<'_>, out: &mut Input) -> Result<(), Rejection> {

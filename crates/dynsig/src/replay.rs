@@ -330,10 +330,12 @@ impl Prefetched {
                     item.line_no = lines.line_no;
                     item.line.clear();
                     item.line.extend_from_slice(lines.line());
-                    item.decoded = decoder.decode_into(lines.raw_input(), &mut item.record);
-                    if let (Ok(()), Input::Post(post)) = (&item.decoded, &item.record) {
-                        extractor.extract(&post.text, &mut item.terms);
-                    }
+                    item.decoded = decoder.decode_with_terms(
+                        lines.raw_input(),
+                        &mut extractor,
+                        &mut item.record,
+                        &mut item.terms,
+                    );
                     batch.len += 1;
                 }
                 batch.bytes_read = lines.bytes_read;

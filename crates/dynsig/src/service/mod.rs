@@ -347,11 +347,12 @@ async fn source(
                     payload: &body.payload,
                     content_type,
                 };
-                let decoded = decoder.decode_into(raw, &mut body.record);
-                if let (Ok(()), Input::Post(post)) = (&decoded, &body.record) {
-                    extractor.extract(&post.text, &mut body.terms);
-                }
-                Some(decoded)
+                Some(decoder.decode_with_terms(
+                    raw,
+                    &mut extractor,
+                    &mut body.record,
+                    &mut body.terms,
+                ))
             }
             Source::Feedback => None,
         };
