@@ -86,6 +86,31 @@ fn a_restored_engine_continues_like_one_that_never_stopped() {
     }
 }
 
+/// The service encodes a snapshot on another thread while the engine goes on: the
+/// snapshot must encode the state as it was when taken, byte for byte.
+#[test]
+fn a_snapshot_encodes_the_state_at_the_time_it_was_taken() {
+    let inputs = inputs();
+    let numbered: Vec<(usize, &Input)> = inputs.iter().enumerate().collect();
+    let cut = numbered.len() / 2;
+    let mut engine = engine(config(10_000));
+    feed(&mut engine, &numbered[..cut], &mut Vec::new());
+    let snapshot = engine.snapshot_state();
+    let mut saved_then = Vec::new();
+    engine.save_state_into(&mut saved_then).unwrap();
+
+    feed(&mut engine, &numbered[cut..], &mut Vec::new());
+    let mut saved_now = Vec::new();
+    engine.save_state_into(&mut saved_now).unwrap();
+    assert_ne!(
+        saved_now, saved_then,
+        "the engine moved on after the snapshot"
+    );
+    let mut encoded = Vec::new();
+    snapshot.write_into(&mut encoded).unwrap();
+    assert_eq!(encoded, saved_then);
+}
+
 #[test]
 fn a_checkpoint_of_another_config_is_refused_and_changes_nothing() {
     let inputs = inputs();
