@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{RankBy, TrendConfig};
 use crate::heavy_hitters::Counted;
-use crate::model::{TrendEntry, TrendStatus};
+use crate::model::{TermKind, TrendEntry, TrendStatus};
 use crate::term_key::split_key;
 use crate::term_table::TermTable;
 use crate::window_terms::{TermStats, WindowTerms};
@@ -435,6 +435,22 @@ impl TrendDetector {
     }
 }
 
+/// `Less` when term `a` ranks before `b`, each as (score, count, text, kind): by score
+/// (then count) or by count; ties by text, then kind, so that `#fire` and `fire` sort as
+/// they are written. The one ranking order, also used to merge shards' rankings
+/// ([`crate::trend_merge`]).
+pub fn rank_order(
+    rank_by: RankBy,
+    (score_a, count_a, text_a, kind_a): (f64, u64, &str, TermKind),
+    (score_b, count_b, text_b, kind_b): (f64, u64, &str, TermKind),
+) -> Ordering {
+    match rank_by {
+        RankBy::Score => score_b.total_cmp(&score_a).then(count_b.cmp(&count_a)),
+        RankBy::Count => count_b.cmp(&count_a),
+    }
+    .then_with(|| text_a.cmp(text_b).then(kind_a.cmp(&kind_b)))
+}
+
 /// The best `top_k` ranked candidates of a window, kept while scanning it: a window can
 /// hold tens of thousands of terms for 20 slots, and most never get near them.
 struct TopK<'w> {
@@ -484,22 +500,13 @@ impl<'w> TopK<'w> {
         }
     }
 
-    /// `Less` when `a` ranks before `b`: by score (then count) or by count; ties by
-    /// text, then kind, so that `#fire` and `fire` sort as they are written.
-    fn order(&self, a: &Candidate, b: &Candidate) -> Ordering {
-        match self.rank_by {
-            RankBy::Score => b
-                .score
-                .score
-                .total_cmp(&a.score.score)
-                .then(b.counted.count.cmp(&a.counted.count)),
-            RankBy::Count => b.counted.count.cmp(&a.counted.count),
+    /// `Less` when `a` ranks before `b` (see [`rank_order`]).
+    fn order(&self, a: &Candidate<'w>, b: &Candidate<'w>) -> Ordering {
+        fn rank<'c>(c: &Candidate<'c>) -> (f64, u64, &'c str, TermKind) {
+            let (kind, text) = split_key(c.counted.key).expect("keys come from term_key");
+            (c.score.score, c.counted.count, text, kind)
         }
-        .then_with(|| {
-            let (kind_a, text_a) = split_key(a.counted.key).expect("keys come from term_key");
-            let (kind_b, text_b) = split_key(b.counted.key).expect("keys come from term_key");
-            text_a.cmp(text_b).then(kind_a.cmp(&kind_b))
-        })
+        rank_order(self.rank_by, rank(a), rank(b))
     }
 
     fn into_entries(mut self, terms: &WindowTerms) -> Vec<TrendEntry> {

@@ -31,6 +31,7 @@ use crate::model::{
     Anomaly, EcosystemSnapshot, EpochMs, Input, Origin, Post, Signal, Term, TermKind, TrendSnapshot,
 };
 use crate::routing::RoutingError;
+use crate::shard::Shard;
 use crate::term_key;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::trend::TrendDetector;
@@ -177,6 +178,8 @@ pub struct Engine {
     /// Their series keys (`actors.actor=<id>`), concatenated; each ends at `actor_series_ends[i]`.
     actor_series: String,
     actor_series_ends: Vec<usize>,
+    /// The terms and series this engine counts (see [`crate::shard`]).
+    shard: Shard,
 }
 
 impl Engine {
@@ -237,6 +240,7 @@ impl Engine {
             post_actors: Vec::new(),
             actor_series: String::new(),
             actor_series_ends: Vec::new(),
+            shard: Shard::WHOLE,
         })
     }
 
@@ -250,6 +254,18 @@ impl Engine {
 
     pub fn catalog(&self) -> Option<&ActorMatcher> {
         self.catalog.as_ref()
+    }
+
+    /// Makes this engine one of several that share the keys: from now on it counts only
+    /// the terms and series `shard` owns, though it still takes every input (see
+    /// [`crate::shard`]). Set before the first input; a checkpoint restores only into an
+    /// engine of the same shard.
+    pub fn set_shard(&mut self, shard: Shard) {
+        self.shard = shard;
+    }
+
+    pub fn shard(&self) -> Shard {
+        self.shard
     }
 
     /// Adds one input to every window of every view that counts it, or refuses it (see
@@ -322,6 +338,12 @@ impl Engine {
             }
         };
         let first_actor = self.post_actors.first().copied();
+        let shard = self.shard;
+        let owns_series = shard.owns_series(&self.series_scratch);
+        if !shard.is_whole() {
+            self.terms.retain(|key| shard.owns_term(key));
+        }
+        let counts_pairs = self.post_actors.len() > 1 && shard.owns_co_mentions();
         for (v, view) in self.views.iter_mut().enumerate() {
             if !view.counts(input) {
                 continue;
@@ -338,7 +360,9 @@ impl Engine {
                     self.catalog_generation,
                     || WindowTerms::new(self.terms_per_window, self.count_authors),
                 );
-                add_to_series(&mut counts.series, &self.series_scratch, value);
+                if owns_series {
+                    add_to_series(&mut counts.series, &self.series_scratch, value);
+                }
                 let Some((post, author)) = post else {
                     continue;
                 };
@@ -357,7 +381,7 @@ impl Engine {
                 for series in split_at_ends(&self.actor_series, &self.actor_series_ends) {
                     add_to_series(&mut counts.series, series, 1.0);
                 }
-                if v == 0 && self.post_actors.len() > 1 {
+                if v == 0 && counts_pairs {
                     if let Some(catalog) = &self.catalog {
                         let actors = catalog.actors();
                         let ids: Vec<&str> = self
@@ -529,9 +553,12 @@ impl Engine {
         for &actor in &self.post_actors {
             let id = &catalog.actors()[actor].id;
             self.terms.push(TermKind::Actor, id);
-            self.actor_series.push_str(ACTOR_SERIES_PREFIX);
-            self.actor_series.push_str(id);
-            self.actor_series_ends.push(self.actor_series.len());
+            // An actor's series lives with the actor's term (see `crate::shard`).
+            if self.shard.is_whole() || self.terms.last().is_some_and(|k| self.shard.owns_term(k)) {
+                self.actor_series.push_str(ACTOR_SERIES_PREFIX);
+                self.actor_series.push_str(id);
+                self.actor_series_ends.push(self.actor_series.len());
+            }
         }
     }
 
@@ -632,7 +659,7 @@ impl Engine {
                 }),
         );
         if v == 0 {
-            if self.catalog.is_some() {
+            if self.catalog.is_some() && self.shard.owns_co_mentions() {
                 let graph = self
                     .co_mentions
                     .close_window(counts.pairs, &self.co_mention_config);

@@ -23,6 +23,7 @@ use crate::alerting::AlertStage;
 use crate::anomaly::AnomalyDetector;
 use crate::co_mentions::CoMentions;
 use crate::model::EpochMs;
+use crate::shard::Shard;
 use crate::trend::TrendDetector;
 use crate::watermark::Watermark;
 use crate::window::Windows;
@@ -39,6 +40,8 @@ pub enum RestoreError {
     Format { found: u32 },
     #[error("checkpoint made with another engine config")]
     ConfigChanged,
+    #[error("checkpoint of shard {saved:?}, this engine is shard {this:?}")]
+    OtherShard { saved: Shard, this: Shard },
 }
 
 /// Borrowed when saving, owned when restoring: one layout for both directions.
@@ -58,6 +61,9 @@ struct EngineState<'a> {
     flushed_at: Option<EpochMs>,
     next_update_at: Option<EpochMs>,
     anonymous_posts: u64,
+    /// The keys the state is about (checkpoints before sharding: the whole).
+    #[serde(default)]
+    shard: Shard,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -122,6 +128,7 @@ impl EngineState<'_> {
             flushed_at: self.flushed_at,
             next_update_at: self.next_update_at,
             anonymous_posts: self.anonymous_posts,
+            shard: self.shard,
         }
     }
 }
@@ -163,6 +170,7 @@ impl Engine {
             flushed_at: self.flushed_at,
             next_update_at: self.next_update_at,
             anonymous_posts: self.anonymous_posts,
+            shard: self.shard,
         }
     }
 
@@ -177,6 +185,12 @@ impl Engine {
         }
         if state.config != self.config_json || state.views.len() != self.views.len() {
             return Err(RestoreError::ConfigChanged);
+        }
+        if state.shard != self.shard {
+            return Err(RestoreError::OtherShard {
+                saved: state.shard,
+                this: self.shard,
+            });
         }
         let same_actors = state
             .catalog_actors

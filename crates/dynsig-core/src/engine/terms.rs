@@ -26,6 +26,31 @@ impl PostTerms {
         self.ends.push(self.keys.len());
     }
 
+    /// The key appended last.
+    pub(super) fn last(&self) -> Option<&str> {
+        let end = *self.ends.last()?;
+        let start = self.ends.len().checked_sub(2).map_or(0, |i| self.ends[i]);
+        Some(&self.keys[start..end])
+    }
+
+    /// Keeps only the keys `keep` accepts, in order, in place (a post has a few dozen).
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        let (mut i, mut start) = (0, 0);
+        while i < self.ends.len() {
+            let end = self.ends[i];
+            if keep(&self.keys[start..end]) {
+                start = end;
+                i += 1;
+            } else {
+                self.keys.replace_range(start..end, "");
+                self.ends.remove(i);
+                for later in &mut self.ends[i..] {
+                    *later -= end - start;
+                }
+            }
+        }
+    }
+
     fn clear(&mut self) {
         self.keys.clear();
         self.ends.clear();

@@ -1,0 +1,163 @@
+//! Which engine owns which key when several share the work ("shards"): every term and
+//! every series belongs to exactly one shard, picked by a fixed hash of its key, so that
+//! its window counts, baseline, detector and alert lifecycle live in one place.
+//!
+//! Every shard is fed every input, but counts only the terms and series it owns: event
+//! time, window coverage and a window's event count then agree between shards without
+//! any exchange. What needs all terms at once, a window's ranking, is merged from the
+//! shards' own rankings by [`crate::trend_merge`]: exact, since a term's whole count is
+//! in one shard and the ranking order compares terms one by one.
+//!
+//! Placement rules beyond "hash of the key":
+//! - an actor's series (`actors.actor=<id>`) goes with the actor's term, so that the
+//!   alert about it can quote the term's authors and example posts;
+//! - a watched term's series (`terms.term=<term>`) is made from the term's counts, so it
+//!   is wherever the term is;
+//! - co-mentions (pairs of actors in one post) need all of a post's actors: shard 0
+//!   keeps them.
+
+use crate::model::TermKind;
+use crate::term_key;
+use crate::window_alerts::ACTOR_SERIES_PREFIX;
+
+/// One engine's part of the keys: shard `index` of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Shard {
+    index: u32,
+    count: u32,
+}
+
+/// A shard that cannot exist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("shard {index} of {count}: needs 0 <= index < count")]
+pub struct InvalidShard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard::WHOLE
+    }
+}
+
+impl Shard {
+    /// All keys: the engine works alone.
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    pub fn new(index: u32, count: u32) -> Result<Shard, InvalidShard> {
+        if index < count {
+            Ok(Shard { index, count })
+        } else {
+            Err(InvalidShard { index, count })
+        }
+    }
+
+    /// The `count` shards, in order.
+    pub fn all(count: u32) -> impl Iterator<Item = Shard> {
+        (0..count).map(move |index| Shard { index, count })
+    }
+
+    pub fn index(self) -> u32 {
+        self.index
+    }
+
+    pub fn count(self) -> u32 {
+        self.count
+    }
+
+    pub fn is_whole(self) -> bool {
+        self.count == 1
+    }
+
+    /// The shard of `key` among `count`. FNV-1a over the key's bytes: fixed forever, not
+    /// a std hasher, since it decides where state lives, and a checkpoint written by one
+    /// build (or one instance) is restored by another.
+    pub fn of_key(key: &str, count: u32) -> u32 {
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let hash = key
+            .bytes()
+            .fold(OFFSET, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(PRIME));
+        // The high bits mix best; a multiply-shift maps them onto 0..count evenly.
+        (((hash >> 32) * u64::from(count)) >> 32) as u32
+    }
+
+    /// Whether this shard owns the term with key `term_key` (as in [`crate::term_key`]).
+    pub fn owns_term(self, term_key: &str) -> bool {
+        self.is_whole() || Shard::of_key(term_key, self.count) == self.index
+    }
+
+    /// Whether this shard owns `series` (see the module docs for actors' series).
+    pub fn owns_series(self, series: &str) -> bool {
+        if self.is_whole() {
+            return true;
+        }
+        match series.strip_prefix(ACTOR_SERIES_PREFIX) {
+            Some(actor) => self.owns_term(&term_key::key(TermKind::Actor, actor)),
+            None => Shard::of_key(series, self.count) == self.index,
+        }
+    }
+
+    /// Whether this shard keeps co-mentions (see the module docs).
+    pub fn owns_co_mentions(self) -> bool {
+        self.index == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_has_exactly_one_owner() {
+        for count in [1, 2, 3, 8] {
+            for i in 0..500 {
+                let term = term_key::key(TermKind::Word, &format!("term{i}"));
+                let series = format!("posts.source=s{i}");
+                let actor = format!("{ACTOR_SERIES_PREFIX}a{i}");
+                for key in [&term, &series] {
+                    let owners = Shard::all(count).filter(|s| {
+                        if key == &term {
+                            s.owns_term(key)
+                        } else {
+                            s.owns_series(key)
+                        }
+                    });
+                    assert_eq!(owners.count(), 1, "{key} among {count}");
+                }
+                let actor_owners: Vec<_> =
+                    Shard::all(count).filter(|s| s.owns_series(&actor)).collect();
+                assert_eq!(actor_owners.len(), 1);
+                assert!(actor_owners[0]
+                    .owns_term(&term_key::key(TermKind::Actor, &format!("a{i}"))));
+            }
+        }
+    }
+
+    #[test]
+    fn keys_spread_evenly_and_the_hash_is_fixed() {
+        let mut per_shard = [0u32; 4];
+        for i in 0..40_000 {
+            per_shard[Shard::of_key(&format!("w{i}"), 4) as usize] += 1;
+        }
+        for n in per_shard {
+            assert!((9_000..11_000).contains(&n), "{per_shard:?}");
+        }
+        // Placement must not change between builds: checkpoints depend on it (values
+        // from an independent FNV-1a in Python).
+        assert_eq!(
+            ["", "a", "acme", "#fire"].map(|k| Shard::of_key(k, 1000)),
+            [796, 685, 27, 446]
+        );
+    }
+
+    #[test]
+    fn an_index_outside_the_count_is_refused() {
+        assert_eq!(
+            Shard::new(2, 2),
+            Err(InvalidShard { index: 2, count: 2 })
+        );
+        assert!(Shard::new(1, 2).is_ok_and(|s| !s.is_whole()));
+    }
+}
