@@ -1,7 +1,7 @@
 //! `dynsig gen` then `dynsig replay`, through the binary, no broker: every burst and
 //! incident the generator planted must come out as a firing alert in the right window,
 //! the output files must be what downstream tools parse, and `--threads 2` must write
-//! the same files.
+//! the same files, as must `--shards 3` (but for the order of records within a file).
 
 mod support;
 
@@ -35,11 +35,13 @@ fn replay_reports_every_planted_burst_and_incident() {
         "--truth",
         truth.to_str().unwrap(),
     ]);
-    let replay = |threads: &str, out: &std::path::Path| {
+    let replay = |(threads, shards): (&str, &str), out: &std::path::Path| {
         run_dynsig(&[
             "replay",
             "--threads",
             threads,
+            "--shards",
+            shards,
             "--posts",
             posts.to_str().unwrap(),
             "--events",
@@ -48,10 +50,10 @@ fn replay_reports_every_planted_burst_and_incident() {
             out.to_str().unwrap(),
         ])
     };
-    replay("1", &out);
+    replay(("1", "1"), &out);
     // The same with each file read, decoded and tokenized on a thread of its own.
     let threaded = dir.join("out-threaded");
-    replay("2", &threaded);
+    replay(("2", "1"), &threaded);
     for file in std::fs::read_dir(&out).unwrap() {
         let name = file.unwrap().file_name();
         assert_eq!(
@@ -64,6 +66,27 @@ fn replay_reports_every_planted_burst_and_incident() {
         std::fs::read_dir(&out).unwrap().count(),
         std::fs::read_dir(&threaded).unwrap().count()
     );
+    // Keys split between three engines, as between three instances: the merged trend
+    // snapshots are the same file; the rest the same records, in the order the shards
+    // published them. Not the notifications: each shard's metafilter groups and budgets
+    // only its own alerts (a known gap of sharding, in `dynsig_core::shard`).
+    let sharded = dir.join("out-sharded");
+    replay(("2", "3"), &sharded);
+    for file in std::fs::read_dir(&out).unwrap() {
+        let name = file.unwrap().file_name();
+        if name == "signals.notifications.jsonl" {
+            continue;
+        }
+        let [mut whole, mut split] = [&out, &sharded].map(|dir| {
+            let text = std::fs::read_to_string(dir.join(&name)).unwrap();
+            text.lines().map(str::to_owned).collect::<Vec<_>>()
+        });
+        if name != "signals.trends.jsonl" {
+            whole.sort();
+            split.sort();
+        }
+        assert!(whole == split, "{name:?} differs with --shards 3");
+    }
 
     let truth: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(&truth).unwrap()).unwrap();

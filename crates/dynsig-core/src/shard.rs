@@ -15,6 +15,17 @@
 //!   is wherever the term is;
 //! - co-mentions (pairs of actors in one post) need all of a post's actors: shard 0
 //!   keeps them.
+//!
+//! What is not the same as one engine (checked in `tests/sharding.rs` and `dynsig replay
+//! --shards`):
+//! - the metafilter runs in each shard over that shard's alerts, so grouping,
+//!   inhibition and attention budgets apply within a shard: the notification stream
+//!   differs (more, smaller groups), while every alert message is the same;
+//! - an actor's anomaly alert quotes the top terms about the actor from its shard's
+//!   ranking only;
+//! - a trend alert is judged on its shard's top k, so a term outside the overall top k
+//!   can alert when more than k terms score above `trends.alert_score`;
+//! - caps (`trends.max_terms_per_window`, `trends.max_baselines`) apply per shard.
 
 use crate::model::TermKind;
 use crate::term_key;
@@ -76,9 +87,9 @@ impl Shard {
     pub fn of_key(key: &str, count: u32) -> u32 {
         const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
         const PRIME: u64 = 0x0000_0100_0000_01b3;
-        let hash = key
-            .bytes()
-            .fold(OFFSET, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(PRIME));
+        let hash = key.bytes().fold(OFFSET, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+        });
         // The high bits mix best; a multiply-shift maps them onto 0..count evenly.
         (((hash >> 32) * u64::from(count)) >> 32) as u32
     }
@@ -126,11 +137,13 @@ mod tests {
                     });
                     assert_eq!(owners.count(), 1, "{key} among {count}");
                 }
-                let actor_owners: Vec<_> =
-                    Shard::all(count).filter(|s| s.owns_series(&actor)).collect();
+                let actor_owners: Vec<_> = Shard::all(count)
+                    .filter(|s| s.owns_series(&actor))
+                    .collect();
                 assert_eq!(actor_owners.len(), 1);
-                assert!(actor_owners[0]
-                    .owns_term(&term_key::key(TermKind::Actor, &format!("a{i}"))));
+                assert!(
+                    actor_owners[0].owns_term(&term_key::key(TermKind::Actor, &format!("a{i}")))
+                );
             }
         }
     }
@@ -154,10 +167,7 @@ mod tests {
 
     #[test]
     fn an_index_outside_the_count_is_refused() {
-        assert_eq!(
-            Shard::new(2, 2),
-            Err(InvalidShard { index: 2, count: 2 })
-        );
+        assert_eq!(Shard::new(2, 2), Err(InvalidShard { index: 2, count: 2 }));
         assert!(Shard::new(1, 2).is_ok_and(|s| !s.is_whole()));
     }
 }

@@ -172,7 +172,11 @@ mod tests {
         let b = snapshot(
             0,
             7,
-            vec![entry("recall", 7, 8.0), entry("battery", 6, 3.0), entry("x", 2, 1.0)],
+            vec![
+                entry("recall", 7, 8.0),
+                entry("battery", 6, 3.0),
+                entry("x", 2, 1.0),
+            ],
         );
         assert_eq!(merge.push(1, b), Merged::Waiting);
         let Merged::Complete(merged) = merge.push(0, a) else {

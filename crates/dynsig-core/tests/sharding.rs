@@ -97,7 +97,9 @@ fn anomaly_line(a: &Anomaly) -> String {
 fn alert_line(a: &Alert) -> String {
     let mut a = a.clone();
     if let Some(at) = a.summary.find("; top terms: ") {
-        let end = a.summary[at..].find(" (").map_or(a.summary.len(), |e| at + e);
+        let end = a.summary[at..]
+            .find(" (")
+            .map_or(a.summary.len(), |e| at + e);
         a.summary.replace_range(at..end, "");
     }
     serde_json::to_string(&a).unwrap()
@@ -120,7 +122,10 @@ fn shards_together_publish_what_one_engine_publishes() {
         let mut per_shard_trends = BTreeMap::new();
         for shard in Shard::all(count) {
             let (signals, refused) = run(&mut engine(shard), &inputs);
-            assert_eq!(refused, whole_refused, "shard {shard:?} refuses the same inputs");
+            assert_eq!(
+                refused, whole_refused,
+                "shard {shard:?} refuses the same inputs"
+            );
             for signal in signals {
                 match signal {
                     Signal::Trend(snapshot) => {
@@ -139,9 +144,15 @@ fn shards_together_publish_what_one_engine_publishes() {
         assert!(per_shard_trends.values().all(|&n| n == whole.trends.len()));
         let sharded = sharded.sorted();
         assert_eq!(sharded.trends, whole.trends, "{count} shards: trends");
-        assert_eq!(sharded.anomalies, whole.anomalies, "{count} shards: anomalies");
+        assert_eq!(
+            sharded.anomalies, whole.anomalies,
+            "{count} shards: anomalies"
+        );
         assert_eq!(sharded.alerts, whole.alerts, "{count} shards: alerts");
-        assert_eq!(sharded.ecosystem, whole.ecosystem, "{count} shards: ecosystem");
+        assert_eq!(
+            sharded.ecosystem, whole.ecosystem,
+            "{count} shards: ecosystem"
+        );
     }
 }
 
@@ -154,8 +165,14 @@ fn a_shard_checkpoint_restores_only_into_the_same_shard() {
     run(&mut first, &inputs);
     let mut saved = Vec::new();
     first.save_state_into(&mut saved).unwrap();
-    assert!(engine(Shard::new(1, 2).unwrap()).restore_state(&saved).is_ok());
-    for other in [Shard::WHOLE, Shard::new(0, 2).unwrap(), Shard::new(1, 3).unwrap()] {
+    assert!(engine(Shard::new(1, 2).unwrap())
+        .restore_state(&saved)
+        .is_ok());
+    for other in [
+        Shard::WHOLE,
+        Shard::new(0, 2).unwrap(),
+        Shard::new(1, 3).unwrap(),
+    ] {
         assert!(matches!(
             engine(other).restore_state(&saved),
             Err(RestoreError::OtherShard { .. })

@@ -120,6 +120,11 @@ struct ReplayArgs {
     /// the engine (same outputs).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
     threads: u8,
+    /// Split the terms and series between this many engines, as between that many
+    /// service instances, and merge their trend snapshots (a preview of a scaled-out
+    /// deployment's output; each engine takes every input).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    shards: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -136,7 +141,7 @@ fn main() -> anyhow::Result<()> {
                 &args.posts,
                 args.events.as_deref(),
                 &args.output,
-                args.threads,
+                (args.threads, args.shards),
             )?;
             eprintln!(
                 "replayed {} inputs in {:.2}s: {} rejected, {} trend snapshots, {} anomalies, {} alerts -> {}",

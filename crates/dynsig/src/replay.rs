@@ -2,6 +2,10 @@
 //! tests and benchmarks. Posts and events are merged by event time (each file is expected
 //! in roughly event-time order, as a topic partition would be), and every output topic
 //! becomes one JSONL file in the output folder.
+//!
+//! With `--shards N` the keys are split between N engines as between N service instances
+//! (see [`dynsig_core::shard`]), each fed every input, and their trend snapshots merged:
+//! a preview, and a check, of what a scaled-out deployment publishes.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,6 +18,8 @@ use anyhow::Context as _;
 use dynsig_core::decode::{InputKind, Rejection};
 use dynsig_core::engine::PostTerms;
 use dynsig_core::model::{Input, Post, Signal};
+use dynsig_core::shard::Shard;
+use dynsig_core::trend_merge::{Merged, TrendMerge};
 
 use crate::catalog;
 use crate::config::{Config, TopicsConfig};
@@ -35,19 +41,17 @@ pub struct ReplaySummary {
 /// Runs the pipeline over `posts` (and `events`), with the catalog of `catalog.path` when
 /// set, and writes one `<topic>.jsonl` file per output topic into `out_dir`. With
 /// `threads = 2`, each file is read, decoded and tokenized on a thread of its own while
-/// this one runs the engine (see [`Prefetched`]); the outputs are the same.
+/// this one runs the engine (see [`Prefetched`]); the outputs are the same. With
+/// `shards` > 1, the keys are split between that many engines (see the module docs).
 pub fn replay(
     config: &Config,
     posts: &Path,
     events: Option<&Path>,
     out_dir: &Path,
-    threads: u8,
+    (threads, shards): (u8, u32),
 ) -> anyhow::Result<ReplaySummary> {
-    let mut processor = Processor::new(config)?;
-    if !config.catalog.path.is_empty() {
-        let matcher = catalog::load(Path::new(&config.catalog.path))?;
-        processor.engine_mut().set_catalog(matcher);
-    }
+    let mut engines = Engines::new(config, shards)?;
+    let processor = &engines.processors[0];
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let mut sinks = Sinks::create(config, out_dir)?;
     let mut summary = ReplaySummary::default();
@@ -55,7 +59,7 @@ pub fn replay(
     let open = |path: &Path, kind| -> anyhow::Result<Feed> {
         let lines = LineSource::open(path, kind)?;
         Ok(if threads > 1 {
-            Feed::Prefetched(Prefetched::start(lines, &processor))
+            Feed::Prefetched(Prefetched::start(lines, processor))
         } else {
             Feed::Inline(lines, Input::Post(Post::default()))
         })
@@ -85,7 +89,7 @@ pub fn replay(
         } else {
             event_feed.as_mut().expect("an event was read")
         };
-        if let Err(rejection) = feed.ingest(&mut processor) {
+        if let Err(rejection) = engines.ingest(feed) {
             let (path, line_no, line) = feed.line();
             sinks.dead_letter(path, line_no, line, &rejection, &mut summary)?;
         }
@@ -95,7 +99,7 @@ pub fn replay(
         } else {
             event_ready = ready;
         }
-        sinks.write_signals(processor.poll(None), &mut summary)?;
+        sinks.write_signals(engines.poll(|p| p.poll(None)), &mut summary)?;
         progress.update(summary.inputs, || {
             let feeds = std::iter::once(&post_feed).chain(event_feed.as_ref());
             let (read, size) = feeds.fold((0, 0), |(r, s), feed| {
@@ -106,9 +110,77 @@ pub fn replay(
         });
     }
     progress.finish();
-    sinks.write_signals(processor.finish(), &mut summary)?;
+    sinks.write_signals(engines.poll(Processor::finish), &mut summary)?;
     sinks.finish()?;
     Ok(summary)
+}
+
+/// The engine of a replay, or its shards' engines with the merge of their trends.
+struct Engines {
+    processors: Vec<Processor>,
+    merge: Option<TrendMerge>,
+    /// A copy of the current post's terms for each shard (an engine edits them).
+    terms: PostTerms,
+}
+
+impl Engines {
+    fn new(config: &Config, shards: u32) -> anyhow::Result<Engines> {
+        let catalog = (!config.catalog.path.is_empty())
+            .then(|| catalog::load(Path::new(&config.catalog.path)))
+            .transpose()?;
+        let processors = Shard::all(shards.max(1))
+            .map(|shard| {
+                let mut processor = Processor::new(config)?;
+                processor.engine_mut().set_shard(shard);
+                if let Some(catalog) = &catalog {
+                    processor.engine_mut().set_catalog(catalog.clone());
+                }
+                Ok(processor)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Engines {
+            merge: (shards > 1).then(|| TrendMerge::new(shards, &config.engine().trends)),
+            processors,
+            terms: PostTerms::default(),
+        })
+    }
+
+    /// Feeds the feed's current record to every engine. Shards see the same event time,
+    /// so they refuse the same inputs: the first one's verdict is the replay's.
+    fn ingest(&mut self, feed: &mut Feed) -> Result<(), Rejection> {
+        let [first, others @ ..] = &mut self.processors[..] else {
+            unreachable!("at least one engine");
+        };
+        if others.is_empty() {
+            return feed.ingest(first, None);
+        }
+        let verdict = feed.ingest(first, Some(&mut self.terms));
+        for processor in others {
+            // Refused alike (see above): already dead-lettered once.
+            let _ = feed.ingest(processor, Some(&mut self.terms));
+        }
+        verdict
+    }
+
+    /// What `poll` returns from every engine, shards' trend snapshots merged.
+    fn poll(&mut self, poll: fn(&mut Processor) -> Vec<Signal>) -> Vec<Signal> {
+        let Some(merge) = self.merge.as_mut() else {
+            return poll(&mut self.processors[0]);
+        };
+        let mut signals = Vec::new();
+        for (index, processor) in (0u32..).zip(&mut self.processors) {
+            for signal in poll(processor) {
+                match signal {
+                    Signal::Trend(snapshot) => match merge.push(index, snapshot) {
+                        Merged::Complete(merged) => signals.push(Signal::Trend(merged)),
+                        Merged::Waiting | Merged::Repeated => {}
+                    },
+                    other => signals.push(other),
+                }
+            }
+        }
+        signals
+    }
 }
 
 /// One input file's records, in order: read and decoded on this thread into one reused
@@ -172,12 +244,25 @@ impl Feed {
         }
     }
 
-    fn ingest(&mut self, processor: &mut Processor) -> Result<(), Rejection> {
+    /// Feeds the current record to `processor`; a prefetched post's terms are handed
+    /// over as they are, or copied into `copy` first when several engines take them.
+    fn ingest(
+        &mut self,
+        processor: &mut Processor,
+        copy: Option<&mut PostTerms>,
+    ) -> Result<(), Rejection> {
         match self {
             Feed::Inline(_, record) => processor.ingest(record, None),
             Feed::Prefetched(prefetched) => {
                 let item = prefetched.current_mut();
-                processor.ingest_with_terms(&item.record, None, &mut item.terms)
+                let terms = match copy {
+                    Some(copy) => {
+                        copy.clone_from(&item.terms);
+                        copy
+                    }
+                    None => &mut item.terms,
+                };
+                processor.ingest_with_terms(&item.record, None, terms)
             }
         }
     }
