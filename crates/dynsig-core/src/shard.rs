@@ -101,13 +101,27 @@ impl Shard {
 
     /// Whether this shard owns `series` (see the module docs for actors' series).
     pub fn owns_series(self, series: &str) -> bool {
-        if self.is_whole() {
-            return true;
-        }
+        self.is_whole() || Shard::of_series(series, self.count) == self.index
+    }
+
+    /// The shard of `series` among `count`.
+    pub fn of_series(series: &str, count: u32) -> u32 {
         match series.strip_prefix(ACTOR_SERIES_PREFIX) {
-            Some(actor) => self.owns_term(&term_key::key(TermKind::Actor, actor)),
-            None => Shard::of_key(series, self.count) == self.index,
+            Some(actor) => Shard::of_key(&term_key::key(TermKind::Actor, actor), count),
+            None => Shard::of_key(series, count),
         }
+    }
+
+    /// The shard among `count` whose alert lifecycle has the alert `dedup_key`
+    /// (`trend:<kind>:<term>`, `anomaly:<series>`): that of its term or series. None for
+    /// a key no rule makes.
+    pub fn of_alert_key(dedup_key: &str, count: u32) -> Option<u32> {
+        if let Some(series) = dedup_key.strip_prefix("anomaly:") {
+            return Some(Shard::of_series(series, count));
+        }
+        let (kind, term) = dedup_key.strip_prefix("trend:")?.split_once(':')?;
+        let kind = TermKind::parse(kind)?;
+        Some(Shard::of_key(&term_key::key(kind, term), count))
     }
 
     /// Whether this shard keeps co-mentions (see the module docs).
@@ -163,6 +177,25 @@ mod tests {
             ["", "a", "acme", "#fire"].map(|k| Shard::of_key(k, 1000)),
             [796, 685, 27, 446]
         );
+    }
+
+    #[test]
+    fn an_alert_belongs_to_the_shard_of_its_term_or_series() {
+        for count in [2, 5] {
+            for i in 0..200 {
+                let term = format!("t{i}");
+                let key = term_key::key(TermKind::Hashtag, &term);
+                assert_eq!(
+                    Shard::of_alert_key(&format!("trend:hashtag:{term}"), count),
+                    Some(Shard::of_key(&key, count))
+                );
+                let series = format!("{ACTOR_SERIES_PREFIX}a{i}");
+                let owner = Shard::of_alert_key(&format!("anomaly:{series}"), count).unwrap();
+                assert!(Shard::new(owner, count).unwrap().owns_series(&series));
+            }
+        }
+        assert_eq!(Shard::of_alert_key("trend:nonsense:x", 3), None);
+        assert_eq!(Shard::of_alert_key("co-mention:a", 3), None);
     }
 
     #[test]

@@ -58,7 +58,30 @@ pub struct Config {
     pub catalog: CatalogConfig,
     pub checkpoint: CheckpointConfig,
     pub shutdown: ShutdownConfig,
+    pub scale: ScaleConfig,
 }
+
+/// Scaling out over several instances (see "Scaling" in `docs/operator-guide.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScaleConfig {
+    /// 1: one engine over all terms and series (run one instance). N > 1: the terms and
+    /// series are split in N shards (`dynsig_core::shard`), one engine each, which the
+    /// instances of the consumer group share as they share partitions: every input is
+    /// forwarded to the shards through `topics.repartition` (N partitions, one per
+    /// shard), and the shards' trend snapshots are merged through `topics.partials`.
+    /// Every instance of a group must use the same value.
+    pub shards: u32,
+}
+
+impl Default for ScaleConfig {
+    fn default() -> Self {
+        Self { shards: 1 }
+    }
+}
+
+/// The most shards: each is an engine and a partition of `topics.repartition`.
+pub const MAX_SHARDS: u32 = 256;
 
 /// State checkpoints (see `crate::checkpoint`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -175,6 +198,12 @@ pub struct TopicsConfig {
     pub late: String,
     /// The engine's state checkpoints (compacted, one partition; see `[checkpoint]`).
     pub checkpoints: String,
+    /// With `scale.shards` > 1: every input on its way to each shard (one partition per
+    /// shard). Internal.
+    pub repartition: String,
+    /// With `scale.shards` > 1: the shards' trend snapshots on their way to the instance
+    /// that merges them (one partition). Internal.
+    pub partials: String,
 }
 
 impl Default for TopicsConfig {
@@ -192,6 +221,8 @@ impl Default for TopicsConfig {
             dlq: "dynsig.dlq".into(),
             late: "signals.late".into(),
             checkpoints: "dynsig.checkpoints".into(),
+            repartition: "dynsig.repartition".into(),
+            partials: "dynsig.partials".into(),
         }
     }
 }
@@ -337,6 +368,8 @@ impl Config {
             ("topics.feedback", &self.topics.feedback),
             ("topics.dlq", &self.topics.dlq),
             ("topics.checkpoints", &self.topics.checkpoints),
+            ("topics.repartition", &self.topics.repartition),
+            ("topics.partials", &self.topics.partials),
         ];
         for (field, topic) in named {
             if topic.is_empty() {
@@ -348,6 +381,9 @@ impl Config {
         }
         if self.checkpoint.chunk_bytes < 1024 {
             return invalid("checkpoint.chunk_bytes", "must be at least 1024");
+        }
+        if !(1..=MAX_SHARDS).contains(&self.scale.shards) {
+            return invalid("scale.shards", &format!("must be in 1..={MAX_SHARDS}"));
         }
         if self.shutdown.deadline_ms == 0 {
             return invalid("shutdown.deadline_ms", "must be at least 1");

@@ -20,6 +20,17 @@ impl PostTerms {
         super::split_at_ends(&self.keys, &self.ends)
     }
 
+    /// Appends one term by its key (as in [`crate::term_key`]), e.g. one read back from
+    /// another process; false (and nothing appended) for a string that is not a key.
+    pub fn push_key(&mut self, key: &str) -> bool {
+        if term_key::split_key(key).is_none() {
+            return false;
+        }
+        self.keys.push_str(key);
+        self.ends.push(self.keys.len());
+        true
+    }
+
     /// Appends one term.
     pub(super) fn push(&mut self, kind: TermKind, text: &str) {
         term_key::push_key(&mut self.keys, kind, text);
@@ -51,7 +62,7 @@ impl PostTerms {
         }
     }
 
-    fn clear(&mut self) {
+    pub fn clear(&mut self) {
         self.keys.clear();
         self.ends.clear();
     }
@@ -78,5 +89,30 @@ impl TermExtractor {
         out.clear();
         self.tokenizer
             .for_each_term(text, &mut self.scratch, |kind, text| out.push(kind, text));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(terms: &PostTerms) -> Vec<&str> {
+        terms.iter().collect()
+    }
+
+    #[test]
+    fn keys_are_kept_in_order_and_read_back() {
+        let mut terms = PostTerms::default();
+        for text in ["battery", "fire", "battery fire", "acme"] {
+            terms.push(TermKind::Word, text);
+        }
+        assert_eq!(terms.last(), Some(term_key::key(TermKind::Word, "acme").as_str()));
+        terms.retain(|key| key.len() > 5);
+        let words = ["battery", "battery fire"].map(|t| term_key::key(TermKind::Word, t));
+        assert_eq!(keys(&terms), words);
+        terms.retain(|_| false);
+        assert!(keys(&terms).is_empty() && terms.last().is_none());
+        assert!(terms.push_key(&words[1]) && !terms.push_key("\u{0}not a key"));
+        assert_eq!(keys(&terms), [words[1].as_str()]);
     }
 }
