@@ -17,17 +17,12 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::Value;
-use support::{
-    http_get, metric_sum, read_jsonl, run_dynsig, OutRecord, Service, Stop, TestBroker, TestDir,
-    WAIT,
-};
+use support::feed::{final_counts, firings, produce_round, Feed};
+use support::{http_get, metric_sum, OutRecord, Service, Stop, TestBroker, TestDir, WAIT};
 
-const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 const ROUNDS: usize = 20;
 /// Rounds produced before the crash.
 const BEFORE_CRASH: usize = 9;
@@ -44,67 +39,6 @@ idle_timeout_ms = 1000
 [checkpoint]
 interval_ms = 1500
 "#;
-
-/// The feed's lines, cut in `ROUNDS` rounds of equal event-time length.
-fn rounds(path: &Path) -> Vec<Vec<String>> {
-    let lines: Vec<String> = std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    let round_ms = 10 * 60_000 / ROUNDS as i64;
-    let mut rounds = vec![Vec::new(); ROUNDS];
-    for line in lines {
-        let ts = serde_json::from_str::<Value>(&line).unwrap()["ts"]
-            .as_i64()
-            .unwrap();
-        rounds[(((ts - T0) / round_ms) as usize).min(ROUNDS - 1)].push(line);
-    }
-    rounds
-}
-
-/// Produces a round, spread over the 3 partitions, and returns each partition's end
-/// offset after it.
-async fn produce_round(broker: &TestBroker, topic: &str, lines: &[String]) -> [i64; 3] {
-    let records: Vec<OutRecord> = lines
-        .iter()
-        .enumerate()
-        .map(|(i, line)| OutRecord::new(line.clone()).partition((i % 3) as i32))
-        .collect();
-    let mut ends = [0; 3];
-    for delivered in broker.produce(topic, &records).await {
-        let end = &mut ends[delivered.partition as usize];
-        *end = (*end).max(delivered.offset + 1);
-    }
-    ends
-}
-
-/// Final trend counts by window start; fails if one window was published with two counts.
-fn final_counts(snapshots: &[Value]) -> BTreeMap<i64, i64> {
-    let mut counts = BTreeMap::new();
-    for s in snapshots.iter().filter(|s| s["final"] == true) {
-        let (start, events) = (
-            s["window_start"].as_i64().unwrap(),
-            s["events"].as_i64().unwrap(),
-        );
-        if let Some(before) = counts.insert(start, events) {
-            assert_eq!(before, events, "window {start} published with two counts");
-        }
-    }
-    counts
-}
-
-/// Firing alert ids; fails if an id fired with two different messages.
-fn firings(alerts: &[Value]) -> BTreeSet<String> {
-    let mut seen: BTreeMap<String, &Value> = BTreeMap::new();
-    for a in alerts.iter().filter(|a| a["status"] == "firing") {
-        let id = a["id"].as_str().unwrap().to_owned();
-        if let Some(before) = seen.insert(id.clone(), a) {
-            assert_eq!(before, a, "alert {id} fired twice, differently");
-        }
-    }
-    seen.into_keys().collect()
-}
 
 /// Waits for the last window's final snapshot, then checks every window's final count
 /// against the replay's.
@@ -145,72 +79,6 @@ async fn metric(svc: &Service, name: &str) -> f64 {
     metric_sum(&text, name).unwrap_or(0.0)
 }
 
-/// The feed cut in rounds, and what `dynsig replay` of it publishes.
-struct Feed {
-    post_rounds: Vec<Vec<String>>,
-    event_rounds: Vec<Vec<String>>,
-    expected_counts: BTreeMap<i64, i64>,
-    expected_firings: BTreeSet<String>,
-}
-
-impl Feed {
-    fn generate(dir: &Path) -> Feed {
-        let (posts, events, out) = (
-            dir.join("posts.jsonl"),
-            dir.join("events.jsonl"),
-            dir.join("out"),
-        );
-        let config = dir.join("dynsig.toml");
-        std::fs::write(&config, CONFIG).unwrap();
-        run_dynsig(&[
-            "gen",
-            "--duration",
-            "10m",
-            "--start",
-            &T0.to_string(),
-            "--posts-per-sec",
-            "50",
-            "--events-per-sec",
-            "10",
-            "--posts",
-            posts.to_str().unwrap(),
-            "--events",
-            events.to_str().unwrap(),
-        ]);
-        run_dynsig(&[
-            "replay",
-            "--config",
-            config.to_str().unwrap(),
-            "--posts",
-            posts.to_str().unwrap(),
-            "--events",
-            events.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-        ]);
-        let expected_counts = final_counts(&read_jsonl(&out.join("signals.trends.jsonl")));
-        let expected_firings = firings(&read_jsonl(&out.join("signals.alerts.jsonl")));
-        assert!(
-            expected_firings.len() >= 5,
-            "the feed must fire alerts: {expected_firings:?}"
-        );
-        let (post_rounds, event_rounds) = (rounds(&posts), rounds(&events));
-        Feed {
-            post_rounds,
-            event_rounds,
-            expected_counts,
-            expected_firings,
-        }
-    }
-
-    /// Produces round `round` of posts and events; returns how many records that was.
-    async fn produce(&self, broker: &TestBroker, round: usize) -> usize {
-        produce_round(broker, "posts", &self.post_rounds[round]).await;
-        produce_round(broker, "events", &self.event_rounds[round]).await;
-        self.post_rounds[round].len() + self.event_rounds[round].len()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_service_restarts_from_its_checkpoint_and_loses_nothing() {
     let scratch = TestDir::new("crash");
@@ -219,7 +87,8 @@ async fn a_killed_service_restarts_from_its_checkpoint_and_loses_nothing() {
         event_rounds,
         expected_counts,
         expected_firings,
-    } = Feed::generate(scratch.path());
+        ..
+    } = Feed::generate(scratch.path(), CONFIG, ROUNDS);
 
     let broker = TestBroker::start();
     broker.create_topics(&[("posts", 3), ("events", 3)]).await;
@@ -333,7 +202,7 @@ fn chunk(slot: u64, generation: u64) -> OutRecord {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_or_corrupt_checkpoint_is_never_restored() {
     let scratch = TestDir::new("torn");
-    let feed = Feed::generate(scratch.path());
+    let feed = Feed::generate(scratch.path(), CONFIG, ROUNDS);
     let broker = TestBroker::start();
     broker.create_topics(&[("posts", 3), ("events", 3)]).await;
     let mut first = Service::start(&broker, "dynsig.dlq", CONFIG, &[]);

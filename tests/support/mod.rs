@@ -18,6 +18,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset of the harness
 
+pub mod feed;
 pub mod proxy;
 mod service;
 #[allow(unused_imports)] // like the rest of the harness: not every test binary uses it

@@ -147,6 +147,16 @@ impl<S> Windows<S> {
             .min()
     }
 
+    /// Smallest offset of any partition that contributed to a still-open window (for
+    /// offsets that count in one sequence whatever the partition, e.g. a shard's input).
+    pub fn earliest_held_offset(&self) -> Option<i64> {
+        self.open
+            .values()
+            .flat_map(|w| w.min_offsets.iter())
+            .map(|(_, offset)| *offset)
+            .min()
+    }
+
     pub fn len(&self) -> usize {
         self.open.len()
     }

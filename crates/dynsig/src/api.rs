@@ -288,7 +288,7 @@ async fn feedback(
         .await?
         .map_err(|error| match error {
             FeedbackError::Rejected(rejected) => ApiError::bad_request(rejected.to_string()),
-            FeedbackError::ClockNotStarted => {
+            FeedbackError::ClockNotStarted | FeedbackError::OnAnotherInstance => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
             }
         })?;

@@ -49,6 +49,11 @@ pub struct Manifest {
     pub bytes: u64,
     pub created_at_ms: i64,
     pub positions: Vec<Position>,
+    /// A shard's (`scale.shards` > 1): per input partition, the next input offset in the
+    /// state. Inputs reach a shard through `topics.repartition`, whose offsets are the
+    /// `positions`; these recognise an input sent to it again. Not commit positions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<Position>,
 }
 
 /// A checkpoint read back: its manifest and the state bytes.
@@ -124,7 +129,7 @@ impl CheckpointTopic {
     pub fn records(
         &self,
         state: ChunkWriter,
-        positions: Vec<Position>,
+        (positions, inputs): (Vec<Position>, Vec<Position>),
         created_at_ms: i64,
     ) -> (Vec<OutRecord>, OutRecord) {
         let generation = state.generation;
@@ -142,6 +147,7 @@ impl CheckpointTopic {
             bytes: state.bytes,
             created_at_ms,
             positions,
+            inputs,
         };
         let manifest = self.record(
             self.group.clone(),
@@ -153,6 +159,7 @@ impl CheckpointTopic {
     fn record(&self, key: String, payload: Vec<u8>) -> OutRecord {
         OutRecord {
             topic: self.topic.clone(),
+            partition: None,
             key: Some(key.into_bytes()),
             payload,
             headers: Vec::new(),
@@ -242,7 +249,7 @@ mod tests {
         // Written in uneven pieces, as an encoder does.
         state.write_all(b"012").unwrap();
         state.write_all(b"3456789").unwrap();
-        let (chunks, manifest) = topic.records(state, Vec::new(), 0);
+        let (chunks, manifest) = topic.records(state, (Vec::new(), Vec::new()), 0);
         let keys: Vec<_> = chunks
             .iter()
             .map(|r| String::from_utf8(r.key.clone().unwrap()).unwrap())
@@ -254,7 +261,7 @@ mod tests {
         assert_eq!((manifest.slot, manifest.chunks, manifest.bytes), (1, 3, 10));
         let mut state = topic.writer(8);
         state.write_all(b"x").unwrap();
-        let (next, _) = topic.records(state, Vec::new(), 0);
+        let (next, _) = topic.records(state, (Vec::new(), Vec::new()), 0);
         assert_eq!(next[0].key.as_deref(), Some(&b"g/0/0"[..]));
     }
 }

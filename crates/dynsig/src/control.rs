@@ -107,6 +107,9 @@ pub enum FeedbackError {
     /// (the API answers 503) or held (the feedback topic) rather than lost silently.
     #[error("alert time (event time) starts with the first input read, and none was read since the service started: retry shortly")]
     ClockNotStarted,
+    /// Sharded (`scale.shards` > 1): the alert's shard runs on another instance.
+    #[error("the alert's shard runs on another instance of the group: post the verdict to that instance, or to the feedback topic, which reaches it")]
+    OnAnotherInstance,
 }
 
 /// Whether the alert stage's clock has started (see [`FeedbackError::ClockNotStarted`]).
@@ -241,6 +244,16 @@ impl ReadModelWriter {
     /// Republishes the model after `signals` (what the engine just emitted) and any
     /// command, and samples the alerting metrics.
     pub fn refresh(&mut self, engine: &Engine, signals: &[Signal]) {
+        self.refresh_many(&[engine], signals);
+    }
+
+    /// [`Self::refresh`] for a sharded instance: the active alerts and the alerting
+    /// metrics of every engine, the silences and catalog of the first (which gets every
+    /// command).
+    pub fn refresh_many(&mut self, engines: &[&Engine], signals: &[Signal]) {
+        let Some(&engine) = engines.first() else {
+            return;
+        };
         let stage = engine.alerting();
         let now = clock(engine);
         self.model.send_modify(|model| {
@@ -253,7 +266,10 @@ impl ReadModelWriter {
                     }
                 }
             }
-            model.alerts = stage.active().cloned().collect();
+            model.alerts = engines
+                .iter()
+                .flat_map(|e| e.alerting().active().cloned())
+                .collect();
             model.silences = stage
                 .silences()
                 .all()
@@ -268,7 +284,13 @@ impl ReadModelWriter {
             }
         });
 
-        for (reason, count) in stage.counters().suppressed_by_reason() {
+        let mut suppressed: BTreeMap<_, u64> = BTreeMap::new();
+        for engine in engines {
+            for (reason, count) in engine.alerting().counters().suppressed_by_reason() {
+                *suppressed.entry(reason).or_default() += count;
+            }
+        }
+        for (reason, count) in suppressed {
             counter!(names::ALERTS_SUPPRESSED, "reason" => reason).absolute(count);
         }
         gauge!(names::SILENCES_ACTIVE).set(stage.silences().active(now).count() as f64);
@@ -276,7 +298,7 @@ impl ReadModelWriter {
         // a series' own factor shows in its alerts' `adjustment`.
         let mut gone = std::mem::take(&mut self.factor_rules);
         let mut adjusted_series = 0;
-        for sample in stage.feedback_factors() {
+        for sample in engines.iter().flat_map(|e| e.alerting().feedback_factors()) {
             match sample.scope {
                 Scope::Rule => {
                     gauge!(names::FEEDBACK_THRESHOLD_FACTOR, "rule" => sample.key.clone())

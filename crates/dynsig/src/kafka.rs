@@ -276,6 +276,8 @@ pub fn reader_config(kafka: &KafkaConfig) -> ClientConfig {
 pub struct NeededTopic {
     pub name: String,
     pub compacted: bool,
+    /// None: `kafka.partitions` (a compacted topic has one).
+    pub partitions: Option<i32>,
 }
 
 impl NeededTopic {
@@ -283,6 +285,7 @@ impl NeededTopic {
         NeededTopic {
             name: name.to_owned(),
             compacted: false,
+            partitions: None,
         }
     }
 
@@ -290,6 +293,17 @@ impl NeededTopic {
         NeededTopic {
             name: name.to_owned(),
             compacted: true,
+            partitions: Some(1),
+        }
+    }
+
+    /// A data topic of exactly `partitions` partitions (an internal topic whose partitions
+    /// mean something, e.g. one per shard).
+    pub fn partitioned(name: &str, partitions: i32) -> NeededTopic {
+        NeededTopic {
+            name: name.to_owned(),
+            compacted: false,
+            partitions: Some(partitions),
         }
     }
 }
@@ -307,6 +321,22 @@ pub async fn ensure_topics(
         .inner()
         .fetch_metadata(None, Duration::from_secs(10))
         .context("fetching cluster metadata")?;
+    for topic in needed {
+        let existing = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic.name && t.error().is_none());
+        if let (Some(existing), Some(partitions), false) =
+            (existing, topic.partitions, topic.compacted)
+        {
+            anyhow::ensure!(
+                existing.partitions().len() == partitions as usize,
+                "topic {} has {} partitions, {partitions} needed (one per shard: scale.shards)",
+                topic.name,
+                existing.partitions().len()
+            );
+        }
+    }
     let missing: Vec<NewTopic<'_>> = needed
         .iter()
         .filter(|topic| {
@@ -317,10 +347,12 @@ pub async fn ensure_topics(
         })
         .map(|topic| {
             let replication = TopicReplication::Fixed(kafka.replication_factor);
+            let partitions = topic.partitions.unwrap_or(kafka.partitions);
+            let new = NewTopic::new(&topic.name, partitions, replication);
             if topic.compacted {
-                NewTopic::new(&topic.name, 1, replication).set("cleanup.policy", "compact")
+                new.set("cleanup.policy", "compact")
             } else {
-                NewTopic::new(&topic.name, kafka.partitions, replication)
+                new
             }
         })
         .collect();

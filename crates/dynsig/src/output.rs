@@ -19,6 +19,8 @@ pub mod dlq_headers {
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutRecord {
     pub topic: String,
+    /// None: the producer's partitioner picks one from the key.
+    pub partition: Option<i32>,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: Vec<(&'static str, Vec<u8>)>,
@@ -42,6 +44,9 @@ pub enum Content {
     },
     /// A piece of a state checkpoint (see `crate::checkpoint`).
     Checkpoint,
+    /// Between instances, with `scale.shards` > 1: an input or verdict on its way to a
+    /// shard, or a shard's trend snapshot on its way to the merge.
+    Internal,
 }
 
 /// Where an input record came from, for its dead letter.
@@ -110,6 +115,7 @@ pub fn signal_record(topics: &TopicsConfig, signal: &Signal) -> OutRecord {
     };
     OutRecord {
         topic: topic.clone(),
+        partition: None,
         key: Some(key.into_bytes()),
         // Serializing plain structs of strings and numbers cannot fail.
         payload: payload.expect("signals serialize to JSON"),
@@ -138,6 +144,7 @@ pub fn dead_letter(
     use dlq_headers::*;
     OutRecord {
         topic: topics.rejected(rejection.reason).to_owned(),
+        partition: None,
         key: key.map(<[u8]>::to_vec),
         payload: payload.to_vec(),
         headers: vec![

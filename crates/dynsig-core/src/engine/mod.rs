@@ -479,6 +479,16 @@ impl Engine {
             .min()
     }
 
+    /// [`Engine::held_offset`] over every partition: for a shard, whose inputs' offsets
+    /// are those of its one partition of the repartition topic, whatever input partition
+    /// they came from.
+    pub fn earliest_held_offset(&self) -> Option<i64> {
+        self.views
+            .iter()
+            .filter_map(|v| v.windows.earliest_held_offset())
+            .min()
+    }
+
     pub fn watermark(&self) -> Option<EpochMs> {
         self.watermark.value()
     }

@@ -106,7 +106,10 @@ mod tests {
         for text in ["battery", "fire", "battery fire", "acme"] {
             terms.push(TermKind::Word, text);
         }
-        assert_eq!(terms.last(), Some(term_key::key(TermKind::Word, "acme").as_str()));
+        assert_eq!(
+            terms.last(),
+            Some(term_key::key(TermKind::Word, "acme").as_str())
+        );
         terms.retain(|key| key.len() > 5);
         let words = ["battery", "battery fire"].map(|t| term_key::key(TermKind::Word, t));
         assert_eq!(keys(&terms), words);

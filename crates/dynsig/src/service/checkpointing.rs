@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dynsig_core::engine::Engine;
 use metrics::counter;
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
@@ -35,6 +36,9 @@ pub(super) struct CheckpointWrite {
     pub(super) generation: u64,
     pub(super) started: Instant,
     pub(super) bytes: u64,
+    /// Where the sink reports the generation once acknowledged (its engine's
+    /// [`Checkpointing::acknowledged`]).
+    pub(super) acknowledged: Arc<AtomicU64>,
 }
 
 /// Checkpointing as the transform stage sees it.
@@ -172,6 +176,7 @@ impl Checkpointing {
                 generation: saved.manifest.generation,
                 started: Instant::now(),
                 bytes: saved.manifest.bytes,
+                acknowledged: self.acknowledged.clone(),
             }),
             ..Batch::default()
         })
@@ -207,13 +212,27 @@ impl Checkpointing {
         if !state.waiting_feedback.is_empty() {
             return;
         }
+        state.changed_since_checkpoint = false;
+        let covered = state.next_offsets.clone();
+        self.begin_covering(owner.processor.engine(), topics, covered, Vec::new());
+    }
+
+    /// Starts a checkpoint of `engine` covering the consumed partitions up to `covered`,
+    /// and (for a shard) the input partitions up to `inputs` (see [`Manifest::inputs`]).
+    ///
+    /// [`Manifest::inputs`]: crate::checkpoint::Manifest::inputs
+    pub(super) fn begin_covering(
+        &mut self,
+        engine: &Engine,
+        topics: &TopicsConfig,
+        covered: HashMap<PartitionKey, i64>,
+        inputs: Vec<Position>,
+    ) {
         let started = Instant::now();
         self.last = started;
         self.in_flight_since = Some(started);
-        state.changed_since_checkpoint = false;
-        let snapshot = owner.processor.engine().snapshot_state();
-        let positions: Vec<Position> = state
-            .next_offsets
+        let snapshot = engine.snapshot_state();
+        let positions: Vec<Position> = covered
             .iter()
             .map(|(&(source, partition), &next_offset)| Position {
                 topic: topic_name(topics, source).to_owned(),
@@ -221,7 +240,8 @@ impl Checkpointing {
                 next_offset,
             })
             .collect();
-        let offsets = state.next_offsets.clone();
+        let offsets = covered;
+        let acknowledged = self.acknowledged.clone();
         let generation = self.next_generation;
         self.next_generation += 1;
         let topic = self.topic.clone();
@@ -240,7 +260,7 @@ impl Checkpointing {
                 return None;
             }
             let bytes = encoded.bytes();
-            let (chunks, manifest) = topic.records(encoded, positions, wall_now_ms());
+            let (chunks, manifest) = topic.records(encoded, (positions, inputs), wall_now_ms());
             Some(CheckpointWrite {
                 chunks,
                 manifest: Some(manifest),
@@ -248,8 +268,15 @@ impl Checkpointing {
                 generation,
                 started,
                 bytes,
+                acknowledged,
             })
         }));
+    }
+
+    /// Whether a checkpoint is being encoded and is ready ([`Self::encoded`] then returns
+    /// at once).
+    pub(super) fn is_encoded(&self) -> bool {
+        self.encoding.as_ref().is_some_and(|e| e.is_finished())
     }
 
     /// The checkpoint being encoded, once it is (pending forever when none is).
@@ -278,15 +305,32 @@ impl Checkpointing {
         topics: &TopicsConfig,
         state: &mut TransformState,
     ) -> Vec<CheckpointWrite> {
-        let mut writes = Vec::new();
-        if self.encoding.is_some() {
-            writes.extend(self.encoded().await);
-        }
+        let mut writes = self.finish_encoding().await;
         self.begin(owner, topics, state);
-        if self.encoding.is_some() {
-            writes.extend(self.encoded().await);
-        }
+        writes.extend(self.finish_encoding().await);
         writes
+    }
+
+    /// [`Self::last`] for a checkpoint made by [`Self::begin_covering`].
+    pub(super) async fn last_covering(
+        &mut self,
+        engine: &Engine,
+        topics: &TopicsConfig,
+        covered: HashMap<PartitionKey, i64>,
+        inputs: Vec<Position>,
+    ) -> Vec<CheckpointWrite> {
+        let mut writes = self.finish_encoding().await;
+        self.begin_covering(engine, topics, covered, inputs);
+        writes.extend(self.finish_encoding().await);
+        writes
+    }
+
+    /// The checkpoint being encoded, if any, once it is.
+    async fn finish_encoding(&mut self) -> Vec<CheckpointWrite> {
+        if self.encoding.is_none() {
+            return Vec::new();
+        }
+        self.encoded().await.into_iter().collect()
     }
 }
 

@@ -24,6 +24,8 @@
 //! the broker watch are here.
 
 mod checkpointing;
+mod fragment;
+mod shards;
 mod sink;
 mod transform;
 
@@ -57,7 +59,8 @@ use crate::telemetry::names;
 use crate::{catalog, http};
 
 use checkpointing::{CheckpointWrite, Checkpointing};
-use sink::Publisher;
+use shards::ShardedOwner;
+use sink::{CheckpointScope, Publisher};
 use transform::{EngineOwner, InputState};
 
 /// Records read but not yet processed, in batches of at most `READ_BATCH`. Small enough to
@@ -77,11 +80,25 @@ type InputConsumer = StreamConsumer<TrackingContext>;
 /// The topics the service consumes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Source {
-    /// Posts or events: counted in windows.
+    /// Posts or events: counted in windows (or, sharded, sent to the shards).
     Input(InputKind),
-    /// Verdicts on alerts, applied to the alert stage when read.
+    /// Verdicts on alerts, applied to the alert stage when read (or, sharded, sent to the
+    /// shard of the alert).
     Feedback,
+    /// Sharded (`scale.shards` > 1): inputs and verdicts for the shard of the partition.
+    Repartition,
+    /// Sharded: the shards' trend snapshots, to be merged.
+    Partials,
 }
+
+/// Every [`Source`], in [`source_index`] order.
+const SOURCES: [Source; 5] = [
+    Source::Input(InputKind::Post),
+    Source::Input(InputKind::Event),
+    Source::Feedback,
+    Source::Repartition,
+    Source::Partials,
+];
 
 /// A record read from a consumed topic, owned so that it can cross the channel.
 struct Consumed {
@@ -102,10 +119,14 @@ struct Body {
     /// As read: a rejected record is dead-lettered byte for byte.
     payload: Vec<u8>,
     /// For an input: decoded into `record` (a post's terms into `terms`), or why not.
-    /// None for feedback, which the transform stage parses.
+    /// None for feedback and partial snapshots, which the transform stage parses.
     decoded: Option<Result<(), Rejection>>,
     record: Input,
     terms: PostTerms,
+    /// For a repartition record: where it was read first (see [`fragment`]).
+    origin: Option<fragment::Origin>,
+    /// For an input: its `content-type` header, if any (sent on with it when sharded).
+    content_type: Option<Vec<u8>>,
 }
 
 impl Default for Body {
@@ -115,6 +136,8 @@ impl Default for Body {
             decoded: None,
             record: Input::Post(Post::default()),
             terms: PostTerms::default(),
+            origin: None,
+            content_type: None,
         }
     }
 }
@@ -144,6 +167,8 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let topics = Arc::new(config.topics.clone());
+    let shards = config.scale.shards;
+    let sharded = shards > 1;
     // The catalog first: a bad file stops the service before it touches the cluster.
     let mut processor = Processor::new(&config)?;
     let catalog_watcher = if config.catalog.path.is_empty() {
@@ -169,6 +194,10 @@ pub async fn run(
         let mut needed: Vec<NeededTopic> = all.into_iter().map(NeededTopic::data).collect();
         if let Some(checkpoints) = &checkpoint_topic {
             needed.push(NeededTopic::compacted(&checkpoints.topic));
+        }
+        if sharded {
+            needed.push(NeededTopic::partitioned(&topics.repartition, shards as i32));
+            needed.push(NeededTopic::partitioned(&topics.partials, 1));
         }
         needed
     } else {
@@ -210,15 +239,16 @@ pub async fn run(
     );
     // The generation of the last checkpoint acknowledged (written by the sink, read by the
     // transform stage, which takes the next one only then).
-    let acknowledged = Arc::new(AtomicU64::new(0));
-    let checkpointing = match checkpoint_topic {
+    // Sharded, each shard reads its own when it is assigned.
+    let checkpointing = match checkpoint_topic.clone().filter(|_| !sharded) {
         Some(topic) => {
-            Some(Checkpointing::start(topic, &config, consumer.clone(), acknowledged.clone()).await)
+            let acknowledged = Arc::new(AtomicU64::new(0));
+            Some(Checkpointing::start(topic, &config, consumer.clone(), acknowledged).await)
         }
         None => None,
     };
     consumer
-        .subscribe(&subscription(&topics))
+        .subscribe(&subscription(&topics, sharded))
         .context("subscribing to the input and feedback topics")?;
     let publisher = Arc::new(Publisher::new(&config.kafka)?);
     tracing::info!(brokers = %config.kafka.brokers, group = %config.kafka.group_id, "dynsig running");
@@ -239,27 +269,51 @@ pub async fn run(
         input_tx,
         shutdown.clone(),
     ));
-    let transform = tokio::spawn(transform::transform(
-        EngineOwner {
+    let input_state = InputState {
+        consumer: consumer.clone(),
+        assignment,
+        health: health.clone(),
+    };
+    let transform = if sharded {
+        let owner = ShardedOwner {
+            config: Arc::new(config.clone()),
+            template: processor,
+            commands: command_rx,
+            model,
+            checkpoint_topic,
+        };
+        tokio::spawn(shards::transform(
+            owner,
+            topics.clone(),
+            input_state,
+            (input_rx, recycler),
+            batch_tx,
+        ))
+    } else {
+        let owner = EngineOwner {
             processor,
             commands: command_rx,
             model,
-        },
-        topics.clone(),
-        InputState {
-            consumer: consumer.clone(),
-            assignment,
-            health: health.clone(),
-        },
-        checkpointing,
-        (input_rx, recycler),
-        batch_tx,
-    ));
+        };
+        tokio::spawn(transform::transform(
+            owner,
+            topics.clone(),
+            input_state,
+            checkpointing,
+            (input_rx, recycler),
+            batch_tx,
+        ))
+    };
+    let scope = if sharded {
+        CheckpointScope::Repartition
+    } else {
+        CheckpointScope::Everything
+    };
     let sink = tokio::spawn(sink::sink(
         publisher.clone(),
         consumer.clone(),
         topics.clone(),
-        config.checkpoint.enabled.then_some(acknowledged),
+        config.checkpoint.enabled.then_some(scope),
         batch_rx,
     ));
 
@@ -315,37 +369,34 @@ async fn source(
     tx: mpsc::Sender<Vec<Consumed>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let consumed = [
-        Source::Input(InputKind::Post),
-        Source::Input(InputKind::Event),
-        Source::Feedback,
-    ]
-    .map(|source| counter!(names::EVENTS_CONSUMED, "topic" => source_label(source)));
+    let consumed =
+        SOURCES.map(|source| counter!(names::EVENTS_CONSUMED, "topic" => source_label(source)));
     let mut read = move |message: &BorrowedMessage<'_>| -> Consumed {
-        let source = if message.topic() == topics.posts {
-            Source::Input(InputKind::Post)
-        } else if message.topic() == topics.events {
-            Source::Input(InputKind::Event)
-        } else {
-            Source::Feedback
-        };
+        let source = source_of(&topics, message.topic()).unwrap_or(Source::Feedback);
         consumed[source_index(source)].increment(1);
         let mut body = recycled.try_recv().unwrap_or_default();
         body.payload.clear();
         body.payload
             .extend_from_slice(message.payload().unwrap_or_default());
+        body.origin = None;
+        let header = |name: &str| {
+            message.headers().and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|h| h.key.eq_ignore_ascii_case(name))
+                    .and_then(|h| h.value)
+            })
+        };
+        body.content_type = match source {
+            Source::Input(_) => header("content-type").map(<[u8]>::to_vec),
+            _ => None,
+        };
         body.decoded = match source {
             Source::Input(kind) => {
-                let content_type = message.headers().and_then(|headers| {
-                    headers
-                        .iter()
-                        .find(|h| h.key.eq_ignore_ascii_case("content-type"))
-                        .and_then(|h| h.value)
-                });
                 let raw = RawInput {
                     kind,
                     payload: &body.payload,
-                    content_type,
+                    content_type: body.content_type.as_deref(),
                 };
                 Some(decoder.decode_with_terms(
                     raw,
@@ -354,7 +405,27 @@ async fn source(
                     &mut body.terms,
                 ))
             }
-            Source::Feedback => None,
+            // Decoded again, with the terms the sending instance extracted.
+            Source::Repartition => match fragment::read_headers(header, &mut body.terms) {
+                Ok((origin, content_type)) => {
+                    body.origin = Some(origin);
+                    match origin.kind {
+                        fragment::FragmentKind::Input(kind) => {
+                            let raw = RawInput {
+                                kind,
+                                payload: &body.payload,
+                                content_type,
+                            };
+                            Some(decoder.decode_into(raw, &mut body.record))
+                        }
+                        fragment::FragmentKind::Feedback | fragment::FragmentKind::CaughtUp(_) => {
+                            None
+                        }
+                    }
+                }
+                Err(rejection) => Some(Err(rejection)),
+            },
+            Source::Feedback | Source::Partials => None,
         };
         Consumed {
             source,
@@ -447,10 +518,14 @@ async fn watch_broker(
     }
 }
 
-/// The topics the consumer group reads: the inputs and the feedback topic.
-fn subscription(topics: &TopicsConfig) -> Vec<&str> {
+/// The topics the consumer group reads: the inputs and the feedback topic, and when
+/// sharded the internal topics between instances.
+fn subscription(topics: &TopicsConfig, sharded: bool) -> Vec<&str> {
     let mut subscription = topics.inputs().to_vec();
     subscription.push(&topics.feedback);
+    if sharded {
+        subscription.extend([topics.repartition.as_str(), &topics.partials]);
+    }
     subscription
 }
 
@@ -473,13 +548,9 @@ fn assigned_indexes(topics: &TopicsConfig, assignment: &Assignment) -> Vec<u32> 
 }
 
 fn source_of(topics: &TopicsConfig, topic: &str) -> Option<Source> {
-    [
-        Source::Input(InputKind::Post),
-        Source::Input(InputKind::Event),
-        Source::Feedback,
-    ]
-    .into_iter()
-    .find(|&source| topic_name(topics, source) == topic)
+    SOURCES
+        .into_iter()
+        .find(|&source| topic_name(topics, source) == topic)
 }
 
 fn topic_name(topics: &TopicsConfig, source: Source) -> &str {
@@ -487,15 +558,19 @@ fn topic_name(topics: &TopicsConfig, source: Source) -> &str {
         Source::Input(InputKind::Post) => &topics.posts,
         Source::Input(InputKind::Event) => &topics.events,
         Source::Feedback => &topics.feedback,
+        Source::Repartition => &topics.repartition,
+        Source::Partials => &topics.partials,
     }
 }
 
-/// The position of `source` in [`Source`]'s three kinds (post, event, feedback).
+/// The position of `source` in [`SOURCES`].
 fn source_index(source: Source) -> usize {
     match source {
         Source::Input(InputKind::Post) => 0,
         Source::Input(InputKind::Event) => 1,
         Source::Feedback => 2,
+        Source::Repartition => 3,
+        Source::Partials => 4,
     }
 }
 
@@ -503,6 +578,8 @@ fn source_label(source: Source) -> &'static str {
     match source {
         Source::Input(kind) => crate::processor::input_label(kind),
         Source::Feedback => "feedback",
+        Source::Repartition => "repartition",
+        Source::Partials => "partials",
     }
 }
 

@@ -2,7 +2,7 @@
 //! offsets they made safe; and the output producer, replaced when it fails for good.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,27 +22,43 @@ use crate::kafka::{self, OutputProducer};
 use crate::output::{Content, OutRecord};
 use crate::telemetry::names;
 
-use super::{topic_name, wall_now_ms, Batch, InputConsumer, PartitionKey};
+use super::{topic_name, wall_now_ms, Batch, InputConsumer, PartitionKey, Source};
+
+/// Which consumed partitions a checkpoint covers, when checkpoints are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CheckpointScope {
+    /// One engine's checkpoint covers every consumed partition, and each replaces the
+    /// last.
+    Everything,
+    /// Each shard's checkpoint covers its partition of `topics.repartition`; the other
+    /// partitions (inputs, verdicts, partial snapshots) hold no state of their own.
+    Repartition,
+}
+
+impl CheckpointScope {
+    fn covers(self, source: Source) -> bool {
+        self == CheckpointScope::Everything || source == Source::Repartition
+    }
+}
 
 /// Publishes each batch, then its checkpoint, then stores the offsets they made safe.
 ///
-/// With checkpoints, an offset is stored no further than the last acknowledged
-/// checkpoint's position: a restart restores that checkpoint and must find every input
-/// after it still uncommitted. (Without one, offsets held by open windows are not stored,
-/// and a restart rebuilds those windows from the inputs.)
+/// With checkpoints, an offset of a partition they cover is stored no further than the
+/// last acknowledged checkpoint's position: a restart restores that checkpoint and must
+/// find every input after it still uncommitted. (Without one, offsets held by open
+/// windows are not stored, and a restart rebuilds those windows from the inputs.)
 pub(super) async fn sink(
     publisher: Arc<Publisher>,
     consumer: Arc<InputConsumer>,
     topics: Arc<TopicsConfig>,
-    // The last checkpoint generation acknowledged, for the transform stage; None when
-    // checkpoints are off.
-    checkpoints_acknowledged: Option<Arc<AtomicU64>>,
+    // None when checkpoints are off.
+    checkpoints: Option<CheckpointScope>,
     mut rx: mpsc::Receiver<Batch>,
 ) {
     let mut safe: HashMap<PartitionKey, i64> = HashMap::new();
-    // None: checkpoints are off. Some(empty) until the first one is acknowledged.
-    let mut durable: Option<HashMap<PartitionKey, i64>> =
-        checkpoints_acknowledged.as_ref().map(|_| HashMap::new());
+    // Positions of the checkpoints acknowledged, per covered partition (an empty map
+    // until the first one).
+    let mut durable: HashMap<PartitionKey, i64> = HashMap::new();
     let mut stored: HashMap<PartitionKey, i64> = HashMap::new();
     while let Some(batch) = rx.recv().await {
         publish_all(&publisher, &batch.records).await;
@@ -66,19 +82,22 @@ pub(super) async fn sink(
                 gauge!(names::CHECKPOINT_SIZE).set(checkpoint.bytes as f64);
                 counter!(names::CHECKPOINTS).increment(1);
             }
-            durable = Some(checkpoint.positions);
-            if let Some(acknowledged) = &checkpoints_acknowledged {
-                acknowledged.store(checkpoint.generation, Ordering::Release);
+            if checkpoints == Some(CheckpointScope::Everything) {
+                durable.clear();
             }
+            durable.extend(checkpoint.positions);
+            checkpoint
+                .acknowledged
+                .store(checkpoint.generation, Ordering::Release);
         }
         let mut tpl = TopicPartitionList::new();
         for (&key, &offset) in &safe {
-            let offset = match &durable {
-                None => offset,
-                Some(durable) => match durable.get(&key) {
+            let offset = match checkpoints {
+                Some(scope) if scope.covers(key.0) => match durable.get(&key) {
                     Some(&position) => offset.min(position),
                     None => continue,
                 },
+                _ => offset,
             };
             if stored.insert(key, offset) == Some(offset) {
                 continue;
@@ -190,6 +209,9 @@ pub(super) async fn publish(publisher: &Publisher, record: &OutRecord) {
         if let Some(key) = &record.key {
             future_record = future_record.key(key);
         }
+        if let Some(partition) = record.partition {
+            future_record = future_record.partition(partition);
+        }
         match producer.send(future_record, Timeout::Never).await {
             Ok(_) => return,
             Err((error, _)) => {
@@ -246,5 +268,6 @@ pub(super) fn count_published(record: &OutRecord, wall_now: i64) {
         }
         // Counted by the sink once the whole checkpoint is acknowledged.
         Content::Checkpoint => {}
+        Content::Internal => {}
     }
 }

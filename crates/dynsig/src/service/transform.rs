@@ -319,6 +319,9 @@ impl TransformState {
             // A repeated verdict (a redelivery after a restart) is recognised by the
             // alert stage and not counted twice.
             (Source::Feedback, _) => processor.process_feedback(&body.payload),
+            (Source::Repartition | Source::Partials, _) => {
+                unreachable!("internal topics are read only when sharded")
+            }
         };
         if let Err(rejection) = outcome {
             let from = SourcePosition {
@@ -342,7 +345,7 @@ impl TransformState {
     /// Hands a used record's body back to the source stage, unless it held a large record:
     /// its buffers (payload, decoded strings, terms) keep their capacity, and bodies that
     /// all grew to the largest record seen would keep the input queue's worth of them.
-    fn recycle(&self, record: Consumed) {
+    pub(super) fn recycle(&self, record: Consumed) {
         if record.body.payload.capacity() > RECYCLED_PAYLOAD_MAX {
             return;
         }
@@ -380,6 +383,7 @@ impl TransformState {
                 (Source::Input(kind), partition) => processor
                     .engine()
                     .held_offset(partition_index((kind, partition))),
+                (Source::Repartition | Source::Partials, _) => None,
                 (Source::Feedback, partition) => self
                     .waiting_feedback
                     .iter()

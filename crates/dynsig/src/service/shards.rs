@@ -1,0 +1,907 @@
+//! The transform stage of a sharded instance (`scale.shards` > 1). Kafka assigns every
+//! instance of the group some partitions of each topic it reads, and each kind of
+//! partition is a role (see "Scaling" in `docs/operator-guide.md`):
+//!
+//! - an input partition: every input read is sent to every shard through
+//!   `topics.repartition`, with that shard's terms, and a verdict to the shard of its
+//!   alert ([`fragment`]). Nothing is kept here: the offset is safe once those records
+//!   are acknowledged.
+//! - a partition of `topics.repartition` is a shard: this instance runs its engine, which
+//!   counts the shard's terms and series (`dynsig_core::shard`) and publishes its
+//!   anomalies and alerts; its trend snapshots go to `topics.partials`. The engine is
+//!   restored from the shard's own checkpoint when the partition is assigned, and its
+//!   offset is safe as in the unsharded stage: no further than its open windows hold, nor
+//!   than its last checkpoint.
+//! - the partition of `topics.partials`: this instance merges the shards' snapshots of each
+//!   window into the one published on `topics.trends` ([`TrendMerge`]), holding the
+//!   offsets of snapshots still waiting for other shards.
+//!
+//! A shard lost in a rebalance is dropped here; its new owner restores its checkpoint and
+//! reads again what followed (at-least-once, as after a restart).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dynsig_core::decode::{InputKind, RejectReason, Rejection};
+use dynsig_core::feedback::Feedback;
+use dynsig_core::model::{Origin, Signal, TrendSnapshot};
+use dynsig_core::shard::Shard;
+use dynsig_core::trend_merge::{Merged, TrendMerge};
+use metrics::{counter, gauge};
+use rdkafka::consumer::Consumer;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::checkpoint::{CheckpointTopic, Position};
+use crate::config::{Config, TopicsConfig};
+use crate::control::{self, Command, FeedbackError, ReadModelWriter};
+use crate::kafka;
+use crate::output::{self, Content, OutRecord, SourcePosition};
+use crate::processor::Processor;
+use crate::telemetry::names;
+
+use super::checkpointing::{CheckpointWrite, Checkpointing};
+use super::fragment::{self, FragmentKind};
+use super::transform::{InputState, TransformState, BATCH_BYTES, BATCH_INPUTS, TICK};
+use super::{
+    partition_index, source_of, topic_name, wall_now_ms, Batch, Consumed, PartitionKey, Recycler,
+    Source,
+};
+
+/// What a sharded transform stage owns besides its shards.
+pub(super) struct ShardedOwner {
+    pub(super) config: Arc<Config>,
+    /// Never fed: it holds the catalog and the silences for shards taken over later, and
+    /// answers for silences as the API's reference.
+    pub(super) template: Processor,
+    pub(super) commands: mpsc::Receiver<Command>,
+    pub(super) model: ReadModelWriter,
+    pub(super) checkpoint_topic: Option<CheckpointTopic>,
+}
+
+/// A shard's trend snapshot on its way to the merge.
+#[derive(Serialize, Deserialize)]
+struct PartialSnapshot {
+    shard: u32,
+    snapshot: TrendSnapshot,
+}
+
+/// One shard this instance runs.
+struct ShardEngine {
+    processor: Processor,
+    /// Per input partition, the next input offset counted: an input sent again (see
+    /// [`fragment`]) is recognised and skipped.
+    inputs_next: HashMap<(InputKind, i32), i64>,
+    checkpointing: Option<Checkpointing>,
+    changed_since_checkpoint: bool,
+    /// Per input partition (engine index), when its reader last said it had read it to
+    /// its end (wall time, see [`fragment`]).
+    caught_up_at: HashMap<u32, i64>,
+}
+
+/// How often the reader of an input partition says it has read it to its end.
+const CAUGHT_UP_EVERY_MS: i64 = 200;
+/// How long such news holds: a partition not heard from since is taken for one with a
+/// backlog (its reader may be gone), which is never idle.
+const CAUGHT_UP_FRESH_MS: i64 = 1_000;
+
+/// The stage's state.
+struct Sharded {
+    owner: ShardedOwner,
+    topics: Arc<TopicsConfig>,
+    count: u32,
+    shards: BTreeMap<u32, ShardEngine>,
+    merge: TrendMerge,
+    /// The offset of the first partial snapshot that is still waiting in the merge.
+    partials_held: Option<i64>,
+    /// The engine's indexes of every input partition: each shard hears from all of them.
+    input_partitions: Vec<u32>,
+    /// When the input partitions read to their end were last announced (wall time).
+    caught_up_sent_at: i64,
+    state: TransformState,
+}
+
+/// Runs the stage until its input closes, then publishes what is pending and checkpoints
+/// every shard it runs.
+pub(super) async fn transform(
+    owner: ShardedOwner,
+    topics: Arc<TopicsConfig>,
+    input: InputState,
+    (mut rx, recycler): (mpsc::Receiver<Vec<Consumed>>, Recycler),
+    tx: mpsc::Sender<Batch>,
+) {
+    let count = owner.config.scale.shards;
+    let merge = TrendMerge::new(count, &owner.config.engine().trends);
+    let mut stage = Sharded {
+        owner,
+        topics,
+        count,
+        shards: BTreeMap::new(),
+        merge,
+        partials_held: None,
+        input_partitions: Vec::new(),
+        caught_up_sent_at: 0,
+        state: TransformState {
+            recycler: Some(recycler),
+            ..TransformState::default()
+        },
+    };
+    let mut ticker = tokio::time::interval(TICK);
+    let mut seen = (0, 0);
+    loop {
+        if !stage.follow(&input, &mut seen, &tx).await {
+            return;
+        }
+        tokio::select! {
+            records = rx.recv() => match records {
+                Some(records) => for record in records {
+                    // As in the unsharded stage: a new assignment's records come after it.
+                    if !stage.follow(&input, &mut seen, &tx).await {
+                        return;
+                    }
+                    stage.handle(record);
+                    let full = stage.state.inputs_in_batch >= BATCH_INPUTS
+                        || stage.state.bytes_in_batch >= BATCH_BYTES;
+                    if full && tx.send(stage.flush(&input, None)).await.is_err() {
+                        return;
+                    }
+                },
+                None => break,
+            },
+            Some(command) = stage.owner.commands.recv() => stage.apply(command),
+            _ = ticker.tick() => {
+                gauge!(names::QUEUE_DEPTH, "stage" => "input").set(rx.len() as f64);
+                gauge!(names::QUEUE_DEPTH, "stage" => "output")
+                    .set((tx.max_capacity() - tx.capacity()) as f64);
+                let batch = stage.flush(&input, Some(wall_now_ms()));
+                let has_news = !batch.records.is_empty() || !batch.offsets.is_empty();
+                if has_news && tx.send(batch).await.is_err() {
+                    return;
+                }
+                for write in stage.checkpoints().await {
+                    let batch = Batch { checkpoint: Some(write), ..Batch::default() };
+                    if tx.send(batch).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    // Shutdown: the last outputs, and a checkpoint of every shard after them.
+    let batch = stage.flush(&input, None);
+    if tx.send(batch).await.is_err() {
+        return;
+    }
+    for write in stage.last_checkpoints().await {
+        let batch = Batch {
+            checkpoint: Some(write),
+            ..Batch::default()
+        };
+        if tx.send(batch).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Sharded {
+    /// Applies what changed in the assignment since `seen` (its generation, and the count
+    /// of input re-creations): shards taken over start (restored from their checkpoints),
+    /// shards lost are dropped. False when the sink is gone.
+    async fn follow(
+        &mut self,
+        input: &InputState,
+        seen: &mut (u64, u64),
+        tx: &mpsc::Sender<Batch>,
+    ) -> bool {
+        let assignment = &input.assignment;
+        if assignment.inputs_recreated() != seen.1 {
+            seen.1 = assignment.inputs_recreated();
+            self.state.forget_input_offsets();
+            for shard in self.shards.values_mut() {
+                shard.inputs_next.clear();
+            }
+        }
+        if assignment.generation() == seen.0 {
+            return true;
+        }
+        seen.0 = assignment.generation();
+        let owned: Vec<u32> = assignment
+            .partitions()
+            .into_iter()
+            .filter(|(topic, _)| *topic == self.topics.repartition)
+            .map(|(_, partition)| partition as u32)
+            .collect();
+        let lost: Vec<u32> = self
+            .shards
+            .keys()
+            .copied()
+            .filter(|s| !owned.contains(s))
+            .collect();
+        for shard in lost {
+            tracing::info!(shard, "shard assigned elsewhere: dropped");
+            self.shards.remove(&shard);
+            let key = (Source::Repartition, shard as i32);
+            self.state.next_offsets.remove(&key);
+            self.state.safe_offsets_sent.remove(&key);
+        }
+        self.input_partitions = input_partitions(input, &self.topics).await;
+        for shard in owned {
+            if self.shards.contains_key(&shard) {
+                continue;
+            }
+            let restored = self.start_shard(shard, input).await;
+            if let Some(write) = restored {
+                let batch = Batch {
+                    checkpoint: Some(write),
+                    ..Batch::default()
+                };
+                if tx.send(batch).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        for shard in self.shards.values_mut() {
+            shard.processor.assign_partitions(&self.input_partitions);
+        }
+        true
+    }
+
+    /// Starts the engine of `shard`, restored from the shard's checkpoint if there is a
+    /// valid one; returns what the sink must know of that checkpoint.
+    async fn start_shard(&mut self, index: u32, input: &InputState) -> Option<CheckpointWrite> {
+        let config = &self.owner.config;
+        let mut processor = Processor::new(config).expect("the config was validated at start");
+        processor
+            .engine_mut()
+            .set_shard(Shard::new(index, self.count).expect("a partition of the shard topic"));
+        if let Some(catalog) = self.owner.template.engine().catalog() {
+            processor.engine_mut().set_catalog(catalog.clone());
+        }
+        let mut shard = ShardEngine {
+            processor,
+            inputs_next: HashMap::new(),
+            checkpointing: None,
+            changed_since_checkpoint: false,
+            caught_up_at: HashMap::new(),
+        };
+        let mut restored = None;
+        if let Some(topic) = &self.owner.checkpoint_topic {
+            let topic = CheckpointTopic {
+                group: format!("{}#shard-{index}", topic.group),
+                ..topic.clone()
+            };
+            let acknowledged = Arc::new(AtomicU64::new(0));
+            let mut checkpointing =
+                Checkpointing::start(topic, config, input.consumer.clone(), acknowledged).await;
+            if let Some(saved) = checkpointing.to_restore.take() {
+                restored = self.restore(index, &mut shard, &checkpointing, saved);
+            }
+            shard.checkpointing = Some(checkpointing);
+        }
+        tracing::info!(
+            shard = index,
+            restored = restored.is_some(),
+            "shard started"
+        );
+        self.shards.insert(index, shard);
+        restored
+    }
+
+    /// Restores a shard's checkpoint into its engine.
+    fn restore(
+        &mut self,
+        index: u32,
+        shard: &mut ShardEngine,
+        checkpointing: &Checkpointing,
+        saved: crate::checkpoint::Saved,
+    ) -> Option<CheckpointWrite> {
+        let key: PartitionKey = (Source::Repartition, index as i32);
+        let position = saved
+            .manifest
+            .positions
+            .iter()
+            .find(|p| p.topic == self.topics.repartition && p.partition == key.1)
+            .map(|p| p.next_offset);
+        let restored = match position {
+            None => Err("it covers no position of the shard's partition".to_owned()),
+            Some(position) => shard
+                .processor
+                .engine_mut()
+                .restore_state(&saved.state)
+                .map(|()| position)
+                .map_err(|error| error.to_string()),
+        };
+        let position = match restored {
+            Ok(position) => position,
+            Err(error) => {
+                tracing::warn!(shard = index, %error, "shard checkpoint not restored");
+                counter!(names::CHECKPOINT_RESTORES, "outcome" => "refused").increment(1);
+                return None;
+            }
+        };
+        counter!(names::CHECKPOINT_RESTORES, "outcome" => "restored").increment(1);
+        for input in &saved.manifest.inputs {
+            if let Some(Source::Input(kind)) = source_of(&self.topics, &input.topic) {
+                shard
+                    .inputs_next
+                    .insert((kind, input.partition), input.next_offset);
+            }
+        }
+        // Records below the position are in the restored state: a redelivery skips them.
+        self.state.next_offsets.insert(key, position);
+        Some(CheckpointWrite {
+            chunks: Vec::new(),
+            manifest: None,
+            positions: HashMap::from([(key, position)]),
+            generation: saved.manifest.generation,
+            started: std::time::Instant::now(),
+            bytes: saved.manifest.bytes,
+            acknowledged: checkpointing.acknowledged.clone(),
+        })
+    }
+
+    fn handle(&mut self, mut record: Consumed) {
+        let key = (record.source, record.partition);
+        let redelivered = self
+            .state
+            .next_offsets
+            .get(&key)
+            .is_some_and(|&next| record.offset < next);
+        if redelivered {
+            counter!(names::REDELIVERED_SKIPPED).increment(1);
+            self.state.recycle(record);
+            return;
+        }
+        // A shard that is not (or no longer) this instance's: its owner reads it.
+        if record.source == Source::Repartition
+            && !self.shards.contains_key(&(record.partition as u32))
+        {
+            self.state.recycle(record);
+            return;
+        }
+        self.state.next_offsets.insert(key, record.offset + 1);
+        self.state.inputs_in_batch += 1;
+        match record.source {
+            Source::Input(kind) => self.forward_input(kind, &record),
+            Source::Feedback => self.forward_verdict(&record),
+            Source::Repartition => self.count(&mut record),
+            Source::Partials => self.merge_partial(&record),
+        }
+        self.state.recycle(record);
+    }
+
+    /// An input, to every shard with its terms; a rejected one is dead-lettered here.
+    fn forward_input(&mut self, kind: InputKind, record: &Consumed) {
+        let body = &record.body;
+        match &body.decoded {
+            Some(Ok(())) => {
+                let origin = fragment::Origin {
+                    kind: FragmentKind::Input(kind),
+                    partition: record.partition,
+                    offset: record.offset,
+                };
+                let fragments = fragment::input_fragments(
+                    &self.topics,
+                    self.count,
+                    (origin, body.content_type.as_deref()),
+                    (record.key.as_deref(), &body.payload),
+                    &body.terms,
+                );
+                self.push_records(fragments);
+            }
+            Some(Err(rejection)) => {
+                let rejection = rejection.clone();
+                self.dead_letter(record, None, &rejection);
+            }
+            None => unreachable!("the source stage decodes every input"),
+        }
+    }
+
+    /// A verdict, to the shard whose engine has its alert.
+    fn forward_verdict(&mut self, record: &Consumed) {
+        let payload = &record.body.payload;
+        let shard = control::parse_json::<Feedback>(payload).and_then(|verdict| {
+            let dedup_key = verdict
+                .alert_id
+                .rsplit_once('@')
+                .map_or(verdict.alert_id.as_str(), |(key, _)| key);
+            Shard::of_alert_key(dedup_key, self.count).ok_or_else(|| Rejection {
+                reason: RejectReason::InvalidField,
+                detail: format!(
+                    "alert_id: {:?} names no trend or anomaly alert",
+                    verdict.alert_id
+                ),
+            })
+        });
+        match shard {
+            Ok(shard) => {
+                let origin = fragment::Origin {
+                    kind: FragmentKind::Feedback,
+                    partition: record.partition,
+                    offset: record.offset,
+                };
+                let forwarded = fragment::feedback_fragment(
+                    &self.topics,
+                    shard,
+                    origin,
+                    (record.key.as_deref(), payload),
+                );
+                self.push_records([forwarded]);
+            }
+            Err(rejection) => self.dead_letter(record, None, &rejection),
+        }
+    }
+
+    /// A repartition record, into its shard's engine. Shards refuse late or future inputs
+    /// alike (they see the same event time): the first shard dead-letters them, once.
+    fn count(&mut self, record: &mut Consumed) {
+        let index = record.partition as u32;
+        let Some(shard) = self.shards.get_mut(&index) else {
+            return;
+        };
+        let body = &mut *record.body;
+        let origin = match (&body.decoded, body.origin) {
+            (Some(Err(rejection)), _) => {
+                let rejection = rejection.clone();
+                return self.dead_letter(record, None, &rejection);
+            }
+            (_, Some(origin)) => origin,
+            (_, None) => unreachable!("a readable repartition record has its origin"),
+        };
+        if let FragmentKind::CaughtUp(kind) = origin.kind {
+            let partition = partition_index((kind, origin.partition));
+            shard.caught_up_at.insert(partition, wall_now_ms());
+            return;
+        }
+        shard.changed_since_checkpoint = true;
+        let outcome = match origin.kind {
+            FragmentKind::Input(kind) => {
+                let next = shard
+                    .inputs_next
+                    .entry((kind, origin.partition))
+                    .or_default();
+                if origin.offset < *next {
+                    counter!(names::REDELIVERED_SKIPPED).increment(1);
+                    return;
+                }
+                *next = origin.offset + 1;
+                let engine_origin = Origin {
+                    partition: partition_index((kind, origin.partition)),
+                    offset: record.offset,
+                };
+                if index == 0 {
+                    shard.processor.ingest_with_terms(
+                        &body.record,
+                        Some(engine_origin),
+                        &mut body.terms,
+                    )
+                } else {
+                    // Refusals are counted once, by the first shard.
+                    let _ = shard.processor.engine_mut().ingest_with_terms(
+                        &body.record,
+                        Some(engine_origin),
+                        &mut body.terms,
+                    );
+                    Ok(())
+                }
+            }
+            // A verdict goes to one shard only; one sent again is not counted twice.
+            FragmentKind::Feedback => shard.processor.process_feedback(&body.payload),
+            FragmentKind::CaughtUp(_) => unreachable!("handled above"),
+        };
+        if let Err(rejection) = outcome {
+            let source = match origin.kind {
+                FragmentKind::Input(kind) | FragmentKind::CaughtUp(kind) => Source::Input(kind),
+                FragmentKind::Feedback => Source::Feedback,
+            };
+            let topics = self.topics.clone();
+            let from = SourcePosition {
+                topic: topic_name(&topics, source),
+                partition: origin.partition,
+                offset: origin.offset,
+            };
+            self.dead_letter(record, Some(from), &rejection);
+        }
+    }
+
+    /// A shard's trend snapshot, into the merge; the merged one is published.
+    fn merge_partial(&mut self, record: &Consumed) {
+        let partial = serde_json::from_slice::<PartialSnapshot>(&record.body.payload)
+            .map_err(|error| error.to_string())
+            .and_then(|partial| {
+                if partial.shard < self.count {
+                    Ok(partial)
+                } else {
+                    Err(format!(
+                        "shard {} of {} (scale.shards differs between instances?)",
+                        partial.shard, self.count
+                    ))
+                }
+            });
+        match partial {
+            Ok(partial) => {
+                if let Merged::Complete(merged) = self.merge.push(partial.shard, partial.snapshot) {
+                    let signal = Signal::Trend(merged);
+                    self.refresh_model(std::slice::from_ref(&signal));
+                    self.push_records([output::signal_record(&self.topics, &signal)]);
+                }
+            }
+            Err(detail) => {
+                let rejection = Rejection {
+                    reason: RejectReason::InvalidJson,
+                    detail: format!("partial trend snapshot: {detail}"),
+                };
+                self.dead_letter(record, None, &rejection);
+            }
+        }
+        if self.merge.waiting() == 0 {
+            self.partials_held = None;
+        } else {
+            self.partials_held.get_or_insert(record.offset);
+        }
+    }
+
+    /// Applies an API or catalog command: to every shard this instance runs, and to the
+    /// template that the shards it takes over later start from. A verdict goes to its
+    /// alert's shard, if it runs here.
+    fn apply(&mut self, command: Command) {
+        let shards = self.shards.values_mut();
+        match command {
+            Command::SetCatalog(catalog) => {
+                for shard in shards {
+                    shard.processor.engine_mut().set_catalog(catalog.clone());
+                }
+                self.owner.template.engine_mut().set_catalog(catalog);
+            }
+            Command::AddSilence {
+                silence,
+                starts_now,
+                reply,
+            } => {
+                // The template picks the id, so that every shard has the silence by it.
+                let (added_tx, mut added_rx) = oneshot::channel();
+                control::apply(
+                    self.owner.template.engine_mut(),
+                    Command::AddSilence {
+                        silence: silence.clone(),
+                        starts_now,
+                        reply: added_tx,
+                    },
+                );
+                let added = added_rx.try_recv().expect("applied at once");
+                if let Ok(id) = &added {
+                    for shard in shards {
+                        let mut silence = silence.clone();
+                        silence.id.clone_from(id);
+                        let (ignored, _) = oneshot::channel();
+                        control::apply(
+                            shard.processor.engine_mut(),
+                            Command::AddSilence {
+                                silence,
+                                starts_now,
+                                reply: ignored,
+                            },
+                        );
+                    }
+                }
+                let _ = reply.send(added);
+            }
+            Command::DeleteSilence { id, reply } => {
+                for shard in shards {
+                    shard
+                        .processor
+                        .engine_mut()
+                        .alerting_mut()
+                        .silences_mut()
+                        .delete(&id);
+                }
+                control::apply(
+                    self.owner.template.engine_mut(),
+                    Command::DeleteSilence { id, reply },
+                );
+            }
+            Command::Feedback { feedback, reply } => {
+                let dedup_key = feedback
+                    .alert_id
+                    .rsplit_once('@')
+                    .map_or(feedback.alert_id.as_str(), |(key, _)| key);
+                let here = Shard::of_alert_key(dedup_key, self.count)
+                    .and_then(|index| self.shards.get_mut(&index));
+                match here {
+                    Some(shard) => {
+                        control::apply(
+                            shard.processor.engine_mut(),
+                            Command::Feedback { feedback, reply },
+                        );
+                    }
+                    None => {
+                        let _ = reply.send(Err(FeedbackError::OnAnotherInstance));
+                    }
+                }
+            }
+        }
+        for shard in self.shards.values_mut() {
+            shard.changed_since_checkpoint = true;
+        }
+        self.refresh_model(&[]);
+    }
+
+    /// Ticks and polls every shard (advancing idle time when `wall_now` is given and the
+    /// input is readable), and returns the batch with the offsets made safe.
+    fn flush(&mut self, input: &InputState, wall_now: Option<i64>) -> Batch {
+        let readable = input.health.is_ready();
+        let mut records = Vec::new();
+        for (&index, shard) in &mut self.shards {
+            let engine = shard.processor.engine_mut();
+            if let Some(now) = wall_now {
+                if readable {
+                    // A shard behind on its partition has inputs of every input partition
+                    // still to read; otherwise an input partition may be idle only while
+                    // its reader says it has read it all.
+                    let key = (Source::Repartition, index as i32);
+                    let next = self.state.next_offsets.get(&key).copied().unwrap_or(0);
+                    let high = kafka::cached_high_watermark(
+                        input.consumer.client(),
+                        &self.topics.repartition,
+                        key.1,
+                    );
+                    let behind = high.is_some_and(|high| high > next);
+                    for &partition in &self.input_partitions {
+                        let read_out = shard
+                            .caught_up_at
+                            .get(&partition)
+                            .is_some_and(|&at| now - at <= CAUGHT_UP_FRESH_MS);
+                        if behind || !read_out {
+                            engine.note_backlog(partition);
+                        }
+                    }
+                    engine.tick(now);
+                } else {
+                    engine.suspend_idle(now);
+                }
+            }
+            let signals = shard.processor.poll(None);
+            if !signals.is_empty() {
+                shard.changed_since_checkpoint = true;
+            }
+            records.extend(signals.iter().map(|signal| match signal {
+                Signal::Trend(snapshot) => self::partial_record(&self.topics, index, snapshot),
+                other => output::signal_record(&self.topics, other),
+            }));
+        }
+        self.push_records(records);
+        if let Some(now) = wall_now.filter(|_| readable) {
+            if now - self.caught_up_sent_at >= CAUGHT_UP_EVERY_MS {
+                self.caught_up_sent_at = now;
+                self.announce_caught_up(input);
+            }
+        }
+        self.refresh_model(&[]);
+        gauge!(names::OPEN_WINDOWS).set(
+            self.shards
+                .values()
+                .map(|s| s.processor.engine().open_windows())
+                .sum::<usize>() as f64,
+        );
+        for (&key, &next) in &self.state.next_offsets {
+            let held = match key.0 {
+                Source::Repartition => self
+                    .shards
+                    .get(&(key.1 as u32))
+                    .and_then(|s| s.processor.engine().earliest_held_offset()),
+                Source::Partials => self.partials_held,
+                Source::Input(_) | Source::Feedback => None,
+            };
+            let safe = held.map_or(next, |held| held.min(next));
+            if self.state.safe_offsets_sent.get(&key) != Some(&safe) {
+                self.state.safe_offsets_sent.insert(key, safe);
+                self.state.batch.offsets.push((key.0, key.1, safe));
+            }
+        }
+        self.state.inputs_in_batch = 0;
+        self.state.bytes_in_batch = 0;
+        std::mem::take(&mut self.state.batch)
+    }
+
+    /// Starts the checkpoints that are due (a shard whose state changed, once its last
+    /// one is acknowledged and its interval passed), and returns those encoded since.
+    async fn checkpoints(&mut self) -> Vec<CheckpointWrite> {
+        let mut writes = Vec::new();
+        for (&index, shard) in &mut self.shards {
+            let Some(checkpointing) = shard.checkpointing.as_mut() else {
+                continue;
+            };
+            if checkpointing.is_encoded() {
+                writes.extend(checkpointing.encoded().await);
+            }
+            if shard.changed_since_checkpoint
+                && checkpointing.encoding.is_none()
+                && checkpointing.is_due()
+            {
+                shard.changed_since_checkpoint = false;
+                let (covered, inputs) =
+                    coverage(&self.topics, &self.state, index, &shard.inputs_next);
+                checkpointing.begin_covering(
+                    shard.processor.engine(),
+                    &self.topics,
+                    covered,
+                    inputs,
+                );
+            }
+        }
+        writes
+    }
+
+    /// At shutdown: every shard's checkpoint being encoded, then one of its state as it
+    /// stands.
+    async fn last_checkpoints(&mut self) -> Vec<CheckpointWrite> {
+        let mut writes = Vec::new();
+        for (&index, shard) in &mut self.shards {
+            let Some(checkpointing) = shard.checkpointing.as_mut() else {
+                continue;
+            };
+            let (covered, inputs) = coverage(&self.topics, &self.state, index, &shard.inputs_next);
+            writes.extend(
+                checkpointing
+                    .last_covering(shard.processor.engine(), &self.topics, covered, inputs)
+                    .await,
+            );
+        }
+        writes
+    }
+
+    /// Tells every shard which of this instance's input partitions it has read to their
+    /// end: processed up to the end the consumer last saw (or, before reading anything
+    /// from one, with the fetch position at that end).
+    fn announce_caught_up(&mut self, input: &InputState) {
+        let positions = input.consumer.position().ok();
+        let mut records = Vec::new();
+        for (topic, partition) in input.assignment.partitions() {
+            let Some(source @ Source::Input(kind)) = source_of(&self.topics, &topic) else {
+                continue;
+            };
+            let Some(high) =
+                kafka::cached_high_watermark(input.consumer.client(), &topic, partition)
+            else {
+                continue;
+            };
+            let read = self
+                .state
+                .next_offsets
+                .get(&(source, partition))
+                .copied()
+                .or_else(|| {
+                    let position = positions.as_ref()?.find_partition(&topic, partition)?;
+                    match position.offset() {
+                        rdkafka::Offset::Offset(offset) => Some(offset),
+                        _ => None,
+                    }
+                });
+            if read.is_some_and(|read| read >= high) {
+                records.extend(fragment::caught_up_fragments(
+                    &self.topics,
+                    self.count,
+                    (kind, partition, high),
+                ));
+            }
+        }
+        self.push_records(records);
+    }
+
+    fn push_records(&mut self, records: impl IntoIterator<Item = OutRecord>) {
+        for record in records {
+            self.state.bytes_in_batch += record.payload.len();
+            self.state.batch.records.push(record);
+        }
+    }
+
+    /// Dead-letters `record`, as read (`from` None) or from where it was first read.
+    fn dead_letter(
+        &mut self,
+        record: &Consumed,
+        from: Option<SourcePosition<'_>>,
+        rejection: &Rejection,
+    ) {
+        let from = from.unwrap_or(SourcePosition {
+            topic: topic_name(&self.topics, record.source),
+            partition: record.partition,
+            offset: record.offset,
+        });
+        tracing::debug!(reason = rejection.reason.as_str(), detail = %rejection.detail, "dead letter");
+        let letter = output::dead_letter(
+            &self.topics,
+            from,
+            record.key.as_deref(),
+            &record.body.payload,
+            rejection,
+        );
+        self.push_records([letter]);
+    }
+
+    /// The read model from the shards this instance runs (their active alerts), and the
+    /// template (silences, catalog).
+    fn refresh_model(&mut self, signals: &[Signal]) {
+        let engines: Vec<_> = std::iter::once(self.owner.template.engine())
+            .chain(self.shards.values().map(|s| s.processor.engine()))
+            .collect();
+        self.owner.model.refresh_many(&engines, signals);
+    }
+}
+
+/// What a checkpoint of shard `index` covers: its partition of the repartition topic up
+/// to the next offset to process, and the inputs counted (see [`ShardEngine`]).
+fn coverage(
+    topics: &TopicsConfig,
+    state: &TransformState,
+    index: u32,
+    inputs_next: &HashMap<(InputKind, i32), i64>,
+) -> (HashMap<PartitionKey, i64>, Vec<Position>) {
+    let key = (Source::Repartition, index as i32);
+    let covered = state
+        .next_offsets
+        .get(&key)
+        .map(|&next| HashMap::from([(key, next)]))
+        .unwrap_or_default();
+    let inputs = inputs_next
+        .iter()
+        .map(|(&(kind, partition), &next_offset)| Position {
+            topic: topic_name(topics, Source::Input(kind)).to_owned(),
+            partition,
+            next_offset,
+        })
+        .collect();
+    (covered, inputs)
+}
+
+/// Shard `shard`'s trend snapshot as a record for the merge (one partition: one
+/// instance merges).
+fn partial_record(topics: &TopicsConfig, shard: u32, snapshot: &TrendSnapshot) -> OutRecord {
+    let partial = PartialSnapshot {
+        shard,
+        snapshot: snapshot.clone(),
+    };
+    OutRecord {
+        topic: topics.partials.clone(),
+        partition: Some(0),
+        key: Some(format!("{}@{}", snapshot.window, snapshot.window_start).into_bytes()),
+        payload: serde_json::to_vec(&partial).expect("a snapshot serializes"),
+        headers: vec![("content-type", b"application/json".to_vec())],
+        content: Content::Internal,
+    }
+}
+
+/// The engine's indexes of every partition of the input topics (from the cluster's
+/// metadata): each shard's watermark waits for all of them (or their idleness).
+async fn input_partitions(input: &InputState, topics: &TopicsConfig) -> Vec<u32> {
+    let consumer = input.consumer.clone();
+    let inputs = [
+        (InputKind::Post, topics.posts.clone()),
+        (InputKind::Event, topics.events.clone()),
+    ];
+    tokio::task::spawn_blocking(move || {
+        let mut indexes = Vec::new();
+        for (kind, topic) in inputs {
+            match consumer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            {
+                Ok(metadata) => {
+                    let partitions = metadata
+                        .topics()
+                        .iter()
+                        .find(|t| t.name() == topic)
+                        .map_or(0, |t| t.partitions().len());
+                    indexes.extend((0..partitions as i32).map(|p| partition_index((kind, p))));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, topic, "cannot read the input partitions");
+                }
+            }
+        }
+        indexes
+    })
+    .await
+    .unwrap_or_default()
+}

@@ -1,0 +1,192 @@
+//! Scale-out: two instances in one consumer group, with the terms and series split in 4
+//! shards (`scale.shards`), share the inputs and the state and publish together what one
+//! instance publishes; then one is killed mid-stream (SIGKILL), the survivor takes over
+//! its partitions and its shards' state (from their checkpoints), and the output still
+//! matches.
+//!
+//! The reference is `dynsig replay` of the same feed with the same config, whose output a
+//! single instance matches (tests/crash.rs). Compared: every window's final trend snapshot
+//! (its event count and its entries with their counts, authors, baselines, scores and
+//! statuses; not the example post ids, which depend on the order in which a window's
+//! posts arrive), every anomaly, and the firing alert ids (none fired twice differently).
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::feed::{final_counts, firings, Feed};
+use support::{http_get, metric_sum, read_jsonl, Service, TestBroker, TestDir};
+
+const ROUNDS: usize = 20;
+/// Rounds produced while both instances run.
+const BEFORE_KILL: usize = 9;
+
+const CONFIG: &str = r#"
+[kafka]
+group_id = "dynsig-scale"
+partitions = 3
+[kafka.client]
+"session.timeout.ms" = "6000"
+[window]
+allowed_lateness_ms = 1000
+idle_timeout_ms = 1000
+[checkpoint]
+interval_ms = 1500
+[scale]
+shards = 4
+"#;
+
+async fn metric(svc: &Service, name: &str) -> f64 {
+    let (_, text) = http_get(&svc.http, "/metrics").await.unwrap();
+    metric_sum(&text, name).unwrap_or(0.0)
+}
+
+/// Final trend snapshots by window start, without example post ids; fails if a window
+/// was published twice with different entries.
+fn final_entries(snapshots: &[Value]) -> BTreeMap<i64, Value> {
+    let mut entries = BTreeMap::new();
+    for s in snapshots.iter().filter(|s| s["final"] == true) {
+        let mut listed = s["entries"].clone();
+        for entry in listed.as_array_mut().unwrap() {
+            entry.as_object_mut().unwrap().remove("examples");
+        }
+        let start = s["window_start"].as_i64().unwrap();
+        if let Some(before) = entries.insert(start, listed.clone()) {
+            assert_eq!(before, listed, "window {start} published with two rankings");
+        }
+    }
+    entries
+}
+
+fn anomalies(records: &[Value]) -> BTreeSet<String> {
+    records.iter().map(Value::to_string).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_publish_what_one_does_and_one_survives_the_other() {
+    let scratch = TestDir::new("scale-out");
+    let feed = Feed::generate(scratch.path(), CONFIG, ROUNDS);
+    let expected_entries = final_entries(&read_jsonl(&feed.replayed.join("signals.trends.jsonl")));
+    let expected_anomalies = anomalies(&read_jsonl(&feed.replayed.join("signals.anomalies.jsonl")));
+    assert!(
+        !expected_anomalies.is_empty(),
+        "the feed must raise anomalies"
+    );
+
+    let broker = TestBroker::start();
+    broker.create_topics(&[("posts", 3), ("events", 3)]).await;
+    let mut first = Service::start(&broker, "dynsig.dlq", CONFIG, &[]);
+    let mut second = Service::start(&broker, "dynsig.dlq", CONFIG, &[]);
+    first.wait_http_ok("/readyz", Duration::from_secs(60)).await;
+    second
+        .wait_http_ok("/readyz", Duration::from_secs(60))
+        .await;
+    let mut produced = 0;
+    for round in 0..BEFORE_KILL {
+        produced += feed.produce(&broker, round).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Both at work: each has read inputs and run shards, and has checkpointed them.
+    for svc in [&mut first, &mut second] {
+        svc.wait_metric(
+            r#"dynsig_events_consumed_total{topic="repartition"}"#,
+            |n| n > 0.0,
+        )
+        .await;
+        svc.wait_metric("dynsig_checkpoints_total", |n| n >= 1.0)
+            .await;
+    }
+    let inputs_read = |a: f64, b: f64| a + b >= produced as f64;
+    let mut read = 0.0;
+    for _ in 0..300 {
+        let per_instance = [&first, &second].map(|svc| async move {
+            metric(svc, r#"dynsig_events_consumed_total{topic="posts"}"#).await
+                + metric(svc, r#"dynsig_events_consumed_total{topic="events"}"#).await
+        });
+        let [a, b] = per_instance;
+        let (a, b) = (a.await, b.await);
+        read = a + b;
+        if inputs_read(a, b) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.check(read >= produced as f64, || {
+        format!("the two instances read {read} of {produced} inputs")
+    });
+    // Mid-stream: one more round in flight when the second instance dies.
+    feed.produce(&broker, BEFORE_KILL).await;
+    second.process.kill_hard();
+    for round in BEFORE_KILL + 1..ROUNDS {
+        feed.produce(&broker, round).await;
+    }
+
+    let last_window = *feed.expected_counts.keys().last().unwrap();
+    let trends = first
+        .wait_for_records(
+            &broker,
+            "signals.trends",
+            "every window's final snapshot",
+            |r| {
+                r.iter()
+                    .map(support::parse)
+                    .any(|s| s["final"] == true && s["window_start"].as_i64() == Some(last_window))
+            },
+        )
+        .await;
+    let trends: Vec<Value> = trends.iter().map(support::parse).collect();
+    assert_eq!(
+        final_counts(&trends),
+        feed.expected_counts,
+        "posts per window, against the replay"
+    );
+    assert_eq!(
+        final_entries(&trends),
+        expected_entries,
+        "each window's ranking, against the replay"
+    );
+    let alerts = first
+        .wait_for_records(&broker, "signals.alerts", "the alerts", |r| {
+            let fired = firings(&r.iter().map(support::parse).collect::<Vec<_>>());
+            feed.expected_firings.is_subset(&fired)
+        })
+        .await;
+    let fired = firings(&alerts.iter().map(support::parse).collect::<Vec<_>>());
+    assert_eq!(
+        fired, feed.expected_firings,
+        "firing alert ids, against the replay"
+    );
+    let published = first
+        .wait_for_records(&broker, "signals.anomalies", "the anomalies", |r| {
+            let seen = anomalies(&r.iter().map(support::parse).collect::<Vec<_>>());
+            expected_anomalies.is_subset(&seen)
+        })
+        .await;
+    let published = anomalies(&published.iter().map(support::parse).collect::<Vec<_>>());
+    assert_eq!(
+        published, expected_anomalies,
+        "anomalies, against the replay"
+    );
+
+    let restored = metric(
+        &first,
+        r#"dynsig_checkpoint_restores_total{outcome="restored"}"#,
+    )
+    .await;
+    first.check(restored >= 1.0, || {
+        format!("the survivor restored {restored} shard checkpoints, expected the dead one's")
+    });
+    let skipped = metric(&first, "dynsig_redelivered_skipped_total").await;
+    eprintln!(
+        "scale-out: {} windows ({} ranked entries), {} anomalies, {} firings matched the replay; \
+         the survivor restored {restored} shard checkpoints and skipped {skipped} inputs sent again",
+        expected_entries.len(),
+        expected_entries.values().map(|e| e.as_array().unwrap().len()).sum::<usize>(),
+        expected_anomalies.len(),
+        feed.expected_firings.len(),
+    );
+    let status = first.process.terminate();
+    assert!(status.success(), "SIGTERM exit: {status}");
+}
