@@ -68,15 +68,11 @@ fn replay_reports_every_planted_burst_and_incident() {
     );
     // Keys split between three engines, as between three instances: the merged trend
     // snapshots are the same file; the rest the same records, in the order the shards
-    // published them. Not the notifications: each shard's metafilter groups and budgets
-    // only its own alerts (a known gap of sharding, in `dynsig_core::shard`).
+    // published them.
     let sharded = dir.join("out-sharded");
     replay(("2", "3"), &sharded);
     for file in std::fs::read_dir(&out).unwrap() {
         let name = file.unwrap().file_name();
-        if name == "signals.notifications.jsonl" {
-            continue;
-        }
         let [mut whole, mut split] = [&out, &sharded].map(|dir| {
             let text = std::fs::read_to_string(dir.join(&name)).unwrap();
             text.lines().map(str::to_owned).collect::<Vec<_>>()

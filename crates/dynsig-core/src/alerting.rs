@@ -36,6 +36,10 @@ pub struct AlertStage {
     hivemind: Hivemind,
     /// The stage's event-time clock (see the module docs).
     now: EpochMs,
+    /// A shard's stage (see [`crate::shard_merge`]): its messages are published, and
+    /// filtered by the merge's stage instead of here. Set again after every restore.
+    #[serde(skip)]
+    filtered_elsewhere: bool,
 }
 
 impl AlertStage {
@@ -50,7 +54,14 @@ impl AlertStage {
             hivemind: Hivemind::new(config.feedback.clone())
                 .expect("validated with the engine config"),
             now: EpochMs::MIN,
+            filtered_elsewhere: false,
         })
+    }
+
+    /// Whether this stage's messages go through the metafilter of another stage (a
+    /// shard's: see [`crate::shard_merge`]) instead of its own.
+    pub fn set_filtered_elsewhere(&mut self, elsewhere: bool) {
+        self.filtered_elsewhere = elsewhere;
     }
 
     /// The dedup keys of `rule` pending or firing: each must be observed every window.
@@ -99,6 +110,19 @@ impl AlertStage {
         self.book.expire_cooldowns(&self.lifecycle, now);
         for alert in alerts {
             signals.push(Signal::Alert(alert.clone()));
+            if !self.filtered_elsewhere {
+                self.metafilter.push(alert, now);
+            }
+        }
+        self.flush(now, signals);
+    }
+
+    /// The metafilter's part of [`Self::dispatch`], for the messages of a window that
+    /// other stages made and published (the shards', merged: see
+    /// [`crate::shard_merge`]).
+    pub fn filter(&mut self, alerts: Vec<Alert>, now: EpochMs, signals: &mut Vec<Signal>) {
+        self.flush(now, signals);
+        for alert in alerts {
             self.metafilter.push(alert, now);
         }
         self.flush(now, signals);

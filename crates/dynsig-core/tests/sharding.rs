@@ -1,6 +1,8 @@
 //! Engines that share the keys (shards, see `dynsig_core::shard`), each fed every input,
 //! publish together what one engine over all keys publishes: the merged trend snapshots
-//! equal its snapshots, and their anomalies, alerts and co-mention graphs are its own.
+//! equal its snapshots, their anomalies, alerts and co-mention graphs are its own, and
+//! their alerts, merged window by window into one metafilter
+//! (`dynsig_core::shard_merge`), give its notifications.
 
 use std::collections::BTreeMap;
 
@@ -9,8 +11,8 @@ use dynsig_core::config::EngineConfig;
 use dynsig_core::engine::{Engine, RestoreError};
 use dynsig_core::model::{Alert, Anomaly, EpochMs, Input, Origin, Signal, TrendSnapshot};
 use dynsig_core::shard::Shard;
+use dynsig_core::shard_merge::{Merged, ShardMerge};
 use dynsig_core::synth::{Synth, SynthConfig};
-use dynsig_core::trend_merge::{Merged, TrendMerge};
 use serde_json::json;
 
 const BASE: EpochMs = 1_767_268_800_000; // 2026-01-01 12:00:00 UTC
@@ -39,10 +41,13 @@ fn engine(shard: Shard) -> Engine {
     engine
 }
 
+/// What an engine published at one poll, and its watermark then (None at the end).
+type Poll = (Vec<Signal>, Option<EpochMs>);
+
 /// Everything `engine` publishes for `inputs` (two partitions, polled every 50 inputs),
-/// and whether each input was refused.
-fn run(engine: &mut Engine, inputs: &[Input]) -> (Vec<Signal>, Vec<bool>) {
-    let mut signals = Vec::new();
+/// poll by poll, and whether each input was refused.
+fn run(engine: &mut Engine, inputs: &[Input]) -> (Vec<Poll>, Vec<bool>) {
+    let mut polls = Vec::new();
     let mut refused = Vec::new();
     for (offset, input) in inputs.iter().enumerate() {
         let origin = Origin {
@@ -51,11 +56,11 @@ fn run(engine: &mut Engine, inputs: &[Input]) -> (Vec<Signal>, Vec<bool>) {
         };
         refused.push(engine.ingest(input, Some(origin)).is_err());
         if offset % 50 == 0 {
-            signals.extend(engine.poll_closed());
+            polls.push((engine.poll_closed(), engine.watermark()));
         }
     }
-    signals.extend(engine.finish());
-    (signals, refused)
+    polls.push((engine.finish(), None));
+    (polls, refused)
 }
 
 #[derive(Default, Debug, PartialEq)]
@@ -64,6 +69,7 @@ struct Published {
     anomalies: Vec<String>,
     alerts: Vec<String>,
     ecosystem: Vec<String>,
+    notifications: Vec<String>,
 }
 
 impl Published {
@@ -73,7 +79,16 @@ impl Published {
             Signal::Anomaly(anomaly) => self.anomalies.push(anomaly_line(&anomaly)),
             Signal::Alert(alert) => self.alerts.push(alert_line(&alert)),
             Signal::Ecosystem(graph) => self.ecosystem.push(serde_json::to_string(&graph).unwrap()),
-            Signal::Notification(_) | Signal::Digest(_) => {}
+            Signal::Notification(n) => self.notifications.push(without_top_terms(format!(
+                "{} {}",
+                n.topic,
+                serde_json::to_string(&n.message).unwrap()
+            ))),
+            Signal::Digest(d) => self.notifications.push(without_top_terms(format!(
+                "{} {}",
+                d.topic,
+                serde_json::to_string(&d.message).unwrap()
+            ))),
         }
     }
 
@@ -83,6 +98,7 @@ impl Published {
             .sort_by(|a, b| (&a.window, a.window_start).cmp(&(&b.window, b.window_start)));
         self.anomalies.sort();
         self.alerts.sort();
+        self.notifications.sort();
         self
     }
 }
@@ -91,18 +107,26 @@ fn anomaly_line(a: &Anomaly) -> String {
     serde_json::to_string(a).unwrap()
 }
 
-/// An alert as published, but for one clause: an actor's anomaly alert quotes the top
+/// A message as published, but for one clause: an actor's anomaly alert quotes the top
 /// terms about the actor from its window's ranking, and a shard ranks only its own terms
 /// (documented in `dynsig_core::shard`).
-fn alert_line(a: &Alert) -> String {
-    let mut a = a.clone();
-    if let Some(at) = a.summary.find("; top terms: ") {
-        let end = a.summary[at..]
-            .find(" (")
-            .map_or(a.summary.len(), |e| at + e);
-        a.summary.replace_range(at..end, "");
+fn without_top_terms(json: String) -> String {
+    let mut json = json;
+    while let Some(at) = json.find("; top terms: ") {
+        // The clause ends where the score's parenthesis or the summary's string does.
+        let rest = &json[at..];
+        let end = [rest.find(" ("), rest.find('"')]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(json.len(), |e| at + e);
+        json.replace_range(at..end, "");
     }
-    serde_json::to_string(&a).unwrap()
+    json
+}
+
+fn alert_line(a: &Alert) -> String {
+    without_top_terms(serde_json::to_string(a).unwrap())
 }
 
 #[test]
@@ -111,35 +135,45 @@ fn shards_together_publish_what_one_engine_publishes() {
         .unwrap()
         .collect();
     let mut whole = Published::default();
-    let (signals, whole_refused) = run(&mut engine(Shard::WHOLE), &inputs);
-    signals.into_iter().for_each(|s| whole.add(s));
+    let (polls, whole_refused) = run(&mut engine(Shard::WHOLE), &inputs);
+    polls
+        .into_iter()
+        .flat_map(|(s, _)| s)
+        .for_each(|s| whole.add(s));
     let whole = whole.sorted();
     assert!(!whole.alerts.is_empty() && !whole.anomalies.is_empty() && !whole.ecosystem.is_empty());
+    assert!(!whole.notifications.is_empty());
 
     for count in [2, 3] {
-        let mut merge = TrendMerge::new(count, &config().trends);
+        let mut merge = ShardMerge::new(count, &config()).unwrap();
         let mut sharded = Published::default();
         let mut per_shard_trends = BTreeMap::new();
         for shard in Shard::all(count) {
-            let (signals, refused) = run(&mut engine(shard), &inputs);
+            let (polls, refused) = run(&mut engine(shard), &inputs);
             assert_eq!(
                 refused, whole_refused,
                 "shard {shard:?} refuses the same inputs"
             );
-            for signal in signals {
-                match signal {
-                    Signal::Trend(snapshot) => {
-                        *per_shard_trends.entry(shard.index()).or_insert(0) += 1;
-                        match merge.push(shard.index(), snapshot) {
-                            Merged::Complete(merged) => sharded.add(Signal::Trend(merged)),
-                            Merged::Waiting => {}
-                            Merged::Repeated => panic!("each snapshot is pushed once"),
+            for (signals, watermark) in polls {
+                let (windows, published) = ShardMerge::split_by_window(signals);
+                published.into_iter().for_each(|s| sharded.add(s));
+                for window in windows {
+                    *per_shard_trends.entry(shard.index()).or_insert(0) += 1;
+                    match merge.push_window(shard.index(), window) {
+                        Merged::Complete(signals) => {
+                            signals.into_iter().for_each(|s| sharded.add(s))
                         }
+                        Merged::Waiting => {}
+                        Merged::Repeated => panic!("each snapshot is pushed once"),
                     }
-                    other => sharded.add(other),
+                }
+                if let Some(watermark) = watermark {
+                    let released = merge.push_progress(shard.index(), watermark);
+                    released.into_iter().for_each(|s| sharded.add(s));
                 }
             }
         }
+        merge.finish().into_iter().for_each(|s| sharded.add(s));
         assert_eq!(merge.waiting(), 0, "every window heard from every shard");
         assert!(per_shard_trends.values().all(|&n| n == whole.trends.len()));
         let sharded = sharded.sorted();
@@ -152,6 +186,10 @@ fn shards_together_publish_what_one_engine_publishes() {
         assert_eq!(
             sharded.ecosystem, whole.ecosystem,
             "{count} shards: ecosystem"
+        );
+        assert_eq!(
+            sharded.notifications, whole.notifications,
+            "{count} shards: notifications and digests"
         );
     }
 }

@@ -4,8 +4,9 @@
 //! becomes one JSONL file in the output folder.
 //!
 //! With `--shards N` the keys are split between N engines as between N service instances
-//! (see [`dynsig_core::shard`]), each fed every input, and their trend snapshots merged:
-//! a preview, and a check, of what a scaled-out deployment publishes.
+//! (see [`dynsig_core::shard`]), each fed every input, and what they publish merged (see
+//! [`dynsig_core::shard_merge`]): a preview, and a check, of what a scaled-out deployment
+//! publishes.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -19,7 +20,7 @@ use dynsig_core::decode::{InputKind, Rejection};
 use dynsig_core::engine::PostTerms;
 use dynsig_core::model::{Input, Post, Signal};
 use dynsig_core::shard::Shard;
-use dynsig_core::trend_merge::{Merged, TrendMerge};
+use dynsig_core::shard_merge::{Merged, ShardMerge};
 
 use crate::catalog;
 use crate::config::{Config, TopicsConfig};
@@ -99,7 +100,7 @@ pub fn replay(
         } else {
             event_ready = ready;
         }
-        sinks.write_signals(engines.poll(|p| p.poll(None)), &mut summary)?;
+        sinks.write_signals(engines.poll(|p| p.poll(None), false), &mut summary)?;
         progress.update(summary.inputs, || {
             let feeds = std::iter::once(&post_feed).chain(event_feed.as_ref());
             let (read, size) = feeds.fold((0, 0), |(r, s), feed| {
@@ -110,15 +111,15 @@ pub fn replay(
         });
     }
     progress.finish();
-    sinks.write_signals(engines.poll(Processor::finish), &mut summary)?;
+    sinks.write_signals(engines.poll(Processor::finish, true), &mut summary)?;
     sinks.finish()?;
     Ok(summary)
 }
 
-/// The engine of a replay, or its shards' engines with the merge of their trends.
+/// The engine of a replay, or its shards' engines with the merge of what they publish.
 struct Engines {
     processors: Vec<Processor>,
-    merge: Option<TrendMerge>,
+    merge: Option<ShardMerge>,
     /// A copy of the current post's terms for each shard (an engine edits them).
     terms: PostTerms,
 }
@@ -138,8 +139,11 @@ impl Engines {
                 Ok(processor)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let merge = (shards > 1)
+            .then(|| ShardMerge::new(shards, &config.engine()))
+            .transpose()?;
         Ok(Engines {
-            merge: (shards > 1).then(|| TrendMerge::new(shards, &config.engine().trends)),
+            merge,
             processors,
             terms: PostTerms::default(),
         })
@@ -162,22 +166,27 @@ impl Engines {
         verdict
     }
 
-    /// What `poll` returns from every engine, shards' trend snapshots merged.
-    fn poll(&mut self, poll: fn(&mut Processor) -> Vec<Signal>) -> Vec<Signal> {
+    /// What `poll` returns from every engine, shards' windows merged; `end` at the end
+    /// of the input.
+    fn poll(&mut self, poll: fn(&mut Processor) -> Vec<Signal>, end: bool) -> Vec<Signal> {
         let Some(merge) = self.merge.as_mut() else {
             return poll(&mut self.processors[0]);
         };
         let mut signals = Vec::new();
         for (index, processor) in (0u32..).zip(&mut self.processors) {
-            for signal in poll(processor) {
-                match signal {
-                    Signal::Trend(snapshot) => match merge.push(index, snapshot) {
-                        Merged::Complete(merged) => signals.push(Signal::Trend(merged)),
-                        Merged::Waiting | Merged::Repeated => {}
-                    },
-                    other => signals.push(other),
+            let (windows, published) = ShardMerge::split_by_window(poll(processor));
+            signals.extend(published);
+            for window in windows {
+                if let Merged::Complete(merged) = merge.push_window(index, window) {
+                    signals.extend(merged);
                 }
             }
+            if let Some(watermark) = processor.engine().watermark().filter(|_| !end) {
+                signals.extend(merge.push_progress(index, watermark));
+            }
+        }
+        if end {
+            signals.extend(merge.finish());
         }
         signals
     }

@@ -258,10 +258,12 @@ impl Engine {
 
     /// Makes this engine one of several that share the keys: from now on it counts only
     /// the terms and series `shard` owns, though it still takes every input (see
-    /// [`crate::shard`]). Set before the first input; a checkpoint restores only into an
-    /// engine of the same shard.
+    /// [`crate::shard`]). Its alert messages are then published unfiltered: the shards'
+    /// merge filters them ([`crate::shard_merge`]). Set before the first input; a
+    /// checkpoint restores only into an engine of the same shard.
     pub fn set_shard(&mut self, shard: Shard) {
         self.shard = shard;
+        self.alerting.set_filtered_elsewhere(!shard.is_whole());
     }
 
     pub fn shard(&self) -> Shard {

@@ -207,6 +207,7 @@ impl Engine {
         }
         self.watermark = state.watermark.into_owned();
         self.alerting = state.alerting.into_owned();
+        self.alerting.set_filtered_elsewhere(!self.shard.is_whole());
         self.co_mentions = state.co_mentions.into_owned();
         // Windows opened under another catalog must not read their actor votes as
         // positions in this one: a generation none of them has makes them untagged.

@@ -8,13 +8,16 @@
 //!   are acknowledged.
 //! - a partition of `topics.repartition` is a shard: this instance runs its engine, which
 //!   counts the shard's terms and series (`dynsig_core::shard`) and publishes its
-//!   anomalies and alerts; its trend snapshots go to `topics.partials`. The engine is
-//!   restored from the shard's own checkpoint when the partition is assigned, and its
-//!   offset is safe as in the unsharded stage: no further than its open windows hold, nor
-//!   than its last checkpoint.
-//! - the partition of `topics.partials`: this instance merges the shards' snapshots of each
-//!   window into the one published on `topics.trends` ([`TrendMerge`]), holding the
-//!   offsets of snapshots still waiting for other shards.
+//!   anomalies and alert messages; its windows (trend snapshot and alert messages) and
+//!   its progress in event time go to `topics.partials`. The engine is restored from the
+//!   shard's own checkpoint when the partition is assigned, and its offset is safe as in
+//!   the unsharded stage: no further than its open windows hold, nor than its last
+//!   checkpoint.
+//! - the partition of `topics.partials`: this instance merges the shards' windows into the
+//!   trend snapshots published on `topics.trends`, and passes their alert messages through
+//!   one metafilter to the team topics ([`ShardMerge`]), holding the offsets of windows
+//!   still waiting for other shards. Silences reach that metafilter the same way, from
+//!   whichever instance's API took them.
 //!
 //! A shard lost in a rebalance is dropped here; its new owner restores its checkpoint and
 //! reads again what followed (at-least-once, as after a restart).
@@ -26,9 +29,10 @@ use std::time::Duration;
 
 use dynsig_core::decode::{InputKind, RejectReason, Rejection};
 use dynsig_core::feedback::Feedback;
-use dynsig_core::model::{Origin, Signal, TrendSnapshot};
+use dynsig_core::metafilter::silence::Silence;
+use dynsig_core::model::{EpochMs, Origin, Signal};
 use dynsig_core::shard::Shard;
-use dynsig_core::trend_merge::{Merged, TrendMerge};
+use dynsig_core::shard_merge::{Merged, ShardMerge, ShardWindow};
 use metrics::{counter, gauge};
 use rdkafka::consumer::Consumer;
 use serde::{Deserialize, Serialize};
@@ -61,12 +65,23 @@ pub(super) struct ShardedOwner {
     pub(super) checkpoint_topic: Option<CheckpointTopic>,
 }
 
-/// A shard's trend snapshot on its way to the merge.
+/// A record of `topics.partials`: what the shards and the APIs send the merge.
 #[derive(Serialize, Deserialize)]
-struct PartialSnapshot {
-    shard: u32,
-    snapshot: TrendSnapshot,
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ToMerge {
+    /// A shard's window: its trend snapshot, with its alert messages.
+    Window { shard: u32, window: ShardWindow },
+    /// A shard's event time (its watermark), after the windows that ended by then.
+    Progress { shard: u32, watermark: EpochMs },
+    /// A silence added through an instance's API.
+    Silence { silence: Silence },
+    /// A silence deleted through an instance's API.
+    Unsilence { id: String },
 }
+
+/// A shard reports its event time at most this often (in event time): the merge's
+/// metafilter moves its clock that often, as one engine's does.
+const PROGRESS_EVERY_MS: i64 = 1_000;
 
 /// One shard this instance runs.
 struct ShardEngine {
@@ -79,6 +94,8 @@ struct ShardEngine {
     /// Per input partition (engine index), when its reader last said it had read it to
     /// its end (wall time, see [`fragment`]).
     caught_up_at: HashMap<u32, i64>,
+    /// The event time last reported to the merge.
+    progress_sent: Option<EpochMs>,
 }
 
 /// How often the reader of an input partition says it has read it to its end.
@@ -93,7 +110,7 @@ struct Sharded {
     topics: Arc<TopicsConfig>,
     count: u32,
     shards: BTreeMap<u32, ShardEngine>,
-    merge: TrendMerge,
+    merge: ShardMerge,
     /// The offset of the first partial snapshot that is still waiting in the merge.
     partials_held: Option<i64>,
     /// The engine's indexes of every input partition: each shard hears from all of them.
@@ -113,7 +130,8 @@ pub(super) async fn transform(
     tx: mpsc::Sender<Batch>,
 ) {
     let count = owner.config.scale.shards;
-    let merge = TrendMerge::new(count, &owner.config.engine().trends);
+    let merge =
+        ShardMerge::new(count, &owner.config.engine()).expect("the config was validated at start");
     let mut stage = Sharded {
         owner,
         topics,
@@ -265,6 +283,7 @@ impl Sharded {
             checkpointing: None,
             changed_since_checkpoint: false,
             caught_up_at: HashMap::new(),
+            progress_sent: None,
         };
         let mut restored = None;
         if let Some(topic) = &self.owner.checkpoint_topic {
@@ -506,35 +525,57 @@ impl Sharded {
         }
     }
 
-    /// A shard's trend snapshot, into the merge; the merged one is published.
+    /// A record for the merge; what it completes or releases is published.
     fn merge_partial(&mut self, record: &Consumed) {
-        let partial = serde_json::from_slice::<PartialSnapshot>(&record.body.payload)
+        let partial = serde_json::from_slice::<ToMerge>(&record.body.payload)
             .map_err(|error| error.to_string())
-            .and_then(|partial| {
-                if partial.shard < self.count {
-                    Ok(partial)
-                } else {
+            .and_then(|partial| match partial {
+                ToMerge::Window { shard, .. } | ToMerge::Progress { shard, .. }
+                    if shard >= self.count =>
+                {
                     Err(format!(
-                        "shard {} of {} (scale.shards differs between instances?)",
-                        partial.shard, self.count
+                        "shard {shard} of {} (scale.shards differs between instances?)",
+                        self.count
                     ))
                 }
+                partial => Ok(partial),
             });
-        match partial {
-            Ok(partial) => {
-                if let Merged::Complete(merged) = self.merge.push(partial.shard, partial.snapshot) {
-                    let signal = Signal::Trend(merged);
-                    self.refresh_model(std::slice::from_ref(&signal));
-                    self.push_records([output::signal_record(&self.topics, &signal)]);
+        let signals = match partial {
+            Ok(ToMerge::Window { shard, window }) => match self.merge.push_window(shard, window) {
+                Merged::Complete(signals) => signals,
+                Merged::Waiting | Merged::Repeated => Vec::new(),
+            },
+            Ok(ToMerge::Progress { shard, watermark }) => {
+                self.merge.push_progress(shard, watermark)
+            }
+            Ok(ToMerge::Silence { silence }) => {
+                let stage = self.merge.alerting_mut();
+                let now = stage.now();
+                if let Err(error) = stage.silences_mut().add(silence, now) {
+                    tracing::warn!(%error, "silence not applied to the merge");
                 }
+                Vec::new()
+            }
+            Ok(ToMerge::Unsilence { id }) => {
+                self.merge.alerting_mut().silences_mut().delete(&id);
+                Vec::new()
             }
             Err(detail) => {
                 let rejection = Rejection {
                     reason: RejectReason::InvalidJson,
-                    detail: format!("partial trend snapshot: {detail}"),
+                    detail: format!("record of the shards' merge: {detail}"),
                 };
                 self.dead_letter(record, None, &rejection);
+                Vec::new()
             }
+        };
+        if !signals.is_empty() {
+            self.refresh_model(&signals);
+            let records: Vec<_> = signals
+                .iter()
+                .map(|signal| output::signal_record(&self.topics, signal))
+                .collect();
+            self.push_records(records);
         }
         if self.merge.waiting() == 0 {
             self.partials_held = None;
@@ -555,48 +596,37 @@ impl Sharded {
                 }
                 self.owner.template.engine_mut().set_catalog(catalog);
             }
+            // The template validates a silence and picks its id; the merge applies it
+            // (shards' own metafilters are off), wherever it runs.
             Command::AddSilence {
                 silence,
                 starts_now,
                 reply,
             } => {
-                // The template picks the id, so that every shard has the silence by it.
                 let (added_tx, mut added_rx) = oneshot::channel();
+                let template = self.owner.template.engine_mut();
                 control::apply(
-                    self.owner.template.engine_mut(),
+                    template,
                     Command::AddSilence {
-                        silence: silence.clone(),
+                        silence,
                         starts_now,
                         reply: added_tx,
                     },
                 );
                 let added = added_rx.try_recv().expect("applied at once");
-                if let Ok(id) = &added {
-                    for shard in shards {
-                        let mut silence = silence.clone();
-                        silence.id.clone_from(id);
-                        let (ignored, _) = oneshot::channel();
-                        control::apply(
-                            shard.processor.engine_mut(),
-                            Command::AddSilence {
-                                silence,
-                                starts_now,
-                                reply: ignored,
-                            },
-                        );
-                    }
+                let stored = added
+                    .as_ref()
+                    .ok()
+                    .and_then(|id| template.alerting().silences().get(id).cloned());
+                if let Some(silence) = stored {
+                    let record = to_merge_record(&self.topics, &ToMerge::Silence { silence });
+                    self.push_records([record]);
                 }
                 let _ = reply.send(added);
             }
             Command::DeleteSilence { id, reply } => {
-                for shard in shards {
-                    shard
-                        .processor
-                        .engine_mut()
-                        .alerting_mut()
-                        .silences_mut()
-                        .delete(&id);
-                }
+                let record = to_merge_record(&self.topics, &ToMerge::Unsilence { id: id.clone() });
+                self.push_records([record]);
                 control::apply(
                     self.owner.template.engine_mut(),
                     Command::DeleteSilence { id, reply },
@@ -666,10 +696,34 @@ impl Sharded {
             if !signals.is_empty() {
                 shard.changed_since_checkpoint = true;
             }
-            records.extend(signals.iter().map(|signal| match signal {
-                Signal::Trend(snapshot) => self::partial_record(&self.topics, index, snapshot),
-                other => output::signal_record(&self.topics, other),
+            let (windows, published) = ShardMerge::split_by_window(signals);
+            records.extend(
+                published
+                    .iter()
+                    .map(|signal| output::signal_record(&self.topics, signal)),
+            );
+            records.extend(windows.into_iter().map(|window| {
+                let partial = ToMerge::Window {
+                    shard: index,
+                    window,
+                };
+                to_merge_record(&self.topics, &partial)
             }));
+            // After its windows, so that the merge has them when its clock passes them.
+            let watermark = shard.processor.engine().watermark();
+            let due = watermark.filter(|&w| {
+                shard
+                    .progress_sent
+                    .is_none_or(|sent| w >= sent + PROGRESS_EVERY_MS)
+            });
+            if let Some(watermark) = due {
+                shard.progress_sent = Some(watermark);
+                let progress = ToMerge::Progress {
+                    shard: index,
+                    watermark,
+                };
+                records.push(to_merge_record(&self.topics, &progress));
+            }
         }
         self.push_records(records);
         if let Some(now) = wall_now.filter(|_| readable) {
@@ -855,18 +909,13 @@ fn coverage(
     (covered, inputs)
 }
 
-/// Shard `shard`'s trend snapshot as a record for the merge (one partition: one
-/// instance merges).
-fn partial_record(topics: &TopicsConfig, shard: u32, snapshot: &TrendSnapshot) -> OutRecord {
-    let partial = PartialSnapshot {
-        shard,
-        snapshot: snapshot.clone(),
-    };
+/// A record of `topics.partials` (one partition: one instance merges).
+fn to_merge_record(topics: &TopicsConfig, partial: &ToMerge) -> OutRecord {
     OutRecord {
         topic: topics.partials.clone(),
         partition: Some(0),
-        key: Some(format!("{}@{}", snapshot.window, snapshot.window_start).into_bytes()),
-        payload: serde_json::to_vec(&partial).expect("a snapshot serializes"),
+        key: None,
+        payload: serde_json::to_vec(partial).expect("what the merge reads serializes"),
         headers: vec![("content-type", b"application/json".to_vec())],
         content: Content::Internal,
     }
