@@ -64,6 +64,18 @@ fn anomalies(records: &[Value]) -> BTreeSet<String> {
     records.iter().map(Value::to_string).collect()
 }
 
+/// Notifications without the time they were sent (the wall clock's part).
+fn notifications(records: &[Value]) -> BTreeSet<String> {
+    records
+        .iter()
+        .map(|n| {
+            let mut n = n.clone();
+            n.as_object_mut().unwrap().remove("sent_at");
+            n.to_string()
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_publish_what_one_does_and_one_survives_the_other() {
     let scratch = TestDir::new("scale-out");
@@ -169,6 +181,29 @@ async fn two_instances_publish_what_one_does_and_one_survives_the_other() {
         published, expected_anomalies,
         "anomalies, against the replay"
     );
+    // The replay's last notifications go out when its input ends, which a live stream's
+    // never does: every firing one, and nothing the replay did not send.
+    let replayed: Vec<Value> = read_jsonl(&feed.replayed.join("signals.notifications.jsonl"));
+    let expected_firing = notifications(
+        &replayed
+            .iter()
+            .filter(|n| n["status"] == "firing")
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    let expected_notifications = notifications(&replayed);
+    let sent = first
+        .wait_for_records(&broker, "signals.notifications", "the notifications", |r| {
+            let seen = notifications(&r.iter().map(support::parse).collect::<Vec<_>>());
+            expected_firing.is_subset(&seen)
+        })
+        .await;
+    let sent = notifications(&sent.iter().map(support::parse).collect::<Vec<_>>());
+    let unexpected: Vec<&String> = sent.difference(&expected_notifications).collect();
+    assert!(
+        unexpected.is_empty(),
+        "notifications the replay did not send: {unexpected:#?}"
+    );
 
     let restored = metric(
         &first,
@@ -180,12 +215,17 @@ async fn two_instances_publish_what_one_does_and_one_survives_the_other() {
     });
     let skipped = metric(&first, "dynsig_redelivered_skipped_total").await;
     eprintln!(
-        "scale-out: {} windows ({} ranked entries), {} anomalies, {} firings matched the replay; \
-         the survivor restored {restored} shard checkpoints and skipped {skipped} inputs sent again",
+        "scale-out: {} windows ({} ranked entries), {} anomalies, {} firings, {} notifications \
+         matched the replay; the survivor restored {restored} shard checkpoints and skipped \
+         {skipped} inputs sent again",
         expected_entries.len(),
-        expected_entries.values().map(|e| e.as_array().unwrap().len()).sum::<usize>(),
+        expected_entries
+            .values()
+            .map(|e| e.as_array().unwrap().len())
+            .sum::<usize>(),
         expected_anomalies.len(),
         feed.expected_firings.len(),
+        sent.len(),
     );
     let status = first.process.terminate();
     assert!(status.success(), "SIGTERM exit: {status}");
