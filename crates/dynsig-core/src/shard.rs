@@ -4,9 +4,10 @@
 //!
 //! Every shard is fed every input, but counts only the terms and series it owns: event
 //! time, window coverage and a window's event count then agree between shards without
-//! any exchange. What needs all terms at once, a window's ranking, is merged from the
-//! shards' own rankings by [`crate::trend_merge`]: exact, since a term's whole count is
-//! in one shard and the ranking order compares terms one by one.
+//! any exchange. What needs all keys at once is merged from what the shards publish by
+//! [`crate::shard_merge`]: a window's ranking (exact, since a term's whole count is in
+//! one shard and the ranking order compares terms one by one), and the metafilter, which
+//! groups, silences and budgets all shards' alert messages.
 //!
 //! Placement rules beyond "hash of the key":
 //! - an actor's series (`actors.actor=<id>`) goes with the actor's term, so that the
@@ -16,16 +17,15 @@
 //! - co-mentions (pairs of actors in one post) need all of a post's actors: shard 0
 //!   keeps them.
 //!
-//! What is not the same as one engine (checked in `tests/sharding.rs` and `dynsig replay
-//! --shards`):
-//! - the metafilter runs in each shard over that shard's alerts, so grouping,
-//!   inhibition and attention budgets apply within a shard: the notification stream
-//!   differs (more, smaller groups), while every alert message is the same;
+//! What is not the same as one engine (the rest is checked equal in `tests/sharding.rs`
+//! and by `dynsig replay --shards`):
 //! - an actor's anomaly alert quotes the top terms about the actor from its shard's
 //!   ranking only;
 //! - a trend alert is judged on its shard's top k, so a term outside the overall top k
 //!   can alert when more than k terms score above `trends.alert_score`;
-//! - caps (`trends.max_terms_per_window`, `trends.max_baselines`) apply per shard.
+//! - caps (`trends.max_terms_per_window`, `trends.max_baselines`) apply per shard;
+//! - feedback moves the thresholds of the shard of the alert voted on, including the
+//!   factor of its whole rule (one engine's rule factor would move for every key).
 
 use crate::model::TermKind;
 use crate::term_key;

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::alerting::AlertStage;
 use crate::config::{window_name, EngineConfig, RankBy};
+use crate::engine::RestoreError;
 use crate::model::{Alert, EpochMs, Signal, TrendSnapshot};
 use crate::routing::RoutingError;
 use crate::trend::rank_order;
@@ -44,8 +45,10 @@ pub struct ShardWindow {
 }
 
 /// Merges shards' windows as they arrive, in any order.
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct ShardMerge {
+    /// The engine config, as JSON: a checkpoint restores only under the same.
+    config: String,
     shards: u32,
     top_k: usize,
     rank_by: RankBy,
@@ -66,7 +69,7 @@ pub struct ShardMerge {
     latest_end: Option<EpochMs>,
 }
 
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Pending {
     from: BTreeSet<u32>,
     window: ShardWindow,
@@ -89,6 +92,7 @@ impl ShardMerge {
     /// assumed valid but for `routing`, checked here.
     pub fn new(shards: u32, config: &EngineConfig) -> Result<ShardMerge, RoutingError> {
         Ok(ShardMerge {
+            config: serde_json::to_string(config).expect("a config serializes"),
             shards,
             top_k: config.trends.top_k,
             rank_by: config.trends.rank_by,
@@ -202,6 +206,24 @@ impl ShardMerge {
     /// Emissions still waiting for some shard's snapshot.
     pub fn waiting(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Writes the merge's whole state (windows waiting, the windows merged lately, the
+    /// shards' progress, the metafilter with its silences) as CBOR, for a checkpoint.
+    pub fn save_into<W: std::io::Write>(&self, out: W) -> std::io::Result<()> {
+        crate::engine::encode_state(self, out)
+    }
+
+    /// Replaces the state with a saved one, if saved by a merge of the same shards and
+    /// config (the same check as the engine's: another config refuses it).
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
+        let saved: ShardMerge =
+            ciborium::from_reader(bytes).map_err(|e| RestoreError::Decode(e.to_string()))?;
+        if (saved.shards, &saved.config) != (self.shards, &self.config) {
+            return Err(RestoreError::ConfigChanged);
+        }
+        *self = saved;
+        Ok(())
     }
 
     /// The windows of a shard's signals (as one poll returned them), each snapshot with
@@ -341,6 +363,27 @@ mod tests {
         // Redelivered after its merge went out.
         assert_eq!(merge.push_window(1, window(0, 1, vec![])), Merged::Repeated);
         assert_eq!(merge.waiting(), 0);
+    }
+
+    #[test]
+    fn a_saved_merge_restores_only_under_the_same_config() {
+        let mut saved = merge(2, 20);
+        assert_eq!(saved.push_window(0, window(0, 1, vec![])), Merged::Waiting);
+        let mut bytes = Vec::new();
+        saved.save_into(&mut bytes).unwrap();
+        let mut restored = merge(2, 20);
+        restored.restore(&bytes).unwrap();
+        assert_eq!(restored.waiting(), 1);
+        assert!(matches!(
+            restored.push_window(1, window(0, 1, vec![])),
+            Merged::Complete(_)
+        ));
+        for mut other in [merge(3, 20), merge(2, 10)] {
+            assert!(matches!(
+                other.restore(&bytes),
+                Err(RestoreError::ConfigChanged)
+            ));
+        }
     }
 
     #[test]

@@ -438,7 +438,7 @@ impl TrendDetector {
 /// `Less` when term `a` ranks before `b`, each as (score, count, text, kind): by score
 /// (then count) or by count; ties by text, then kind, so that `#fire` and `fire` sort as
 /// they are written. The one ranking order, also used to merge shards' rankings
-/// ([`crate::trend_merge`]).
+/// ([`crate::shard_merge`]).
 pub fn rank_order(
     rank_by: RankBy,
     (score_a, count_a, text_a, kind_a): (f64, u64, &str, TermKind),

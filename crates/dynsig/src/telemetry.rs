@@ -38,6 +38,8 @@ pub mod names {
     pub const CHECKPOINTS: &str = "dynsig_checkpoints_total";
     pub const CHECKPOINT_RESTORES: &str = "dynsig_checkpoint_restores_total";
     pub const CATALOG_RELOAD_FAILURES: &str = "dynsig_catalog_reload_failures_total";
+    pub const SHARDS_OWNED: &str = "dynsig_shards_owned";
+    pub const MERGE_OWNED: &str = "dynsig_merge_owned";
 }
 
 /// Log output format.
@@ -183,6 +185,14 @@ fn describe() {
     describe_counter!(CHECKPOINTS, "Checkpoints acknowledged by the broker.");
     describe_counter!(
         CHECKPOINT_RESTORES,
-        "Checkpoints found at start, by outcome (restored, stale, refused, unreadable)."
+        "Checkpoints found at start (sharded: when a shard or the merge is taken over), by outcome (restored, stale, refused, unreadable)."
+    );
+    describe_gauge!(
+        SHARDS_OWNED,
+        "With scale.shards > 1: the shards whose engines this instance runs."
+    );
+    describe_gauge!(
+        MERGE_OWNED,
+        "With scale.shards > 1: 1 when this instance runs the shards' merge (trend snapshots, notifications)."
     );
 }

@@ -42,6 +42,7 @@ use crate::window_terms::WindowTerms;
 
 mod state;
 mod terms;
+pub(crate) use state::encode as encode_state;
 pub use state::{RestoreError, StateSnapshot};
 pub use terms::{PostTerms, TermExtractor};
 

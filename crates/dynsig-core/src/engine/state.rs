@@ -87,7 +87,8 @@ impl StateSnapshot {
     }
 }
 
-fn encode<W: std::io::Write>(state: &EngineState<'_>, out: W) -> std::io::Result<()> {
+/// A state as CBOR (the engine's, or another stage's that is checkpointed alike).
+pub(crate) fn encode<W: std::io::Write>(state: &impl Serialize, out: W) -> std::io::Result<()> {
     ciborium::into_writer(state, out).map_err(|error| match error {
         ciborium::ser::Error::Io(error) => error,
         // Every part of the state is a plain value CBOR can hold.

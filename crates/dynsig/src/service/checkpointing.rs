@@ -4,7 +4,7 @@
 //! on the topic is in [`crate::checkpoint`].
 
 use std::collections::HashMap;
-use std::io::Write as _;
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +25,15 @@ use super::{source_of, topic_name, wall_now_ms, Batch, InputConsumer, PartitionK
 
 /// Checkpoints take at most about 1/COST_SHARE of the time (see [`Checkpointing::is_due`]).
 const COST_SHARE: u32 = 20;
+
+/// A copy of some state, taken now and encoded later on a blocking thread.
+pub(super) type StateWriter = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send>;
+
+/// An engine's state as a [`StateWriter`]: copied now (see `Engine::snapshot_state`).
+pub(super) fn engine_state(engine: &Engine) -> StateWriter {
+    let snapshot = engine.snapshot_state();
+    Box::new(move |out| snapshot.write_into(out))
+}
 
 /// A checkpoint on its way to the broker, or (without records) the one restored at start:
 /// either way, once its records are acknowledged, offsets may be committed up to its
@@ -214,16 +223,21 @@ impl Checkpointing {
         }
         state.changed_since_checkpoint = false;
         let covered = state.next_offsets.clone();
-        self.begin_covering(owner.processor.engine(), topics, covered, Vec::new());
+        self.begin_covering(
+            engine_state(owner.processor.engine()),
+            topics,
+            covered,
+            Vec::new(),
+        );
     }
 
-    /// Starts a checkpoint of `engine` covering the consumed partitions up to `covered`,
+    /// Starts a checkpoint of `state` covering the consumed partitions up to `covered`,
     /// and (for a shard) the input partitions up to `inputs` (see [`Manifest::inputs`]).
     ///
     /// [`Manifest::inputs`]: crate::checkpoint::Manifest::inputs
     pub(super) fn begin_covering(
         &mut self,
-        engine: &Engine,
+        state: StateWriter,
         topics: &TopicsConfig,
         covered: HashMap<PartitionKey, i64>,
         inputs: Vec<Position>,
@@ -231,7 +245,6 @@ impl Checkpointing {
         let started = Instant::now();
         self.last = started;
         self.in_flight_since = Some(started);
-        let snapshot = engine.snapshot_state();
         let positions: Vec<Position> = covered
             .iter()
             .map(|(&(source, partition), &next_offset)| Position {
@@ -251,9 +264,7 @@ impl Checkpointing {
             // (profiled: the writes themselves were ~10% of the service's CPU).
             let written = {
                 let mut buffered = std::io::BufWriter::with_capacity(1 << 16, &mut encoded);
-                snapshot
-                    .write_into(&mut buffered)
-                    .and_then(|()| buffered.flush())
+                state(&mut buffered).and_then(|()| buffered.flush())
             };
             if let Err(error) = written {
                 tracing::error!(%error, "cannot encode the state: no checkpoint");
@@ -314,13 +325,13 @@ impl Checkpointing {
     /// [`Self::last`] for a checkpoint made by [`Self::begin_covering`].
     pub(super) async fn last_covering(
         &mut self,
-        engine: &Engine,
+        state: StateWriter,
         topics: &TopicsConfig,
         covered: HashMap<PartitionKey, i64>,
         inputs: Vec<Position>,
     ) -> Vec<CheckpointWrite> {
         let mut writes = self.finish_encoding().await;
-        self.begin_covering(engine, topics, covered, inputs);
+        self.begin_covering(state, topics, covered, inputs);
         writes.extend(self.finish_encoding().await);
         writes
     }

@@ -305,7 +305,7 @@ pub async fn run(
         ))
     };
     let scope = if sharded {
-        CheckpointScope::Repartition
+        CheckpointScope::Shards
     } else {
         CheckpointScope::Everything
     };

@@ -38,7 +38,7 @@ use rdkafka::consumer::Consumer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::checkpoint::{CheckpointTopic, Position};
+use crate::checkpoint::{CheckpointTopic, Position, Saved};
 use crate::config::{Config, TopicsConfig};
 use crate::control::{self, Command, FeedbackError, ReadModelWriter};
 use crate::kafka;
@@ -46,7 +46,7 @@ use crate::output::{self, Content, OutRecord, SourcePosition};
 use crate::processor::Processor;
 use crate::telemetry::names;
 
-use super::checkpointing::{CheckpointWrite, Checkpointing};
+use super::checkpointing::{engine_state, CheckpointWrite, Checkpointing, StateWriter};
 use super::fragment::{self, FragmentKind};
 use super::transform::{InputState, TransformState, BATCH_BYTES, BATCH_INPUTS, TICK};
 use super::{
@@ -111,7 +111,13 @@ struct Sharded {
     count: u32,
     shards: BTreeMap<u32, ShardEngine>,
     merge: ShardMerge,
-    /// The offset of the first partial snapshot that is still waiting in the merge.
+    /// This instance reads `topics.partials`: it runs the merge.
+    merging: bool,
+    /// The merge's checkpoints (with the shards' topic, keyed `<group>#merge`).
+    merge_checkpointing: Option<Checkpointing>,
+    merge_changed: bool,
+    /// The offset of the first record of `topics.partials` whose window still waits in
+    /// the merge.
     partials_held: Option<i64>,
     /// The engine's indexes of every input partition: each shard hears from all of them.
     input_partitions: Vec<u32>,
@@ -138,6 +144,9 @@ pub(super) async fn transform(
         count,
         shards: BTreeMap::new(),
         merge,
+        merging: false,
+        merge_checkpointing: None,
+        merge_changed: false,
         partials_held: None,
         input_partitions: Vec::new(),
         caught_up_sent_at: 0,
@@ -263,7 +272,57 @@ impl Sharded {
         for shard in self.shards.values_mut() {
             shard.processor.assign_partitions(&self.input_partitions);
         }
+        gauge!(names::SHARDS_OWNED).set(self.shards.len() as f64);
+        let merging = assignment
+            .partitions()
+            .iter()
+            .any(|(topic, _)| *topic == self.topics.partials);
+        gauge!(names::MERGE_OWNED).set(if merging { 1.0 } else { 0.0 });
+        if merging != self.merging {
+            self.merging = merging;
+            let restored = self.start_merge(merging, input).await;
+            if let Some(write) = restored {
+                let batch = Batch {
+                    checkpoint: Some(write),
+                    ..Batch::default()
+                };
+                if tx.send(batch).await.is_err() {
+                    return false;
+                }
+            }
+        }
         true
+    }
+
+    /// Starts the merge afresh when this instance got `topics.partials` (restored from its
+    /// checkpoint, if any) or lost it; returns what the sink must know of the checkpoint.
+    async fn start_merge(&mut self, merging: bool, input: &InputState) -> Option<CheckpointWrite> {
+        let config = self.owner.config.clone();
+        self.merge = ShardMerge::new(self.count, &config.engine())
+            .expect("the config was validated at start");
+        self.merge_checkpointing = None;
+        self.partials_held = None;
+        let key = (Source::Partials, 0);
+        self.state.next_offsets.remove(&key);
+        self.state.safe_offsets_sent.remove(&key);
+        tracing::info!(merging, "the shards' merge moved");
+        let topic = self.owner.checkpoint_topic.clone().filter(|_| merging)?;
+        let topic = CheckpointTopic {
+            group: format!("{}#merge", topic.group),
+            ..topic
+        };
+        let acknowledged = Arc::new(AtomicU64::new(0));
+        let mut checkpointing =
+            Checkpointing::start(topic, &config, input.consumer.clone(), acknowledged).await;
+        let restored = checkpointing.to_restore.take().and_then(|saved| {
+            let merge = &mut self.merge;
+            let at = (&*self.topics, &mut self.state);
+            restore_checkpoint(at, key, &checkpointing, saved, |bytes| {
+                merge.restore(bytes).map_err(|error| error.to_string())
+            })
+        });
+        self.merge_checkpointing = Some(checkpointing);
+        restored.map(|(write, _)| write)
     }
 
     /// Starts the engine of `shard`, restored from the shard's checkpoint if there is a
@@ -295,7 +354,24 @@ impl Sharded {
             let mut checkpointing =
                 Checkpointing::start(topic, config, input.consumer.clone(), acknowledged).await;
             if let Some(saved) = checkpointing.to_restore.take() {
-                restored = self.restore(index, &mut shard, &checkpointing, saved);
+                let key = (Source::Repartition, index as i32);
+                let engine = shard.processor.engine_mut();
+                let at = (&*self.topics, &mut self.state);
+                let outcome = restore_checkpoint(at, key, &checkpointing, saved, |bytes| {
+                    engine
+                        .restore_state(bytes)
+                        .map_err(|error| error.to_string())
+                });
+                if let Some((write, inputs)) = outcome {
+                    for input in inputs {
+                        if let Some(Source::Input(kind)) = source_of(&self.topics, &input.topic) {
+                            shard
+                                .inputs_next
+                                .insert((kind, input.partition), input.next_offset);
+                        }
+                    }
+                    restored = Some(write);
+                }
             }
             shard.checkpointing = Some(checkpointing);
         }
@@ -306,59 +382,6 @@ impl Sharded {
         );
         self.shards.insert(index, shard);
         restored
-    }
-
-    /// Restores a shard's checkpoint into its engine.
-    fn restore(
-        &mut self,
-        index: u32,
-        shard: &mut ShardEngine,
-        checkpointing: &Checkpointing,
-        saved: crate::checkpoint::Saved,
-    ) -> Option<CheckpointWrite> {
-        let key: PartitionKey = (Source::Repartition, index as i32);
-        let position = saved
-            .manifest
-            .positions
-            .iter()
-            .find(|p| p.topic == self.topics.repartition && p.partition == key.1)
-            .map(|p| p.next_offset);
-        let restored = match position {
-            None => Err("it covers no position of the shard's partition".to_owned()),
-            Some(position) => shard
-                .processor
-                .engine_mut()
-                .restore_state(&saved.state)
-                .map(|()| position)
-                .map_err(|error| error.to_string()),
-        };
-        let position = match restored {
-            Ok(position) => position,
-            Err(error) => {
-                tracing::warn!(shard = index, %error, "shard checkpoint not restored");
-                counter!(names::CHECKPOINT_RESTORES, "outcome" => "refused").increment(1);
-                return None;
-            }
-        };
-        counter!(names::CHECKPOINT_RESTORES, "outcome" => "restored").increment(1);
-        for input in &saved.manifest.inputs {
-            if let Some(Source::Input(kind)) = source_of(&self.topics, &input.topic) {
-                shard
-                    .inputs_next
-                    .insert((kind, input.partition), input.next_offset);
-            }
-        }
-        // Records below the position are in the restored state: a redelivery skips them.
-        self.state.next_offsets.insert(key, position);
-        Some(CheckpointWrite {
-            chunks: Vec::new(),
-            manifest: None,
-            positions: HashMap::from([(key, position)]),
-            generation: saved.manifest.generation,
-            started: std::time::Instant::now(),
-            bytes: saved.manifest.bytes,
-            acknowledged: checkpointing.acknowledged.clone(),
-        })
     }
 
     fn handle(&mut self, mut record: Consumed) {
@@ -386,7 +409,10 @@ impl Sharded {
             Source::Input(kind) => self.forward_input(kind, &record),
             Source::Feedback => self.forward_verdict(&record),
             Source::Repartition => self.count(&mut record),
-            Source::Partials => self.merge_partial(&record),
+            Source::Partials => {
+                self.merge_changed = true;
+                self.merge_partial(&record);
+            }
         }
         self.state.recycle(record);
     }
@@ -777,11 +803,22 @@ impl Sharded {
                 shard.changed_since_checkpoint = false;
                 let (covered, inputs) =
                     coverage(&self.topics, &self.state, index, &shard.inputs_next);
+                let state = engine_state(shard.processor.engine());
+                checkpointing.begin_covering(state, &self.topics, covered, inputs);
+            }
+        }
+        if let Some(checkpointing) = self.merge_checkpointing.as_mut() {
+            if checkpointing.is_encoded() {
+                writes.extend(checkpointing.encoded().await);
+            }
+            if self.merge_changed && checkpointing.encoding.is_none() && checkpointing.is_due() {
+                self.merge_changed = false;
+                let covered = merge_coverage(&self.state);
                 checkpointing.begin_covering(
-                    shard.processor.engine(),
+                    merge_state(&self.merge),
                     &self.topics,
                     covered,
-                    inputs,
+                    Vec::new(),
                 );
             }
         }
@@ -797,9 +834,19 @@ impl Sharded {
                 continue;
             };
             let (covered, inputs) = coverage(&self.topics, &self.state, index, &shard.inputs_next);
+            let state = engine_state(shard.processor.engine());
             writes.extend(
                 checkpointing
-                    .last_covering(shard.processor.engine(), &self.topics, covered, inputs)
+                    .last_covering(state, &self.topics, covered, inputs)
+                    .await,
+            );
+        }
+        if let Some(checkpointing) = self.merge_checkpointing.as_mut() {
+            let covered = merge_coverage(&self.state);
+            let state = merge_state(&self.merge);
+            writes.extend(
+                checkpointing
+                    .last_covering(state, &self.topics, covered, Vec::new())
                     .await,
             );
         }
@@ -907,6 +954,73 @@ fn coverage(
         })
         .collect();
     (covered, inputs)
+}
+
+/// Restores a saved checkpoint with `restore`, if it covers `key` (the shard's or
+/// the merge's partition): its write for the sink (offsets are then committed up to
+/// its position, and no further until the next), and the saved input positions.
+fn restore_checkpoint(
+    (topics, state): (&TopicsConfig, &mut TransformState),
+    key: PartitionKey,
+    checkpointing: &Checkpointing,
+    saved: Saved,
+    restore: impl FnOnce(&[u8]) -> Result<(), String>,
+) -> Option<(CheckpointWrite, Vec<Position>)> {
+    let topic = topic_name(topics, key.0);
+    let position = saved
+        .manifest
+        .positions
+        .iter()
+        .find(|p| p.topic == topic && p.partition == key.1)
+        .map(|p| p.next_offset);
+    let restored = match position {
+        None => Err(format!("it covers no position of {topic} {}", key.1)),
+        Some(position) => restore(&saved.state).map(|()| position),
+    };
+    let position = match restored {
+        Ok(position) => position,
+        Err(error) => {
+            tracing::warn!(topic, partition = key.1, %error, "checkpoint not restored");
+            counter!(names::CHECKPOINT_RESTORES, "outcome" => "refused").increment(1);
+            return None;
+        }
+    };
+    tracing::info!(
+        topic,
+        partition = key.1,
+        generation = saved.manifest.generation,
+        "checkpoint restored"
+    );
+    counter!(names::CHECKPOINT_RESTORES, "outcome" => "restored").increment(1);
+    // Records below the position are in the restored state: a redelivery skips them.
+    state.next_offsets.insert(key, position);
+    let write = CheckpointWrite {
+        chunks: Vec::new(),
+        manifest: None,
+        positions: HashMap::from([(key, position)]),
+        generation: saved.manifest.generation,
+        started: std::time::Instant::now(),
+        bytes: saved.manifest.bytes,
+        acknowledged: checkpointing.acknowledged.clone(),
+    };
+    Some((write, saved.manifest.inputs))
+}
+
+/// What a checkpoint of the merge covers: `topics.partials` up to the next offset to
+/// process.
+fn merge_coverage(state: &TransformState) -> HashMap<PartitionKey, i64> {
+    let key = (Source::Partials, 0);
+    state
+        .next_offsets
+        .get(&key)
+        .map(|&next| HashMap::from([(key, next)]))
+        .unwrap_or_default()
+}
+
+/// The merge's state as a [`StateWriter`]: copied now.
+fn merge_state(merge: &ShardMerge) -> StateWriter {
+    let merge = merge.clone();
+    Box::new(move |out| merge.save_into(out))
 }
 
 /// A record of `topics.partials` (one partition: one instance merges).

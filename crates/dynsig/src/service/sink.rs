@@ -30,14 +30,18 @@ pub(super) enum CheckpointScope {
     /// One engine's checkpoint covers every consumed partition, and each replaces the
     /// last.
     Everything,
-    /// Each shard's checkpoint covers its partition of `topics.repartition`; the other
-    /// partitions (inputs, verdicts, partial snapshots) hold no state of their own.
-    Repartition,
+    /// Each shard's checkpoint covers its partition of `topics.repartition`, and the
+    /// merge's covers `topics.partials`; the other partitions (inputs, verdicts) hold no
+    /// state of their own.
+    Shards,
 }
 
 impl CheckpointScope {
     fn covers(self, source: Source) -> bool {
-        self == CheckpointScope::Everything || source == Source::Repartition
+        match self {
+            CheckpointScope::Everything => true,
+            CheckpointScope::Shards => matches!(source, Source::Repartition | Source::Partials),
+        }
     }
 }
 
