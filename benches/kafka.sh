@@ -6,10 +6,14 @@
 # post is consumed and every window closed and published. Measures the service's and the
 # broker's CPU (from /proc) and the service's peak RSS.
 #
+# SHARDS=N (default 1) runs the one instance with `[scale] shards = N`: every post goes
+# through `dynsig.repartition` to N shard engines (what scaling out costs one instance).
+#
 # Last line: posts_per_s=N service_cpu_s=C peak_rss_mb=M broker_cpu_s=B wall_s=W
 set -euo pipefail
 
 POSTS=${1:-5000000}
+SHARDS=${SHARDS:-1}
 source "$(dirname "${BASH_SOURCE[0]}")/broker_bench.sh"
 RUN=$(mktemp -d)
 HTTP=127.0.0.1:$(free_port)
@@ -55,6 +59,8 @@ partitions = 8
 size_ms = 60000
 allowed_lateness_ms = 5000
 idle_timeout_ms = 2000
+[scale]
+shards = $SHARDS
 TOML
 cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 broker_cpu0=$(cpu_of "$TANSU")
@@ -71,7 +77,7 @@ start = time.time()
 def metric(text, name):
     total = None
     for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
+        if line.startswith(name + ("" if "{" in name else "{")) or line.startswith(name + " "):
             total = (total or 0) + float(line.rsplit(" ", 1)[1])
     return total
 deadline = time.time() + 1800
@@ -79,7 +85,7 @@ first = None
 while time.time() < deadline:
     try:
         text = urllib.request.urlopen(f"http://{http}/metrics", timeout=2).read().decode()
-        consumed = metric(text, "dynsig_events_consumed_total") or 0
+        consumed = metric(text, 'dynsig_events_consumed_total{topic="posts"}') or 0
         if consumed and first is None:
             first = time.time()
             print(f"first record consumed {first - start:.2f} s after start (group join)", file=sys.stderr)

@@ -20,6 +20,8 @@ use support::feed::{final_counts, firings, Feed};
 use support::{http_get, metric_sum, read_jsonl, Service, TestBroker, TestDir};
 
 const ROUNDS: usize = 20;
+/// `trends.top_k` (the default).
+const TOP_K: usize = 20;
 /// Rounds produced while both instances run.
 const BEFORE_KILL: usize = 9;
 
@@ -60,6 +62,25 @@ fn final_entries(snapshots: &[Value]) -> BTreeMap<i64, Value> {
     entries
 }
 
+/// A trend alert whose term the replay's ranking of its window left out, every one of
+/// its `top_k` entries scoring at least as high.
+fn ranked_out(alert: &Value, replayed: &BTreeMap<i64, &Value>) -> bool {
+    let signal = &alert["signals"][0];
+    let (Some(start), Some(score)) = (signal["window_start"].as_i64(), signal["score"].as_f64())
+    else {
+        return false;
+    };
+    let Some(entries) = replayed.get(&start).and_then(|s| s["entries"].as_array()) else {
+        return false;
+    };
+    let term = alert["labels"]["term"].as_str().unwrap_or("");
+    alert["cause"] == "trend"
+        && entries.len() == TOP_K
+        && entries
+            .iter()
+            .all(|e| e["term"] != term && e["score"].as_f64() >= Some(score))
+}
+
 fn anomalies(records: &[Value]) -> BTreeSet<String> {
     records.iter().map(Value::to_string).collect()
 }
@@ -80,7 +101,13 @@ fn notifications(records: &[Value]) -> BTreeSet<String> {
 async fn two_instances_publish_what_one_does_and_one_survives_the_other() {
     let scratch = TestDir::new("scale-out");
     let feed = Feed::generate(scratch.path(), CONFIG, ROUNDS);
-    let expected_entries = final_entries(&read_jsonl(&feed.replayed.join("signals.trends.jsonl")));
+    let replayed_trends: Vec<Value> = read_jsonl(&feed.replayed.join("signals.trends.jsonl"));
+    let expected_entries = final_entries(&replayed_trends);
+    let replayed_snapshots: BTreeMap<i64, &Value> = replayed_trends
+        .iter()
+        .filter(|s| s["final"] == true)
+        .map(|s| (s["window_start"].as_i64().unwrap(), s))
+        .collect();
     let expected_anomalies = anomalies(&read_jsonl(&feed.replayed.join("signals.anomalies.jsonl")));
     assert!(
         !expected_anomalies.is_empty(),
@@ -185,17 +212,22 @@ async fn two_instances_publish_what_one_does_and_one_survives_the_other() {
         .await;
     let alerts: Vec<Value> = alerts.iter().map(support::parse).collect();
     let fired = firings(&alerts);
-    survivor.check(fired == feed.expected_firings, || {
-        let extra: Vec<&Value> = alerts
-            .iter()
-            .filter(|a| {
-                a["status"] == "firing"
-                    && !feed
-                        .expected_firings
-                        .contains(a["id"].as_str().unwrap_or(""))
-            })
-            .collect();
-        format!("firing alerts the replay did not fire: {extra:#?}")
+    let missed: Vec<&String> = feed.expected_firings.difference(&fired).collect();
+    // The one documented difference (operator guide, "Scaling"): a trend alert is judged
+    // on its shard's top k, so a term can alert that more than top k higher-scoring terms
+    // kept out of the overall ranking. Any other extra alert fails.
+    let unexplained: Vec<&Value> = alerts
+        .iter()
+        .filter(|a| a["status"] == "firing")
+        .filter(|a| {
+            !feed
+                .expected_firings
+                .contains(a["id"].as_str().unwrap_or(""))
+        })
+        .filter(|a| !ranked_out(a, &replayed_snapshots))
+        .collect();
+    survivor.check(missed.is_empty() && unexplained.is_empty(), || {
+        format!("firing alerts the replay fired and these did not: {missed:?}; fired and not explained: {unexplained:#?}")
     });
     let published = survivor
         .wait_for_records(&broker, "signals.anomalies", "the anomalies", |r| {
@@ -225,8 +257,19 @@ async fn two_instances_publish_what_one_does_and_one_survives_the_other() {
             expected_firing.is_subset(&seen)
         })
         .await;
-    let sent = notifications(&sent.iter().map(support::parse).collect::<Vec<_>>());
-    let unexpected: Vec<&String> = sent.difference(&expected_notifications).collect();
+    let sent: Vec<Value> = sent.iter().map(support::parse).collect();
+    // Those of ranked-out trend alerts (above) aside.
+    let explained = |n: &&Value| {
+        n["alerts"]
+            .as_array()
+            .is_some_and(|alerts| alerts.iter().all(|a| ranked_out(a, &replayed_snapshots)))
+    };
+    let sent_unexplained: Vec<Value> = sent.iter().filter(|n| !explained(n)).cloned().collect();
+    let sent = notifications(&sent);
+    let unexpected: Vec<String> = notifications(&sent_unexplained)
+        .difference(&expected_notifications)
+        .cloned()
+        .collect();
     assert!(
         unexpected.is_empty(),
         "notifications the replay did not send: {unexpected:#?}"
