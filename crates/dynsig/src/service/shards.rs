@@ -123,6 +123,9 @@ struct Sharded {
     input_partitions: Vec<u32>,
     /// When the input partitions read to their end were last announced (wall time).
     caught_up_sent_at: i64,
+    /// Where reading each assigned input partition started (its committed offset, else
+    /// its first): the read position of a partition nothing was read from yet.
+    input_starts: HashMap<PartitionKey, i64>,
     state: TransformState,
 }
 
@@ -150,6 +153,7 @@ pub(super) async fn transform(
         partials_held: None,
         input_partitions: Vec::new(),
         caught_up_sent_at: 0,
+        input_starts: HashMap::new(),
         state: TransformState {
             recycler: Some(recycler),
             ..TransformState::default()
@@ -254,6 +258,7 @@ impl Sharded {
             self.state.safe_offsets_sent.remove(&key);
         }
         self.input_partitions = input_partitions(input, &self.topics).await;
+        self.input_starts = input_starts(input, &self.topics).await;
         for shard in owned {
             if self.shards.contains_key(&shard) {
                 continue;
@@ -868,18 +873,14 @@ impl Sharded {
             else {
                 continue;
             };
-            let read = self
-                .state
-                .next_offsets
-                .get(&(source, partition))
-                .copied()
-                .or_else(|| {
-                    let position = positions.as_ref()?.find_partition(&topic, partition)?;
-                    match position.offset() {
-                        rdkafka::Offset::Offset(offset) => Some(offset),
-                        _ => None,
-                    }
-                });
+            let key = (source, partition);
+            let read = self.state.next_offsets.get(&key).copied().or_else(|| {
+                let position = positions.as_ref()?.find_partition(&topic, partition)?;
+                match position.offset() {
+                    rdkafka::Offset::Offset(offset) => Some(offset),
+                    _ => self.input_starts.get(&key).copied(),
+                }
+            });
             if read.is_some_and(|read| read >= high) {
                 records.extend(fragment::caught_up_fragments(
                     &self.topics,
@@ -1033,6 +1034,52 @@ fn to_merge_record(topics: &TopicsConfig, partial: &ToMerge) -> OutRecord {
         headers: vec![("content-type", b"application/json".to_vec())],
         content: Content::Internal,
     }
+}
+
+/// Where reading the assigned input partitions starts: the group's committed offset, or
+/// the partition's first (`auto.offset.reset = earliest`). Asked of the broker once per
+/// assignment; a partition it cannot say is left out (never announced as read out until
+/// a record of it is read).
+async fn input_starts(input: &InputState, topics: &TopicsConfig) -> HashMap<PartitionKey, i64> {
+    let consumer = input.consumer.clone();
+    let assigned: Vec<(Source, String, i32)> = input
+        .assignment
+        .partitions()
+        .into_iter()
+        .filter_map(|(topic, partition)| match source_of(topics, &topic) {
+            Some(source @ Source::Input(_)) => Some((source, topic, partition)),
+            _ => None,
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for (_, topic, partition) in &assigned {
+            tpl.add_partition(topic, *partition);
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(5)).ok();
+        let mut starts = HashMap::new();
+        for (source, topic, partition) in assigned {
+            let committed = committed
+                .as_ref()
+                .and_then(|c| c.find_partition(&topic, partition))
+                .and_then(|e| match e.offset() {
+                    rdkafka::Offset::Offset(offset) => Some(offset),
+                    _ => None,
+                });
+            let start = committed.or_else(|| {
+                consumer
+                    .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+                    .ok()
+                    .map(|(low, _)| low)
+            });
+            if let Some(start) = start {
+                starts.insert((source, partition), start);
+            }
+        }
+        starts
+    })
+    .await
+    .unwrap_or_default()
 }
 
 /// The engine's indexes of every partition of the input topics (from the cluster's
