@@ -115,7 +115,9 @@ async fn two_instances_publish_what_one_does_and_one_survives_the_other() {
     );
 
     let broker = TestBroker::start();
-    broker.create_topics(&[("posts", 3), ("events", 3)]).await;
+    // The feed fills 3 partitions of each: the fourth of `events` stays empty, and must
+    // not hold the shards' event time (it is idle as soon as it is known to be empty).
+    broker.create_topics(&[("posts", 3), ("events", 4)]).await;
     let mut first = Service::start(&broker, "dynsig.dlq", CONFIG, &[]);
     let mut second = Service::start(&broker, "dynsig.dlq", CONFIG, &[]);
     first.wait_http_ok("/readyz", Duration::from_secs(60)).await;
