@@ -302,3 +302,96 @@ async fn two_instances_publish_what_one_does_and_one_survives_the_other() {
     let status = survivor.process.terminate();
     assert!(status.success(), "SIGTERM exit: {status}");
 }
+
+/// A silence posted to the API of an instance that does not run the merge reaches the
+/// merge's metafilter (through `dynsig.partials`): the anomaly notifications it matches
+/// are held back, the others go out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silence_posted_to_any_instance_reaches_the_merge() {
+    const TOKEN: &str = "scale-out-token";
+    let scratch = TestDir::new("scale-out-silence");
+    let feed = Feed::generate(scratch.path(), CONFIG, ROUNDS);
+    let replayed: Vec<Value> = read_jsonl(&feed.replayed.join("signals.notifications.jsonl"));
+    let rule = |n: &Value| n["common_labels"]["rule"].as_str().unwrap_or("").to_owned();
+    assert!(
+        replayed.iter().any(|n| rule(n) == "anomaly"),
+        "the feed must notify anomalies"
+    );
+    let expected_trends = notifications(
+        &replayed
+            .iter()
+            .filter(|n| n["status"] == "firing" && rule(n) == "trend")
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+
+    let broker = TestBroker::start();
+    broker.create_topics(&[("posts", 3), ("events", 3)]).await;
+    let env = [("DYNSIG_HTTP__API_TOKEN", TOKEN)];
+    let mut first = Service::start(&broker, "dynsig.dlq", CONFIG, &env);
+    let mut second = Service::start(&broker, "dynsig.dlq", CONFIG, &env);
+    first.wait_http_ok("/readyz", Duration::from_secs(60)).await;
+    second
+        .wait_http_ok("/readyz", Duration::from_secs(60))
+        .await;
+    let mut merging = [0.0, 0.0];
+    for _ in 0..300 {
+        merging = [
+            metric(&first, "dynsig_merge_owned").await,
+            metric(&second, "dynsig_merge_owned").await,
+        ];
+        if merging[0] + merging[1] == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.check(merging[0] + merging[1] == 1.0, || {
+        format!("instances running the merge: {merging:?}")
+    });
+    let (merge, other) = if merging[0] == 1.0 {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    let silence = format!(
+        r#"{{"id":"no-anomalies","matchers":{{"rule":"anomaly"}},"starts_at":{T0},"ends_at":4102444000000}}"#,
+        T0 = support::feed::T0
+    );
+    other
+        .expect("POST", "/api/silences", Some(TOKEN), Some(&silence), 201)
+        .await;
+    for round in 0..ROUNDS {
+        feed.produce(&broker, round).await;
+    }
+
+    let mut merge = merge;
+    let sent = merge
+        .wait_for_records(
+            &broker,
+            "signals.notifications",
+            "the trend notifications",
+            |r| {
+                let seen = notifications(&r.iter().map(support::parse).collect::<Vec<_>>());
+                expected_trends.is_subset(&seen)
+            },
+        )
+        .await;
+    let sent: Vec<Value> = sent.iter().map(support::parse).collect();
+    let anomalies: Vec<&Value> = sent.iter().filter(|n| rule(n) == "anomaly").collect();
+    merge.check(anomalies.is_empty(), || {
+        format!("anomaly notifications went out despite the silence: {anomalies:#?}")
+    });
+    let silenced = metric(
+        &merge,
+        r#"dynsig_alerts_suppressed_total{reason="silenced"}"#,
+    )
+    .await;
+    merge.check(silenced >= 1.0, || {
+        format!("the merge counted {silenced} silenced alert messages")
+    });
+    eprintln!(
+        "scale-out silence: {} trend notifications sent, {silenced} anomaly messages silenced",
+        sent.len()
+    );
+    drop(other);
+}

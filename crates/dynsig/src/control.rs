@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dynsig_core::alerting::FeedbackRejected;
+use dynsig_core::alerting::{AlertStage, FeedbackRejected};
 use dynsig_core::catalog::{Actor, ActorMatcher};
 use dynsig_core::decode::{RejectReason, Rejection};
 use dynsig_core::engine::Engine;
@@ -244,13 +244,13 @@ impl ReadModelWriter {
     /// Republishes the model after `signals` (what the engine just emitted) and any
     /// command, and samples the alerting metrics.
     pub fn refresh(&mut self, engine: &Engine, signals: &[Signal]) {
-        self.refresh_many(&[engine], signals);
+        self.refresh_many(&[engine], engine.alerting(), signals);
     }
 
-    /// [`Self::refresh`] for a sharded instance: the active alerts and the alerting
-    /// metrics of every engine, the silences and catalog of the first (which gets every
-    /// command).
-    pub fn refresh_many(&mut self, engines: &[&Engine], signals: &[Signal]) {
+    /// [`Self::refresh`] for a sharded instance: the active alerts and feedback factors of
+    /// every engine, the silences and catalog of the first (which gets every command), and
+    /// the metafilter's figures from `filter`, the stage that filters their messages.
+    pub fn refresh_many(&mut self, engines: &[&Engine], filter: &AlertStage, signals: &[Signal]) {
         let Some(&engine) = engines.first() else {
             return;
         };
@@ -284,16 +284,11 @@ impl ReadModelWriter {
             }
         });
 
-        let mut suppressed: BTreeMap<_, u64> = BTreeMap::new();
-        for engine in engines {
-            for (reason, count) in engine.alerting().counters().suppressed_by_reason() {
-                *suppressed.entry(reason).or_default() += count;
-            }
-        }
-        for (reason, count) in suppressed {
+        for (reason, count) in filter.counters().suppressed_by_reason() {
             counter!(names::ALERTS_SUPPRESSED, "reason" => reason).absolute(count);
         }
-        gauge!(names::SILENCES_ACTIVE).set(stage.silences().active(now).count() as f64);
+        let filter_now = filter.now().max(now);
+        gauge!(names::SILENCES_ACTIVE).set(filter.silences().active(filter_now).count() as f64);
         // Per rule only: a series (a dedup key, with its term) would be an unbounded label;
         // a series' own factor shows in its alerts' `adjustment`.
         let mut gone = std::mem::take(&mut self.factor_rules);

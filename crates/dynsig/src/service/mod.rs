@@ -159,6 +159,16 @@ struct Batch {
     checkpoint: Option<CheckpointWrite>,
 }
 
+/// Hands the sink a checkpoint, written or restored (see [`CheckpointWrite`]), after the
+/// batches sent before it. False when the sink is gone.
+async fn send_checkpoint(tx: &mpsc::Sender<Batch>, write: CheckpointWrite) -> bool {
+    let batch = Batch {
+        checkpoint: Some(write),
+        ..Batch::default()
+    };
+    tx.send(batch).await.is_ok()
+}
+
 /// Runs the service until `shutdown` turns true, then stops consuming, publishes what is
 /// pending, commits, and returns.
 pub async fn run(

@@ -50,8 +50,8 @@ use super::checkpointing::{engine_state, CheckpointWrite, Checkpointing, StateWr
 use super::fragment::{self, FragmentKind};
 use super::transform::{InputState, TransformState, BATCH_BYTES, BATCH_INPUTS, TICK};
 use super::{
-    partition_index, source_of, topic_name, wall_now_ms, Batch, Consumed, PartitionKey, Recycler,
-    Source,
+    partition_index, send_checkpoint, source_of, topic_name, wall_now_ms, Batch, Consumed,
+    PartitionKey, Recycler, Source,
 };
 
 /// What a sharded transform stage owns besides its shards.
@@ -191,9 +191,8 @@ pub(super) async fn transform(
                 if has_news && tx.send(batch).await.is_err() {
                     return;
                 }
-                for write in stage.checkpoints().await {
-                    let batch = Batch { checkpoint: Some(write), ..Batch::default() };
-                    if tx.send(batch).await.is_err() {
+                                for write in stage.checkpoints().await {
+                    if !send_checkpoint(&tx, write).await {
                         return;
                     }
                 }
@@ -206,11 +205,7 @@ pub(super) async fn transform(
         return;
     }
     for write in stage.last_checkpoints().await {
-        let batch = Batch {
-            checkpoint: Some(write),
-            ..Batch::default()
-        };
-        if tx.send(batch).await.is_err() {
+        if !send_checkpoint(&tx, write).await {
             return;
         }
     }
@@ -259,19 +254,11 @@ impl Sharded {
         }
         self.input_partitions = input_partitions(input, &self.topics).await;
         self.input_starts = input_starts(input, &self.topics).await;
+        // What the sink must know of the checkpoints restored.
+        let mut restored = Vec::new();
         for shard in owned {
-            if self.shards.contains_key(&shard) {
-                continue;
-            }
-            let restored = self.start_shard(shard, input).await;
-            if let Some(write) = restored {
-                let batch = Batch {
-                    checkpoint: Some(write),
-                    ..Batch::default()
-                };
-                if tx.send(batch).await.is_err() {
-                    return false;
-                }
+            if !self.shards.contains_key(&shard) {
+                restored.extend(self.start_shard(shard, input).await);
             }
         }
         for shard in self.shards.values_mut() {
@@ -285,15 +272,11 @@ impl Sharded {
         gauge!(names::MERGE_OWNED).set(if merging { 1.0 } else { 0.0 });
         if merging != self.merging {
             self.merging = merging;
-            let restored = self.start_merge(merging, input).await;
-            if let Some(write) = restored {
-                let batch = Batch {
-                    checkpoint: Some(write),
-                    ..Batch::default()
-                };
-                if tx.send(batch).await.is_err() {
-                    return false;
-                }
+            restored.extend(self.start_merge(merging, input).await);
+        }
+        for write in restored {
+            if !send_checkpoint(tx, write).await {
+                return false;
             }
         }
         true
@@ -627,13 +610,20 @@ impl Sharded {
                 }
                 self.owner.template.engine_mut().set_catalog(catalog);
             }
-            // The template validates a silence and picks its id; the merge applies it
-            // (shards' own metafilters are off), wherever it runs.
+            // The template validates a silence; the merge applies it (shards' own
+            // metafilters are off), wherever it runs. Ids are picked here, unique across
+            // instances: each instance's template would count `silence-1`, `-2`... alike.
             Command::AddSilence {
-                silence,
+                mut silence,
                 starts_now,
                 reply,
             } => {
+                if silence.id.is_empty() {
+                    let nanos = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos());
+                    silence.id = format!("silence-{nanos:x}-{:x}", std::process::id());
+                }
                 let (added_tx, mut added_rx) = oneshot::channel();
                 let template = self.owner.template.engine_mut();
                 control::apply(
@@ -922,13 +912,15 @@ impl Sharded {
         self.push_records([letter]);
     }
 
-    /// The read model from the shards this instance runs (their active alerts), and the
-    /// template (silences, catalog).
+    /// The read model from the shards this instance runs (their active alerts), the
+    /// template (silences added here, catalog), and the merge (the metafilter's figures).
     fn refresh_model(&mut self, signals: &[Signal]) {
         let engines: Vec<_> = std::iter::once(self.owner.template.engine())
             .chain(self.shards.values().map(|s| s.processor.engine()))
             .collect();
-        self.owner.model.refresh_many(&engines, signals);
+        self.owner
+            .model
+            .refresh_many(&engines, self.merge.alerting(), signals);
     }
 }
 

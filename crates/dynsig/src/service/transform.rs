@@ -21,8 +21,8 @@ use crate::telemetry::names;
 
 use super::checkpointing::{CheckpointWrite, Checkpointing};
 use super::{
-    assigned_indexes, partition_index, source_of, topic_name, wall_now_ms, Batch, Consumed,
-    InputConsumer, Recycler, Source,
+    assigned_indexes, partition_index, send_checkpoint, source_of, topic_name, wall_now_ms, Batch,
+    Consumed, InputConsumer, Recycler, Source,
 };
 
 /// Record bodies larger than this are freed after use instead of recycled (see
@@ -170,9 +170,8 @@ pub(super) async fn transform(
             }
             // Its positions are those of the batches sent before it; batches sent while
             // it was encoded go further, and their offsets wait for the next one.
-            Some(write) = encoded(&mut checkpointing) => {
-                let batch = Batch { checkpoint: Some(write), ..Batch::default() };
-                if tx.send(batch).await.is_err() {
+                        Some(write) = encoded(&mut checkpointing) => {
+                if !send_checkpoint(&tx, write).await {
                     return;
                 }
             }
@@ -185,11 +184,7 @@ pub(super) async fn transform(
     }
     if let Some(checkpointing) = checkpointing.as_mut() {
         for write in checkpointing.last(&owner, &topics, &mut state).await {
-            let batch = Batch {
-                checkpoint: Some(write),
-                ..Batch::default()
-            };
-            if tx.send(batch).await.is_err() {
+            if !send_checkpoint(&tx, write).await {
                 return;
             }
         }
