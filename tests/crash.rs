@@ -20,7 +20,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use support::feed::{final_counts, firings, produce_round, Feed};
+use support::feed::{final_counts, firings, has_every_window, produce_round, Feed};
 use support::{http_get, metric_sum, OutRecord, Service, Stop, TestBroker, TestDir, WAIT};
 
 const ROUNDS: usize = 20;
@@ -47,17 +47,12 @@ async fn assert_counts_as_replayed(
     broker: &TestBroker,
     expected: &BTreeMap<i64, i64>,
 ) {
-    let last_window = *expected.keys().last().unwrap();
     let trends = svc
         .wait_for_records(
             broker,
             "signals.trends",
             "every window's final snapshot",
-            |r| {
-                r.iter()
-                    .map(support::parse)
-                    .any(|s| s["final"] == true && s["window_start"].as_i64() == Some(last_window))
-            },
+            |r| has_every_window(r, expected),
         )
         .await;
     let got = final_counts(&trends.iter().map(support::parse).collect::<Vec<_>>());

@@ -111,6 +111,19 @@ pub async fn produce_round(broker: &TestBroker, topic: &str, lines: &[String]) -
     ends
 }
 
+/// Whether `records` (of the trends topic) hold a final snapshot of every window of
+/// `expected`. Not just of the last: the topic has several partitions, read at their own
+/// pace, so the last window's snapshot can be read before an earlier one's.
+pub fn has_every_window(records: &[super::Record], expected: &BTreeMap<i64, i64>) -> bool {
+    let published: BTreeSet<i64> = records
+        .iter()
+        .map(super::parse)
+        .filter(|s| s["final"] == true)
+        .filter_map(|s| s["window_start"].as_i64())
+        .collect();
+    expected.keys().all(|start| published.contains(start))
+}
+
 /// Final trend counts by window start; fails if one window was published with two counts.
 pub fn final_counts(snapshots: &[Value]) -> BTreeMap<i64, i64> {
     let mut counts = BTreeMap::new();
