@@ -124,6 +124,12 @@ impl Shard {
         Some(Shard::of_key(&term_key::key(kind, term), count))
     }
 
+    /// [`Shard::of_alert_key`] of an alert occurrence's id (`<dedup key>@<fired at>`).
+    pub fn of_alert_id(alert_id: &str, count: u32) -> Option<u32> {
+        let dedup_key = alert_id.rsplit_once('@').map_or(alert_id, |(key, _)| key);
+        Shard::of_alert_key(dedup_key, count)
+    }
+
     /// Whether this shard keeps co-mentions (see the module docs).
     pub fn owns_co_mentions(self) -> bool {
         self.index == 0
@@ -194,6 +200,10 @@ mod tests {
                 assert!(Shard::new(owner, count).unwrap().owns_series(&series));
             }
         }
+        assert_eq!(
+            Shard::of_alert_id("trend:hashtag:#x@1767225660000", 5),
+            Shard::of_alert_key("trend:hashtag:#x", 5)
+        );
         assert_eq!(Shard::of_alert_key("trend:nonsense:x", 3), None);
         assert_eq!(Shard::of_alert_key("co-mention:a", 3), None);
     }

@@ -57,8 +57,8 @@ use super::{
 /// What a sharded transform stage owns besides its shards.
 pub(super) struct ShardedOwner {
     pub(super) config: Arc<Config>,
-    /// Never fed: it holds the catalog and the silences for shards taken over later, and
-    /// answers for silences as the API's reference.
+    /// Never fed: it holds the catalog for the shards taken over later, and the silences
+    /// added through this instance's API (it validates them and answers for them).
     pub(super) template: Processor,
     pub(super) commands: mpsc::Receiver<Command>,
     pub(super) model: ReadModelWriter,
@@ -436,11 +436,7 @@ impl Sharded {
     fn forward_verdict(&mut self, record: &Consumed) {
         let payload = &record.body.payload;
         let shard = control::parse_json::<Feedback>(payload).and_then(|verdict| {
-            let dedup_key = verdict
-                .alert_id
-                .rsplit_once('@')
-                .map_or(verdict.alert_id.as_str(), |(key, _)| key);
-            Shard::of_alert_key(dedup_key, self.count).ok_or_else(|| Rejection {
+            Shard::of_alert_id(&verdict.alert_id, self.count).ok_or_else(|| Rejection {
                 reason: RejectReason::InvalidField,
                 detail: format!(
                     "alert_id: {:?} names no trend or anomaly alert",
@@ -598,9 +594,9 @@ impl Sharded {
         }
     }
 
-    /// Applies an API or catalog command: to every shard this instance runs, and to the
-    /// template that the shards it takes over later start from. A verdict goes to its
-    /// alert's shard, if it runs here.
+    /// Applies an API or catalog command: a catalog to every shard this instance runs and
+    /// to the template; a silence to the template, and through `topics.partials` to the
+    /// merge; a verdict to its alert's shard, if it runs here.
     fn apply(&mut self, command: Command) {
         let shards = self.shards.values_mut();
         match command {
@@ -654,11 +650,7 @@ impl Sharded {
                 );
             }
             Command::Feedback { feedback, reply } => {
-                let dedup_key = feedback
-                    .alert_id
-                    .rsplit_once('@')
-                    .map_or(feedback.alert_id.as_str(), |(key, _)| key);
-                let here = Shard::of_alert_key(dedup_key, self.count)
+                let here = Shard::of_alert_id(&feedback.alert_id, self.count)
                     .and_then(|index| self.shards.get_mut(&index));
                 match here {
                     Some(shard) => {
