@@ -342,7 +342,8 @@ async fn two_instances_publish_what_one_does_and_one_survives_the_other() {
 
 /// A silence posted to the API of an instance that does not run the merge reaches the
 /// merge's metafilter (through `dynsig.partials`): the anomaly notifications it matches
-/// are held back, the others go out.
+/// are held back, the others go out. And a verdict on `signals.feedback` reaches the
+/// shard of its alert, whichever instance reads it (through `dynsig.repartition`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silence_posted_to_any_instance_reaches_the_merge() {
     const TOKEN: &str = "scale-out-token";
@@ -426,8 +427,37 @@ async fn a_silence_posted_to_any_instance_reaches_the_merge() {
     merge.check(silenced >= 1.0, || {
         format!("the merge counted {silenced} silenced alert messages")
     });
+
+    let fired = feed
+        .expected_firings
+        .iter()
+        .next()
+        .expect("the feed fires alerts");
+    let verdict = format!(r#"{{"alert_id":"{fired}","verdict":"noise","who":"ops"}}"#);
+    broker
+        .produce("signals.feedback", &[support::OutRecord::new(verdict)])
+        .await;
+    let recorded = |svc: &Service| {
+        let http = svc.http.clone();
+        async move {
+            let (_, text) = http_get(&http, "/metrics").await.unwrap();
+            metric_sum(&text, r#"dynsig_feedback_total{verdict="noise"}"#).unwrap_or(0.0)
+        }
+    };
+    let mut verdicts = 0.0;
+    for _ in 0..300 {
+        verdicts = recorded(&merge).await + recorded(&other).await;
+        if verdicts >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    merge.check(verdicts == 1.0, || {
+        format!("the verdict on {fired} was recorded {verdicts} times, once expected")
+    });
     eprintln!(
-        "scale-out silence: {} trend notifications sent, {silenced} anomaly messages silenced",
+        "scale-out silence: {} trend notifications sent, {silenced} anomaly messages silenced; \
+         the verdict on {fired} recorded by its shard",
         sent.len()
     );
     drop(other);
