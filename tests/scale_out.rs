@@ -81,10 +81,23 @@ fn ranked_out(alert: &Value, replayed: &BTreeMap<i64, &Value>) -> bool {
             .all(|e| e["term"] != term && e["score"].as_f64() >= Some(score))
 }
 
-/// Everything `topic` holds, read until it has been quiet for 2 s: once a wait saw what it
-/// waited for, what else was published (an alert too many, say) is read too, whichever
-/// partition it went to.
-async fn everything(broker: &TestBroker, topic: &str) -> Vec<Value> {
+/// What a comparison looks at in a topic's records (alert ids, anomalies, ...).
+type Summary = fn(&[Value]) -> BTreeSet<String>;
+
+/// What `topic` holds once it holds every one of `expected` (as `summary` sees its
+/// records), read to its end, until quiet for 2 s: what else was published (an alert too
+/// many, say) is read too, whichever partition it went to.
+async fn read_when_complete(
+    svc: &mut Service,
+    broker: &TestBroker,
+    topic: &str,
+    (summary, expected): (Summary, &BTreeSet<String>),
+) -> Vec<Value> {
+    svc.wait_for_records(broker, topic, &format!("{expected:?}"), |r| {
+        let seen = summary(&r.iter().map(support::parse).collect::<Vec<_>>());
+        expected.is_subset(&seen)
+    })
+    .await;
     let records = broker
         .consume_all(topic, Stop::Idle(Duration::from_secs(2)), WAIT)
         .await;
@@ -230,14 +243,13 @@ async fn two_instances_publish_what_one_does_and_one_survives_the_other() {
         expected_entries,
         "each window's ranking, against the replay"
     );
-    let alerts = survivor
-        .wait_for_records(&broker, "signals.alerts", "the alerts", |r| {
-            let fired = firings(&r.iter().map(support::parse).collect::<Vec<_>>());
-            feed.expected_firings.is_subset(&fired)
-        })
-        .await;
-    drop(alerts);
-    let alerts = everything(&broker, "signals.alerts").await;
+    let alerts = read_when_complete(
+        &mut survivor,
+        &broker,
+        "signals.alerts",
+        (firings, &feed.expected_firings),
+    )
+    .await;
     let fired = firings(&alerts);
     let missed: Vec<&String> = feed.expected_firings.difference(&fired).collect();
     // The one documented difference (operator guide, "Scaling"): a trend alert is judged
@@ -264,14 +276,14 @@ async fn two_instances_publish_what_one_does_and_one_survives_the_other() {
     survivor.check(missed.is_empty() && unexplained.is_empty(), || {
         format!("firing alerts the replay fired and these did not: {missed:?}; fired and not explained: {unexplained:#?}")
     });
-    let published = survivor
-        .wait_for_records(&broker, "signals.anomalies", "the anomalies", |r| {
-            let seen = anomalies(&r.iter().map(support::parse).collect::<Vec<_>>());
-            expected_anomalies.is_subset(&seen)
-        })
-        .await;
-    drop(published);
-    let published = anomalies(&everything(&broker, "signals.anomalies").await);
+    let published = read_when_complete(
+        &mut survivor,
+        &broker,
+        "signals.anomalies",
+        (anomalies, &expected_anomalies),
+    )
+    .await;
+    let published = anomalies(&published);
     assert_eq!(
         published, expected_anomalies,
         "anomalies, against the replay"
@@ -287,14 +299,13 @@ async fn two_instances_publish_what_one_does_and_one_survives_the_other() {
             .collect::<Vec<_>>(),
     );
     let expected_notifications = notifications(&replayed);
-    let sent = survivor
-        .wait_for_records(&broker, "signals.notifications", "the notifications", |r| {
-            let seen = notifications(&r.iter().map(support::parse).collect::<Vec<_>>());
-            expected_firing.is_subset(&seen)
-        })
-        .await;
-    drop(sent);
-    let sent = everything(&broker, "signals.notifications").await;
+    let sent = read_when_complete(
+        &mut survivor,
+        &broker,
+        "signals.notifications",
+        (notifications, &expected_firing),
+    )
+    .await;
     // Those of ranked-out trend alerts (above) aside.
     let explained = |n: &&Value| {
         n["alerts"]
@@ -403,18 +414,13 @@ async fn a_silence_posted_to_any_instance_reaches_the_merge() {
     }
 
     let mut merge = merge;
-    let sent = merge
-        .wait_for_records(
-            &broker,
-            "signals.notifications",
-            "the trend notifications",
-            |r| {
-                let seen = notifications(&r.iter().map(support::parse).collect::<Vec<_>>());
-                expected_trends.is_subset(&seen)
-            },
-        )
-        .await;
-    let sent: Vec<Value> = sent.iter().map(support::parse).collect();
+    let sent = read_when_complete(
+        &mut merge,
+        &broker,
+        "signals.notifications",
+        (notifications, &expected_trends),
+    )
+    .await;
     let anomalies: Vec<&Value> = sent.iter().filter(|n| rule(n) == "anomaly").collect();
     merge.check(anomalies.is_empty(), || {
         format!("anomaly notifications went out despite the silence: {anomalies:#?}")
