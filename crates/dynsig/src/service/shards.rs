@@ -598,11 +598,11 @@ impl Sharded {
     /// to the template; a silence to the template, and through `topics.partials` to the
     /// merge; a verdict to its alert's shard, if it runs here.
     fn apply(&mut self, command: Command) {
-        let shards = self.shards.values_mut();
         match command {
             Command::SetCatalog(catalog) => {
-                for shard in shards {
+                for shard in self.shards.values_mut() {
                     shard.processor.engine_mut().set_catalog(catalog.clone());
+                    shard.changed_since_checkpoint = true;
                 }
                 self.owner.template.engine_mut().set_catalog(catalog);
             }
@@ -658,15 +658,13 @@ impl Sharded {
                             shard.processor.engine_mut(),
                             Command::Feedback { feedback, reply },
                         );
+                        shard.changed_since_checkpoint = true;
                     }
                     None => {
                         let _ = reply.send(Err(FeedbackError::OnAnotherInstance));
                     }
                 }
             }
-        }
-        for shard in self.shards.values_mut() {
-            shard.changed_since_checkpoint = true;
         }
         self.refresh_model(&[]);
     }
