@@ -113,7 +113,7 @@ fn counting(c: &mut Criterion) {
             || WindowTerms::new(200_000, true),
             |terms| {
                 for (i, w) in words.iter().enumerate() {
-                    terms.add(w, i as u64 % 997, None);
+                    terms.add([w.as_str()], i as u64 % 997, None);
                 }
             },
             BatchSize::LargeInput,
@@ -152,7 +152,7 @@ fn closing(c: &mut Criterion) {
     let window = |seed: usize| {
         let mut terms = WindowTerms::new(200_000, true);
         for (i, w) in words.iter().enumerate() {
-            terms.add(w, ((i + seed) % 5000) as u64, None);
+            terms.add([w.as_str()], ((i + seed) % 5000) as u64, None);
         }
         terms
     };

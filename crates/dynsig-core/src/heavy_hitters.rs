@@ -33,8 +33,8 @@
 //! - Memory is O(capacity), bounded whatever the vocabulary. Per tracked key:
 //!   `24 + size_of::<V>()` bytes of slot (16 hot bytes, key reference and count, apart
 //!   from the error and the payload, so that counting a key touches little), the bytes
-//!   of a key longer than 7 in the arena (at most twice over: see below), 5-byte index
-//!   buckets at a load between 7/16 and 7/8 (about 6 to 12 bytes per key), and 8 bytes of
+//!   of a key longer than 7 in the arena (at most twice over: see below), 8-byte index
+//!   buckets at a load between ~0.53 and 0.8 (10 to 15 bytes per key), and 8 bytes of
 //!   heap once evicting. The slot vector never grows past `capacity`.
 //!
 //! # Layout
@@ -44,20 +44,20 @@
 //! allocation per key (a window's sketch is filled anew every window), and keys sit densely
 //! in memory. An evicted key's bytes stay in the arena as garbage until garbage outweighs
 //! the live keys; then the arena is rewritten with the live keys only (amortized O(1) per
-//! eviction). The index is a `hashbrown::HashTable` of 4-byte slot numbers, hashed by
-//! their keys, in the style of `indexmap` (`std::collections::HashMap` has no stable way
-//! to find and remove a key it does not own, so it would need a second copy of every key
-//! for the evictions). Its one control byte per bucket filters out most key comparisons,
-//! and at 5 bytes per bucket and a load up to 7/8 it stays small enough to be cached:
-//! a probe costs a control group, a slot number, the slot's hot part and, for a long key,
-//! its bytes in the arena.
+//! eviction). The index is a [`ProbeIndex`] of slot numbers, hashed by their keys (like
+//! `indexmap`: a map keyed by the strings would need a second copy of every key to find
+//! and remove an evicted one). A probe costs a bucket, the slot's hot part and, for a long
+//! key, its bytes in the arena: three cache misses once a window's keys outgrow the cache.
+//! [`HeavyHitters::add_each`] counts a batch of keys (a post's terms) with those misses
+//! overlapping: every key's bucket is prefetched, then the slot it most likely names, then
+//! that slot's key bytes, before the keys are counted one by one.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
-use hashbrown::hash_table::Entry;
-use hashbrown::HashTable;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::probe_index::{prefetch, ProbeIndex};
 
 /// A SpaceSaving heavy-hitter counter with a payload `V` per tracked key (see the module
 /// documentation for the guarantees).
@@ -74,7 +74,7 @@ pub struct HeavyHitters<V, S = RandomState> {
     arena: String,
     garbage: usize,
     /// Slot numbers, hashed by their keys.
-    index: HashTable<u32>,
+    index: ProbeIndex,
     /// Empty until the first eviction; afterwards it holds every slot.
     heap: MinHeap,
     hasher: S,
@@ -146,6 +146,12 @@ impl KeyRef {
         }
     }
 
+    /// Where a spilled key starts in the arena (`None` when inline).
+    fn spilled_start(self) -> Option<usize> {
+        (self.spilled_len() > 0)
+            .then(|| u32::from_le_bytes(self.0[..4].try_into().unwrap()) as usize)
+    }
+
     fn of<'a>(&'a self, arena: &'a str) -> &'a str {
         match self.spilled_len() {
             0 => {
@@ -192,7 +198,7 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
             slots: Vec::new(),
             arena: String::new(),
             garbage: 0,
-            index: HashTable::new(),
+            index: ProbeIndex::default(),
             heap: MinHeap::default(),
             hasher,
             total: 0,
@@ -217,37 +223,74 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
     /// not tracked (new, or it just replaced an evicted key): the payload is then
     /// `V::default()`.
     pub fn add(&mut self, key: &str, weight: u64) -> (&mut V, bool) {
-        self.total += weight;
         let hash = self.hasher.hash_one(key);
+        self.add_hashed(hash, key, weight)
+    }
+
+    /// [`Self::add`] for each of `keys` in order, calling `visit` with each key's payload
+    /// and whether it is new: the same counts, payloads and evictions, with the lookups
+    /// done in batches whose cache misses overlap (see the module docs).
+    pub fn add_each<'k>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'k str>,
+        weight: u64,
+        mut visit: impl FnMut(&mut V, bool),
+    ) {
+        let mut keys = keys.into_iter().peekable();
+        let mut batch: [(u64, &str); BATCH] = [(0, ""); BATCH];
+        while keys.peek().is_some() {
+            let mut len = 0;
+            for (at, key) in batch.iter_mut().zip(keys.by_ref()) {
+                let hash = self.hasher.hash_one(key);
+                self.index.prefetch(hash);
+                *at = (hash, key);
+                len += 1;
+            }
+            let batch = &batch[..len];
+            let mut candidates = [None; BATCH];
+            for (candidate, &(hash, _)) in candidates.iter_mut().zip(batch) {
+                *candidate = self.index.candidate(hash);
+                if let Some(slot) = *candidate {
+                    prefetch(&self.hot[slot as usize]);
+                    prefetch(&self.slots[slot as usize]);
+                }
+            }
+            for slot in candidates.iter().flatten() {
+                let key = self.hot[*slot as usize].key;
+                if let Some(start) = key.spilled_start() {
+                    prefetch(&self.arena.as_bytes()[start]);
+                }
+            }
+            for &(hash, key) in batch {
+                let (value, new) = self.add_hashed(hash, key, weight);
+                visit(value, new);
+            }
+        }
+    }
+
+    fn add_hashed(&mut self, hash: u64, key: &str, weight: u64) -> (&mut V, bool) {
+        self.total += weight;
         let inline = KeyRef::inline(key);
-        let HeavyHitters {
-            hot,
-            arena,
-            index,
-            hasher,
-            ..
-        } = self;
-        let entry = index.entry(
-            hash,
-            |&slot| hot[slot as usize].key.is(key, inline, arena),
-            |&slot| hasher.hash_one(hot[slot as usize].key.of(arena)),
-        );
-        let slot = match entry {
-            Entry::Occupied(occupied) => {
-                let slot = *occupied.get() as usize;
-                hot[slot].count += weight;
+        let (hot, arena) = (&self.hot, &self.arena);
+        let found = self
+            .index
+            .find(hash, |slot| hot[slot as usize].key.is(key, inline, arena));
+        let slot = match found {
+            Some(slot) => {
+                let slot = slot as usize;
+                self.hot[slot].count += weight;
                 if self.heap.is_built() {
                     self.heap.increased(slot, &self.hot);
                 }
                 return (&mut self.slots[slot].value, false);
             }
-            Entry::Vacant(vacant) if hot.len() < self.capacity => {
-                let slot = hot.len();
-                vacant.insert(slot as u32);
+            None if self.hot.len() < self.capacity => {
+                let slot = self.hot.len();
+                self.index.insert_unique(hash, slot as u32);
                 self.track_new(key, weight);
                 slot
             }
-            Entry::Vacant(_) => self.replace_min(hash, key, weight),
+            None => self.replace_min(hash, key, weight),
         };
         (&mut self.slots[slot].value, true)
     }
@@ -277,21 +320,8 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
         let slot = self.heap.min();
         let evicted = self.hot[slot].key;
         let evicted_hash = self.hasher.hash_one(evicted.of(&self.arena));
-        self.index
-            .find_entry(evicted_hash, |&s| s as usize == slot)
-            .expect("every slot is indexed")
-            .remove();
-        let HeavyHitters {
-            hot,
-            arena,
-            index,
-            hasher,
-            ..
-        } = self;
-        // No growth: the removal just made room.
-        index.insert_unique(hash, slot as u32, |&s| {
-            hasher.hash_one(hot[s as usize].key.of(arena))
-        });
+        self.index.remove(evicted_hash, slot as u32);
+        self.index.insert_unique(hash, slot as u32);
         self.garbage += evicted.spilled_len();
         let key = self.store(key);
         let min = self.hot[slot].count;
@@ -342,10 +372,9 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
     /// The tracked entry of `key`, if any.
     pub fn get(&self, key: &str) -> Option<Counted<'_, V>> {
         let hash = self.hasher.hash_one(key);
-        let &slot = self.index.find(hash, |&slot| {
-            self.hot[slot as usize]
-                .key
-                .is(key, KeyRef::inline(key), &self.arena)
+        let inline = KeyRef::inline(key);
+        let slot = self.index.find(hash, |slot| {
+            self.hot[slot as usize].key.is(key, inline, &self.arena)
         })?;
         Some(self.counted(slot as usize))
     }
@@ -452,6 +481,9 @@ where
         Ok(sketch)
     }
 }
+
+/// Keys counted together by [`HeavyHitters::add_each`] (see [`crate::term_table::BATCH`]).
+const BATCH: usize = 16;
 
 /// The largest capacity: slot numbers are `u32`.
 pub const MAX_CAPACITY: usize = 1 << 31;
@@ -674,6 +706,45 @@ mod tests {
                 assert!(colliding.get(key).is_some());
             }
         }
+    }
+
+    /// Batches (with repeated keys, short and long ones, past capacity) give what the
+    /// same keys added one by one give: counts, payloads, and the `new` flags.
+    #[test]
+    fn add_each_counts_as_adding_one_by_one() {
+        fn check<S: BuildHasher>(mut batched: HeavyHitters<Vec<u32>, S>, rng: &mut SplitMix64) {
+            let mut single = HeavyHitters::<Vec<u32>>::new(batched.capacity());
+            for step in 0..600u32 {
+                let keys: Vec<String> = (0..rng.below(40))
+                    .map(|i| {
+                        let word = zipf(rng, 300);
+                        if i % 3 == 0 {
+                            format!("a much longer key {word}")
+                        } else {
+                            format!("k{word}")
+                        }
+                    })
+                    .collect();
+                let (mut flags_batched, mut flags_single) = (Vec::new(), Vec::new());
+                batched.add_each(keys.iter().map(String::as_str), 2, |seen, new| {
+                    seen.push(step);
+                    flags_batched.push(new);
+                });
+                for key in &keys {
+                    let (seen, new) = single.add(key, 2);
+                    seen.push(step);
+                    flags_single.push(new);
+                }
+                assert_eq!(flags_batched, flags_single, "step {step}");
+            }
+            assert!(single.evictions() > 0);
+            assert_eq!(snapshot(&batched), snapshot(&single));
+            let batched_payloads: Vec<_> = batched.iter().map(|c| c.value.clone()).collect();
+            let single_payloads: Vec<_> = single.iter().map(|c| c.value.clone()).collect();
+            assert_eq!(batched_payloads, single_payloads);
+        }
+        check(HeavyHitters::new(120), &mut SplitMix64(5));
+        check(HeavyHitters::with_hasher(60, Colliding), &mut SplitMix64(6));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod feedback;
 pub mod heavy_hitters;
 pub mod metafilter;
 pub mod model;
+pub mod probe_index;
 pub mod rng;
 pub mod routing;
 mod serde_array;

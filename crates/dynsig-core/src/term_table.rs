@@ -7,18 +7,22 @@
 //! memory. Here the keys are concatenated in one arena string, their spans and the values
 //! sit in two dense vectors by entry number (only their used prefix is ever touched, so
 //! the spare capacity of a doubling costs no resident memory; the spans, which every
-//! lookup reads, stay compact and cache-friendly), and the hash index holds 4-byte entry
-//! numbers. Per term: the key's bytes, 8 bytes of span, the value, ~5–10 bytes of
-//! index, and 1 byte of filter.
+//! lookup reads, stay compact and cache-friendly), and the hash index holds entry
+//! numbers with a hash tag. Per term: the key's bytes, 8 bytes of span, the value, ~10–15 bytes of
+//! index.
 //!
-//! Most lookups miss (a window's long tail of words and bigrams seen once), and a miss in
-//! a large hash index costs a cache miss. A one-bit-per-hash filter (8 bits per entry,
-//! two probes: ~5% false positives), small enough to stay in cache, answers most of them. Removal happens in bulk ([`TermTable::retain`]), which rebuilds the arena and the
-//! index, so it costs O(len) and is meant to be amortized (e.g. when the table doubled).
+//! Closing a window looks up every term of the window (up to `max_terms_per_window`), and
+//! in a table of a million terms each lookup is a chain of cache misses (the index bucket,
+//! the entry's span, its key's bytes, its value). [`TermTable::upsert_each`] looks keys up
+//! in batches ([`BATCH`]) whose misses overlap: all the batch's buckets are prefetched, then
+//! the entries they most likely name, then those entries' keys, and only then is each key
+//! looked up and compared, in cache (see [`crate::probe_index`]). Removal happens in bulk
+//! ([`TermTable::retain`]), which rebuilds the arena and the index, so it costs O(len) and
+//! is meant to be amortized (e.g. when the table doubled).
 
 use std::hash::BuildHasher;
 
-use hashbrown::HashTable;
+use crate::probe_index::{prefetch, ProbeIndex};
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -33,13 +37,11 @@ struct Span {
 #[derive(Debug, Clone)]
 pub struct TermTable<V> {
     /// Entry numbers, hashed by their key.
-    index: HashTable<u32>,
+    index: ProbeIndex,
     /// By entry number.
     spans: Vec<Span>,
     values: Vec<V>,
     arena: String,
-    /// Bits set for each key's hash (see the module docs); a power of two long.
-    filter: Vec<u64>,
     /// Seeded at random per table, since the keys come from anyone who posts.
     hasher: foldhash::quality::RandomState,
 }
@@ -67,17 +69,18 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for TermTable<V> {
     }
 }
 
-/// Filter bits per entry, at most (the filter doubles when it gets denser).
-const FILTER_BITS_PER_ENTRY: usize = 8;
+/// Keys looked up together by [`TermTable::upsert_each`]: enough for their misses to
+/// overlap, few enough that what was prefetched for the first is still in cache when it is
+/// used.
+pub const BATCH: usize = 16;
 
 impl<V> Default for TermTable<V> {
     fn default() -> Self {
         TermTable {
-            index: HashTable::new(),
+            index: ProbeIndex::default(),
             spans: Vec::new(),
             values: Vec::new(),
             arena: String::new(),
-            filter: vec![0; 1],
             hasher: foldhash::quality::RandomState::default(),
         }
     }
@@ -108,28 +111,78 @@ impl<V> TermTable<V> {
 
     /// Inserts or replaces the value of `key`.
     pub fn insert(&mut self, key: &str, value: V) {
-        if let Some(existing) = self.get_mut(key) {
-            *existing = value;
-            return;
+        let hash = self.hasher.hash_one(key);
+        match self.find_hashed(hash, key) {
+            Some(at) => self.values[at] = value,
+            None => self.insert_absent(hash, key, value),
         }
+    }
+
+    /// For each of `items`, in order: calls `visit` with the item and the value of its key
+    /// (`None` when the key is not in the table), and inserts the value that `visit`
+    /// returns for an absent key. The same as `get_mut` then `insert` per item, with the
+    /// lookups done in batches whose cache misses overlap (see the module docs).
+    pub fn upsert_each<T>(
+        &mut self,
+        items: impl IntoIterator<Item = T>,
+        key: impl Fn(&T) -> &str,
+        mut visit: impl FnMut(T, Option<&mut V>) -> Option<V>,
+    ) {
+        let mut batch: Vec<(u64, T)> = Vec::with_capacity(BATCH);
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            batch.extend(items.by_ref().take(BATCH).map(|item| {
+                let hash = self.hasher.hash_one(key(&item));
+                self.index.prefetch(hash);
+                (hash, item)
+            }));
+            let mut candidates = [None; BATCH];
+            for (candidate, (hash, _)) in candidates.iter_mut().zip(&batch) {
+                *candidate = self.index.candidate(*hash);
+            }
+            for &at in candidates.iter().flatten() {
+                prefetch(&self.spans[at as usize]);
+                prefetch(&self.values[at as usize]);
+            }
+            for &at in candidates.iter().flatten() {
+                let span = self.spans[at as usize];
+                if let Some(byte) = self.arena.as_bytes().get(span.start as usize) {
+                    prefetch(byte);
+                }
+            }
+            for (hash, item) in batch.drain(..) {
+                // The item's key is borrowed from the item: the lookup ends before the
+                // item moves into `visit`, and the key is copied only when inserted.
+                let found = self.find_hashed(hash, key(&item));
+                match found {
+                    Some(at) => {
+                        visit(item, Some(&mut self.values[at]));
+                    }
+                    None => {
+                        let owned_key = key(&item).to_owned();
+                        if let Some(value) = visit(item, None) {
+                            self.insert_absent(hash, &owned_key, value);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends `key` (hashed to `hash`), known to be absent.
+    fn insert_absent(&mut self, hash: u64, key: &str, value: V) {
         let span = Span {
             start: u32::try_from(self.arena.len()).expect("term arena under 4 GiB"),
             len: u32::try_from(key.len()).expect("term under 4 GiB"),
         };
         self.arena.push_str(key);
-        let number = u32::try_from(self.spans.len()).expect("under 4 billion terms");
+        let number = u32::try_from(self.spans.len())
+            .ok()
+            .filter(|&n| n < u32::MAX)
+            .expect("under 4 billion terms");
         self.spans.push(span);
         self.values.push(value);
-        let hash = self.hasher.hash_one(key);
-        if self.spans.len() * FILTER_BITS_PER_ENTRY > self.filter.len() * 64 {
-            self.rebuild_filter(self.filter.len() * 2);
-        } else {
-            self.mark(hash);
-        }
-        let (spans, arena, hasher) = (&self.spans, &self.arena, &self.hasher);
-        self.index.insert_unique(hash, number, |&n| {
-            hasher.hash_one(key_of(arena, spans[n as usize]))
-        });
+        self.index.insert_unique(hash, number);
     }
 
     /// Keeps the entries for which `keep` is true, then rebuilds the arena and index
@@ -159,18 +212,13 @@ impl<V> TermTable<V> {
         self.arena.shrink_to_fit();
         self.spans.shrink_to_fit();
         self.values.shrink_to_fit();
-        let (arena, spans, hasher) = (&self.arena, &self.spans, &self.hasher);
         self.index.clear();
-        for (number, span) in (0u32..).zip(spans) {
-            self.index
-                .insert_unique(hasher.hash_one(key_of(arena, *span)), number, |&n| {
-                    hasher.hash_one(key_of(arena, spans[n as usize]))
-                });
+        self.index.reserve(self.spans.len());
+        for (number, span) in (0u32..).zip(&self.spans) {
+            let hash = self.hasher.hash_one(key_of(&self.arena, *span));
+            self.index.insert_unique(hash, number);
         }
-        self.index
-            .shrink_to_fit(|&n| hasher.hash_one(key_of(arena, spans[n as usize])));
-        let words = (self.spans.len() * FILTER_BITS_PER_ENTRY).div_ceil(64);
-        self.rebuild_filter(words.next_power_of_two());
+        self.index.shrink_to_fit();
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
@@ -185,47 +233,13 @@ impl<V> TermTable<V> {
     }
 
     fn find(&self, key: &str) -> Option<usize> {
-        let hash = self.hasher.hash_one(key);
-        if !self.may_hold(hash) {
-            return None;
-        }
+        self.find_hashed(self.hasher.hash_one(key), key)
+    }
+
+    fn find_hashed(&self, hash: u64, key: &str) -> Option<usize> {
         self.index
-            .find(hash, |&n| {
-                key_of(&self.arena, self.spans[n as usize]) == key
-            })
-            .map(|&n| n as usize)
-    }
-}
-
-impl<V> TermTable<V> {
-    /// The two filter bits of a hash: from its high bits (the index uses the low ones).
-    fn filter_bits(&self, hash: u64) -> [usize; 2] {
-        let bits = self.filter.len() * 64;
-        [
-            (hash >> 40) as usize & (bits - 1),
-            (hash >> 16) as usize & (bits - 1),
-        ]
-    }
-
-    fn mark(&mut self, hash: u64) {
-        for bit in self.filter_bits(hash) {
-            self.filter[bit / 64] |= 1 << (bit % 64);
-        }
-    }
-
-    fn may_hold(&self, hash: u64) -> bool {
-        self.filter_bits(hash)
-            .iter()
-            .all(|&bit| self.filter[bit / 64] & (1 << (bit % 64)) != 0)
-    }
-
-    /// Resets the filter to `words` 64-bit words (a power of two) and marks every key.
-    fn rebuild_filter(&mut self, words: usize) {
-        self.filter = vec![0; words.max(1)];
-        for at in 0..self.spans.len() {
-            let hash = self.hasher.hash_one(key_of(&self.arena, self.spans[at]));
-            self.mark(hash);
-        }
+            .find(hash, |n| key_of(&self.arena, self.spans[n as usize]) == key)
+            .map(|n| n as usize)
     }
 }
 
@@ -259,6 +273,51 @@ mod tests {
         let mut seen: Vec<(String, u32)> = table.iter().map(|(k, v)| (k.to_owned(), *v)).collect();
         seen.sort();
         assert_eq!(seen.len(), 3_000);
+    }
+
+    /// Batched lookups see the inserts made earlier in the same batch (repeated keys),
+    /// and change and insert what `visit` says, like `get_mut` and `insert` per key.
+    #[test]
+    fn upsert_each_is_get_mut_then_insert_per_key() {
+        let mut table = TermTable::default();
+        let mut model = HashMap::new();
+        for round in 0..20u32 {
+            let keys: Vec<String> = (0..3 * BATCH as u32 + round)
+                .map(|i| format!("term{}", (i * 7 + round * 13) % 90))
+                .collect();
+            let mut seen = Vec::new();
+            table.upsert_each(
+                keys.iter(),
+                |key| key.as_str(),
+                |key, value| {
+                    seen.push(value.as_deref().copied());
+                    match value {
+                        Some(value) => {
+                            *value += 1;
+                            None
+                        }
+                        // Odd keys are inserted, even ones are not.
+                        None => key.ends_with(['1', '3', '5', '7', '9']).then_some(round),
+                    }
+                },
+            );
+            let mut expected = Vec::new();
+            for key in &keys {
+                expected.push(model.get(key).copied());
+                match model.get_mut(key) {
+                    Some(value) => *value += 1,
+                    None if key.ends_with(['1', '3', '5', '7', '9']) => {
+                        model.insert(key.clone(), round);
+                    }
+                    None => {}
+                }
+            }
+            assert_eq!(seen, expected, "round {round}");
+        }
+        assert_eq!(table.len(), model.len());
+        for (key, value) in &model {
+            assert_eq!(table.get(key), Some(value));
+        }
     }
 
     #[test]

@@ -247,54 +247,61 @@ impl TrendDetector {
         }
         let alpha = self.config.baseline_alpha;
         let mut top = TopK::new(&self.config);
-        for counted in terms.iter() {
-            let authors = terms.authors(counted.value);
-            let scored = self.scored_count(counted.count, authors);
-            // One lookup per term: it is most of the cost of closing a window.
-            let known = self.baselines.get_mut(counted.key);
-            let prior = match &known {
-                None if warming_up => Prior {
-                    level: scored,
-                    uncertainty: 0.0,
-                    previous_count: 0,
-                    previous: None,
-                    windows_seen: 0,
-                },
-                known => prior_of(&self.config, known.as_deref(), window_index, coverage),
-            };
-            // The level for a whole window, before and after learning this one.
-            let level = prior.level / coverage;
-            let score = TermScore {
-                count: counted.count,
-                baseline: prior.level,
-                score: prior.score(scored),
-            };
-            let baseline = Baseline {
-                level: level + alpha * (scored / coverage - level),
-                updated_window: window_index,
-                last_count: u32::try_from(score.count).unwrap_or(u32::MAX),
-                // As whole-window figures, so that the two-window score stays fair.
-                last_baseline: level as f32,
-                last_score: score.score as f32,
-                last_scored: (scored / coverage) as f32,
-                windows_seen: prior.windows_seen.saturating_add(1),
-            };
-            match known {
-                Some(known) => *known = baseline,
-                None if warming_up || scored > self.config.new_term_prior => {
-                    self.baselines.insert(counted.key, baseline);
+        let TrendDetector {
+            config, baselines, ..
+        } = self;
+        // One lookup per term, most of the cost of closing a window: done in batches.
+        baselines.upsert_each(
+            terms.iter(),
+            |counted| counted.key,
+            |counted, known| {
+                let authors = terms.authors(counted.value);
+                let scored = scored_count(config, counted.count, authors);
+                let prior = match &known {
+                    None if warming_up => Prior {
+                        level: scored,
+                        uncertainty: 0.0,
+                        previous_count: 0,
+                        previous: None,
+                        windows_seen: 0,
+                    },
+                    known => prior_of(config, known.as_deref(), window_index, coverage),
+                };
+                // The level for a whole window, before and after learning this one.
+                let level = prior.level / coverage;
+                let score = TermScore {
+                    count: counted.count,
+                    baseline: prior.level,
+                    score: prior.score(scored),
+                };
+                let baseline = Baseline {
+                    level: level + alpha * (scored / coverage - level),
+                    updated_window: window_index,
+                    last_count: u32::try_from(score.count).unwrap_or(u32::MAX),
+                    // As whole-window figures, so that the two-window score stays fair.
+                    last_baseline: level as f32,
+                    last_score: score.score as f32,
+                    last_scored: (scored / coverage) as f32,
+                    windows_seen: prior.windows_seen.saturating_add(1),
+                };
+                if !warming_up {
+                    top.offer(Candidate {
+                        status: status(&prior, counted.count, coverage),
+                        counted,
+                        authors,
+                        score,
+                    });
                 }
-                None => {}
-            }
-            if !warming_up {
-                top.offer(Candidate {
-                    status: status(&prior, counted.count, coverage),
-                    counted,
-                    authors,
-                    score,
-                });
-            }
-        }
+                match known {
+                    Some(known) => {
+                        *known = baseline;
+                        None
+                    }
+                    None if warming_up || scored > config.new_term_prior => Some(baseline),
+                    None => None,
+                }
+            },
+        );
         self.windows_closed += 1;
         self.last_window = Some(window_index);
         self.prune_if_grown(window_index);
@@ -363,7 +370,7 @@ impl TrendDetector {
         let mut top = TopK::new(&self.config);
         for candidate in terms.iter().map(|counted| {
             let authors = terms.authors(counted.value);
-            let scored = self.scored_count(counted.count, authors);
+            let scored = scored_count(&self.config, counted.count, authors);
             let prior = prior_of(
                 &self.config,
                 self.baselines.get(counted.key),
@@ -399,15 +406,6 @@ impl TrendDetector {
         self.baselines.len()
     }
 
-    /// The count that is scored: capped per author (see the module docs).
-    fn scored_count(&self, count: u64, authors: Option<u64>) -> f64 {
-        let cap = self.config.author_cap;
-        match authors {
-            Some(authors) if cap > 0 => count.min(authors.saturating_mul(cap)) as f64,
-            _ => count as f64,
-        }
-    }
-
     fn prune_if_grown(&mut self, window_index: i64) {
         if self.baselines.len() < self.prune_at_len {
             return;
@@ -432,6 +430,15 @@ impl TrendDetector {
                 .retain(|_, b| b.level_at_end_of(window_index, decay) > threshold);
         }
         self.prune_at_len = MIN_PRUNE_LEN.max(2 * self.baselines.len());
+    }
+}
+
+/// The count that is scored: capped per author (see the module docs).
+fn scored_count(config: &TrendConfig, count: u64, authors: Option<u64>) -> f64 {
+    let cap = config.author_cap;
+    match authors {
+        Some(authors) if cap > 0 => count.min(authors.saturating_mul(cap)) as f64,
+        _ => count as f64,
     }
 }
 
@@ -626,7 +633,11 @@ mod tests {
             let key = key(kind, text);
             for i in 0..count {
                 let post = terms.add_post(&format!("{text}-{i}"));
-                terms.add(&key, author_hash(&format!("author{}", i % authors)), post);
+                terms.add(
+                    [key.as_str()],
+                    author_hash(&format!("author{}", i % authors)),
+                    post,
+                );
             }
         }
         terms

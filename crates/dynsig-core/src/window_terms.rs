@@ -184,20 +184,26 @@ impl WindowTerms {
         Some(PostRef(index))
     }
 
-    /// Counts one occurrence of the term `key` (see [`crate::term_key`]) by `author`
-    /// (a hash from [`crate::authors::author_hash`]) in `post`, in a window that tags no
-    /// actors: the term's actor vote is left alone ([`TermStats::actor`] stays `None`), so
-    /// that nothing but the count is written when authors and examples are not kept either.
-    pub fn add(&mut self, key: &str, author: u64, post: Option<PostRef>) {
-        self.count(key, author, post);
+    /// Counts one occurrence of each term of `keys` (see [`crate::term_key`]; a post's
+    /// terms) by `author` (a hash from [`crate::authors::author_hash`]) in `post`, in a
+    /// window that tags no actors: the terms' actor votes are left alone
+    /// ([`TermStats::actor`] stays `None`), so that nothing but the count is written when
+    /// authors and examples are not kept either.
+    pub fn add<'k>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'k str>,
+        author: u64,
+        post: Option<PostRef>,
+    ) {
+        self.count(keys, author, post, |_| {});
     }
 
     /// [`Self::add`] in a window that tags actors, for a post that mentions the catalog
     /// actor at position `actor` first (`None`: no actor, which is a vote too; actors past
     /// `u16::MAX - 1` count as none). A window uses either this or [`Self::add`].
-    pub fn add_about(
+    pub fn add_about<'k>(
         &mut self,
-        key: &str,
+        keys: impl IntoIterator<Item = &'k str>,
         author: u64,
         post: Option<PostRef>,
         actor: Option<usize>,
@@ -206,18 +212,32 @@ impl WindowTerms {
             .and_then(|a| u16::try_from(a).ok())
             .filter(|&a| a != NO_ACTOR)
             .unwrap_or(NO_ACTOR);
-        self.count(key, author, post).vote_actor(actor);
+        self.count(keys, author, post, |stats| stats.vote_actor(actor));
     }
 
-    fn count(&mut self, key: &str, author: u64, post: Option<PostRef>) -> &mut TermStats {
-        let (stats, _) = self.sketch.add(key, 1);
-        if self.count_authors {
-            stats.authors.insert(author);
-        }
-        if let Some(post) = post {
-            stats.add_example(post, &self.post_ranks);
-        }
-        stats
+    fn count<'k>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'k str>,
+        author: u64,
+        post: Option<PostRef>,
+        vote: impl Fn(&mut TermStats),
+    ) {
+        let WindowTerms {
+            sketch,
+            post_ranks,
+            count_authors,
+            ..
+        } = self;
+        // One batch: the post's terms' lookups overlap (see `HeavyHitters::add_each`).
+        sketch.add_each(keys, 1, |stats, _| {
+            if *count_authors {
+                stats.authors.insert(author);
+            }
+            if let Some(post) = post {
+                stats.add_example(post, post_ranks);
+            }
+            vote(stats);
+        });
     }
 
     pub fn get(&self, key: &str) -> Option<Counted<'_, TermStats>> {
@@ -277,7 +297,7 @@ mod tests {
         for (id, author, words) in &posts {
             let post = terms.add_post(id);
             for w in words {
-                terms.add(w, author_hash(author), post);
+                terms.add([*w], author_hash(author), post);
             }
         }
         let fire = terms.get("fire").unwrap();
@@ -303,7 +323,7 @@ mod tests {
             let mut terms = WindowTerms::new(10, false);
             for id in order {
                 let post = terms.add_post(id);
-                terms.add("recall", 0, post);
+                terms.add(["recall"], 0, post);
             }
             terms.examples(terms.get("recall").unwrap().value)
         };
@@ -320,12 +340,12 @@ mod tests {
     fn a_term_is_about_the_actor_most_of_its_posts_mention() {
         let mut terms = WindowTerms::new(100, false);
         for actor in [Some(3), None, Some(3), Some(1), Some(3)] {
-            terms.add_about("recall", 0, None, actor);
+            terms.add_about(["recall"], 0, None, actor);
         }
         for actor in [None, Some(3), None] {
-            terms.add_about("today", 0, None, actor);
+            terms.add_about(["today"], 0, None, actor);
         }
-        terms.add("plain", 0, None);
+        terms.add(["plain"], 0, None);
         let actor = |key| terms.get(key).unwrap().value.actor();
         assert_eq!(actor("recall"), Some(3));
         assert_eq!(actor("today"), None, "mostly without actors");
@@ -336,7 +356,7 @@ mod tests {
     fn authors_can_be_left_uncounted() {
         let mut terms = WindowTerms::new(10, false);
         for _ in 0..3 {
-            terms.add("spam", author_hash("one"), None);
+            terms.add(["spam"], author_hash("one"), None);
         }
         let spam = terms.get("spam").unwrap();
         assert_eq!((spam.count, terms.authors(spam.value)), (3, None));

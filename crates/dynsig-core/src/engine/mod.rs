@@ -374,12 +374,11 @@ impl Engine {
                 // Generation 0: the window opened before any catalog, so its terms are
                 // never tagged with actors (see `close_window`) and need no actor votes.
                 let tags_actors = counts.catalog_generation != 0;
-                for key in self.terms.iter() {
-                    if tags_actors {
-                        counts.terms.add_about(key, author, post_ref, first_actor);
-                    } else {
-                        counts.terms.add(key, author, post_ref);
-                    }
+                if tags_actors {
+                    let terms = self.terms.iter();
+                    counts.terms.add_about(terms, author, post_ref, first_actor);
+                } else {
+                    counts.terms.add(self.terms.iter(), author, post_ref);
                 }
                 for series in split_at_ends(&self.actor_series, &self.actor_series_ends) {
                     add_to_series(&mut counts.series, series, 1.0);
