@@ -28,11 +28,10 @@
 //! The `whitespace` mode is the plain `text.split_whitespace()` of simple jobs: tokens as
 //! written, a tag when they start with `#`, `$` or `@`.
 
-use std::collections::HashSet;
 
 use crate::config::{TokenizerConfig, TokenizerMode};
 use crate::model::{Term, TermKind};
-use crate::stopwords::{self, UnknownLanguage};
+use crate::stopwords::{self, StopwordSet, UnknownLanguage};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenizerError {
@@ -44,7 +43,7 @@ pub enum TokenizerError {
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
     mode: TokenizerMode,
-    stopwords: HashSet<String>,
+    stopwords: StopwordSet,
     min_word_chars: usize,
     bigrams: bool,
 }
