@@ -243,9 +243,20 @@ impl HyperLogLog {
     /// register values.
     fn estimate(&self) -> f64 {
         let q = RANK_BITS as usize;
-        let mut histogram = [0u32; RANK_BITS as usize + 2];
-        for &register in &self.registers {
-            histogram[usize::from(register)] += 1;
+        // Four partial histograms, summed: most registers hold the same few values, and
+        // one histogram would make every increment wait for the one before it (a store
+        // then a load of the same counter). Every window close reads this per term.
+        let mut partial = [[0u32; RANK_BITS as usize + 2]; 4];
+        for four in self.registers.chunks_exact(4) {
+            for (histogram, &register) in partial.iter_mut().zip(four) {
+                histogram[usize::from(register)] += 1;
+            }
+        }
+        let mut histogram = partial[0];
+        for other in &partial[1..] {
+            for (total, count) in histogram.iter_mut().zip(other) {
+                *total += count;
+            }
         }
         let m = REGISTERS as f64;
         let mut z = m * tau(1.0 - f64::from(histogram[q + 1]) / m);
