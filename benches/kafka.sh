@@ -21,7 +21,12 @@ BROKER=127.0.0.1:$(free_port)
 start_tansu "$BROKER" "$RUN/tansu.log"
 TANSU=$!
 SERVICE=
-cleanup() { [[ -n $SERVICE ]] && kill "$SERVICE" 2>/dev/null; kill "$TANSU" 2>/dev/null; wait 2>/dev/null; rm -rf "$RUN"; }
+cleanup() {
+    local status=$?
+    if (( status != 0 )) && [[ -f $RUN/dynsig.log ]]; then tail -20 "$RUN/dynsig.log" >&2; fi
+    [[ -n $SERVICE ]] && kill "$SERVICE" 2>/dev/null
+    kill "$TANSU" 2>/dev/null; wait 2>/dev/null; rm -rf "$RUN"
+}
 trap cleanup EXIT
 
 "$PY" - "$BROKER" <<'PY'
@@ -70,9 +75,9 @@ t0=$(date +%s.%N)
 SERVICE=$!
 # Done when every post is consumed and no window is open any more (the last ones close
 # 2 s of idle time after the input ends, and their signals are published with them).
-"$PY" - "$HTTP" "$POSTS" <<'PY'
-import sys, time, urllib.request
-http, posts = sys.argv[1], int(sys.argv[2])
+"$PY" - "$HTTP" "$POSTS" "$SERVICE" <<'PY'
+import os, sys, time, urllib.request
+http, posts, service = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 start = time.time()
 def metric(text, name):
     total = None
@@ -98,7 +103,8 @@ while time.time() < deadline:
                 print(f"{checkpoints:.0f} checkpoints, {seconds:.2f} s in all, the last {size:.1f} MB", file=sys.stderr)
             sys.exit(0)
     except OSError:
-        pass
+        if not os.path.exists(f"/proc/{service}"):
+            sys.exit("the service exited (the end of its log follows)")
     time.sleep(0.05)
 sys.exit("not done within 30 minutes")
 PY
