@@ -28,7 +28,6 @@
 //! The `whitespace` mode is the plain `text.split_whitespace()` of simple jobs: tokens as
 //! written, a tag when they start with `#`, `$` or `@`.
 
-
 use crate::config::{TokenizerConfig, TokenizerMode};
 use crate::model::{Term, TermKind};
 use crate::stopwords::{self, StopwordSet, UnknownLanguage};
