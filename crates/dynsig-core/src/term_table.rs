@@ -122,10 +122,10 @@ impl<V> TermTable<V> {
     /// (`None` when the key is not in the table), and inserts the value that `visit`
     /// returns for an absent key. The same as `get_mut` then `insert` per item, with the
     /// lookups done in batches whose cache misses overlap (see the module docs).
-    pub fn upsert_each<T>(
+    pub fn upsert_each<'k, T>(
         &mut self,
         items: impl IntoIterator<Item = T>,
-        key: impl Fn(&T) -> &str,
+        key: impl Fn(&T) -> &'k str,
         mut visit: impl FnMut(T, Option<&mut V>) -> Option<V>,
     ) {
         let mut batch: Vec<(u64, T)> = Vec::with_capacity(BATCH);
@@ -151,17 +151,16 @@ impl<V> TermTable<V> {
                 }
             }
             for (hash, item) in batch.drain(..) {
-                // The item's key is borrowed from the item: the lookup ends before the
-                // item moves into `visit`, and the key is copied only when inserted.
-                let found = self.find_hashed(hash, key(&item));
-                match found {
+                // The key outlives the item (`'k`): most keys are absent and not inserted,
+                // and must not be copied for that.
+                let item_key = key(&item);
+                match self.find_hashed(hash, item_key) {
                     Some(at) => {
                         visit(item, Some(&mut self.values[at]));
                     }
                     None => {
-                        let owned_key = key(&item).to_owned();
                         if let Some(value) = visit(item, None) {
-                            self.insert_absent(hash, &owned_key, value);
+                            self.insert_absent(hash, item_key, value);
                         }
                     }
                 }
@@ -288,7 +287,7 @@ mod tests {
             let mut seen = Vec::new();
             table.upsert_each(
                 keys.iter(),
-                |key| key.as_str(),
+                |&key| key.as_str(),
                 |key, value| {
                     seen.push(value.as_deref().copied());
                     match value {
