@@ -59,7 +59,7 @@ use std::hash::BuildHasher;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::probe_index::ProbeIndex;
+use crate::probe_index::{ProbeIndex, BATCH};
 
 /// A SpaceSaving heavy-hitter counter with a payload `V` per tracked key (see the module
 /// documentation for the guarantees).
@@ -463,9 +463,6 @@ where
         Ok(sketch)
     }
 }
-
-/// Keys counted together by [`HeavyHitters::add_each`] (see [`crate::term_table::BATCH`]).
-const BATCH: usize = 16;
 
 /// The largest capacity: slot numbers are `u32`.
 pub const MAX_CAPACITY: usize = 1 << 31;

@@ -33,6 +33,11 @@ pub struct ProbeIndex {
     len: usize,
 }
 
+/// Keys a caller looks up together (hashes, prefetches, then finds): enough for their cache
+/// misses to overlap, few enough that what was prefetched for the first is still in cache
+/// when it is used. Used by [`crate::heavy_hitters`] and [`crate::term_table`].
+pub const BATCH: usize = 16;
+
 /// Buckets of a non-empty index, at least.
 const MIN_BUCKETS: usize = 8;
 
@@ -109,15 +114,11 @@ impl ProbeIndex {
     /// `hash` will most likely find, for a caller to prefetch what it compares (its key).
     /// `None` when the probe meets no such tag.
     pub fn candidate(&self, hash: u64) -> Option<u32> {
-        self.probe(hash, |_| true)
+        self.find(hash, |_| true)
     }
 
     /// The entry of `hash` that `is` accepts (the caller compares its key).
-    pub fn find(&self, hash: u64, is: impl FnMut(u32) -> bool) -> Option<u32> {
-        self.probe(hash, is)
-    }
-
-    fn probe(&self, hash: u64, mut is: impl FnMut(u32) -> bool) -> Option<u32> {
+    pub fn find(&self, hash: u64, mut is: impl FnMut(u32) -> bool) -> Option<u32> {
         if self.len == 0 {
             return None;
         }
@@ -141,9 +142,7 @@ impl ProbeIndex {
 
     /// Adds `entry` under `hash`; the caller knows that its key is not indexed yet.
     pub fn insert_unique(&mut self, hash: u64, entry: u32) {
-        if (self.len + 1) * 5 > self.buckets.len() * 4 {
-            self.resize(buckets_for(self.len + 1));
-        }
+        self.reserve(1);
         self.place(bucket_of(tag_of(hash), entry));
         self.len += 1;
     }

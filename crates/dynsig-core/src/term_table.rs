@@ -8,13 +8,13 @@
 //! sit in two dense vectors by entry number (only their used prefix is ever touched, so
 //! the spare capacity of a doubling costs no resident memory; the spans, which every
 //! lookup reads, stay compact and cache-friendly), and the hash index holds entry
-//! numbers with a hash tag. Per term: the key's bytes, 8 bytes of span, the value, ~10–15 bytes of
-//! index.
+//! numbers with a hash tag. Per term: the key's bytes, 8 bytes of span, the value, and
+//! ~10–15 bytes of index.
 //!
 //! Closing a window looks up every term of the window (up to `max_terms_per_window`), and
 //! in a table of a million terms each lookup is a chain of cache misses (the index bucket,
 //! the entry's span, its key's bytes, its value). [`TermTable::upsert_each`] looks keys up
-//! in batches ([`BATCH`]) whose misses overlap: all the batch's buckets are prefetched, then
+//! in batches (of [`BATCH`]) whose misses overlap: all the batch's buckets are prefetched, then
 //! the entries they most likely name, then those entries' keys, and only then is each key
 //! looked up and compared, in cache (see [`crate::probe_index`]). Removal happens in bulk
 //! ([`TermTable::retain`]), which rebuilds the arena and the index, so it costs O(len) and
@@ -22,7 +22,7 @@
 
 use std::hash::BuildHasher;
 
-use crate::probe_index::{prefetch, ProbeIndex};
+use crate::probe_index::{prefetch, ProbeIndex, BATCH};
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -68,11 +68,6 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for TermTable<V> {
         Ok(table)
     }
 }
-
-/// Keys looked up together by [`TermTable::upsert_each`]: enough for their misses to
-/// overlap, few enough that what was prefetched for the first is still in cache when it is
-/// used.
-pub const BATCH: usize = 16;
 
 impl<V> Default for TermTable<V> {
     fn default() -> Self {
