@@ -264,9 +264,9 @@ pub async fn run(
     tracing::info!(brokers = %config.kafka.brokers, group = %config.kafka.group_id, "dynsig running");
 
     let watch_broker = tokio::spawn(watch_broker(
-        publisher.clone(),
+        (publisher.clone(), consumer.clone()),
         (health.clone(), assignment.clone()),
-        (config.kafka.clone(), needed_topics, topics.clone()),
+        (config.kafka.clone(), needed_topics, topics.clone(), sharded),
         shutdown.clone(),
     ));
     let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE / READ_BATCH);
@@ -480,9 +480,14 @@ async fn source(
 
 /// Keeps `/readyz` honest about the cluster: a metadata request every few seconds.
 async fn watch_broker(
-    publisher: Arc<Publisher>,
+    (publisher, consumer): (Arc<Publisher>, Arc<InputConsumer>),
     (health, assignment): (Arc<Health>, Arc<Assignment>),
-    (kafka_config, needed_topics, topics): (KafkaConfig, Vec<NeededTopic>, Arc<TopicsConfig>),
+    (kafka_config, needed_topics, topics, sharded): (
+        KafkaConfig,
+        Vec<NeededTopic>,
+        Arc<TopicsConfig>,
+        bool,
+    ),
     mut shutdown: watch::Receiver<bool>,
 ) {
     // The topics were ensured at start; after an outage they are checked again, because a
@@ -515,6 +520,18 @@ async fn watch_broker(
                         .any(|t| topics.inputs().contains(&t.as_str()))
                     {
                         assignment.note_inputs_recreated();
+                    }
+                    let subscribed = subscription(&topics, sharded);
+                    if created.iter().any(|t| subscribed.contains(&t.as_str())) {
+                        // The group may have rejoined while the topics were missing and
+                        // been assigned nothing; librdkafka does not rebalance for topics
+                        // created during a rebalance (confluentinc/librdkafka#3008), so
+                        // the instance would idle until its next restart. Subscribing
+                        // again makes the group rejoin with the topics in its metadata.
+                        match consumer.subscribe(&subscribed) {
+                            Ok(()) => tracing::info!("re-subscribed after re-creating inputs"),
+                            Err(error) => tracing::warn!(%error, "re-subscribing failed"),
+                        }
                     }
                 }
                 // Retried at the next check.
