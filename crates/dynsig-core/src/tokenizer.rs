@@ -267,7 +267,22 @@ fn read_tag(
 /// inner apostrophes folded to `'`.
 fn read_word(cursor: &mut Cursor<'_>, scratch: &mut String) {
     scratch.clear();
-    while let Some(c) = cursor.peek() {
+    loop {
+        // Most words are ASCII: a run of ASCII letters and digits is copied and lowercased
+        // at once rather than decoded, tested and pushed character by character (that
+        // was a tenth of the default pipeline).
+        let run = cursor
+            .rest
+            .bytes()
+            .position(|b| !b.is_ascii_alphanumeric())
+            .unwrap_or(cursor.rest.len());
+        if run > 0 {
+            let start = scratch.len();
+            scratch.push_str(&cursor.rest[..run]);
+            scratch[start..].make_ascii_lowercase();
+            cursor.rest = &cursor.rest[run..];
+        }
+        let Some(c) = cursor.peek() else { break };
         if c.is_alphanumeric() || is_combining_mark(c) {
             push_lowercase(scratch, c);
         } else if is_apostrophe(c) && cursor.peek_second().is_some_and(char::is_alphanumeric) {
