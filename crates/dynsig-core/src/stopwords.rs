@@ -95,7 +95,9 @@ pub fn normalize(word: &str) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct StopwordSet {
     words: HashSet<String, foldhash::quality::RandomState>,
-    filter: [u64; FILTER_BITS / 64],
+    /// Boxed: a tokenizer (this set included) is part of other values, e.g. the catalog's
+    /// matcher, which is moved around whole.
+    filter: Box<[u64; FILTER_BITS / 64]>,
 }
 
 const FILTER_BITS: usize = 2048;
