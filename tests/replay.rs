@@ -1,7 +1,8 @@
 //! `dynsig gen` then `dynsig replay`, through the binary, no broker: every burst and
 //! incident the generator planted must come out as a firing alert in the right window,
 //! the output files must be what downstream tools parse, and `--threads 2` must write
-//! the same files, as must `--shards 3` (but for the order of records within a file).
+//! the same files, as must `--shards 3`, on one thread or three (but for the order of
+//! records within a file).
 
 mod support;
 
@@ -68,20 +69,26 @@ fn replay_reports_every_planted_burst_and_incident() {
     );
     // Keys split between three engines, as between three instances: the merged trend
     // snapshots are the same file; the rest the same records, in the order the shards
-    // published them.
-    let sharded = dir.join("out-sharded");
-    replay(("2", "3"), &sharded);
-    for file in std::fs::read_dir(&out).unwrap() {
-        let name = file.unwrap().file_name();
-        let [mut whole, mut split] = [&out, &sharded].map(|dir| {
-            let text = std::fs::read_to_string(dir.join(&name)).unwrap();
-            text.lines().map(str::to_owned).collect::<Vec<_>>()
-        });
-        if name != "signals.trends.jsonl" {
-            whole.sort();
-            split.sort();
+    // published them. The same whether the three engines take turns on one thread or
+    // each runs on its own (with the posts dealt out in batches).
+    for threads in ["1", "2"] {
+        let sharded = dir.join(format!("out-sharded-{threads}"));
+        replay((threads, "3"), &sharded);
+        for file in std::fs::read_dir(&out).unwrap() {
+            let name = file.unwrap().file_name();
+            let [mut whole, mut split] = [&out, &sharded].map(|dir| {
+                let text = std::fs::read_to_string(dir.join(&name)).unwrap();
+                text.lines().map(str::to_owned).collect::<Vec<_>>()
+            });
+            if name != "signals.trends.jsonl" {
+                whole.sort();
+                split.sort();
+            }
+            assert!(
+                whole == split,
+                "{name:?} differs with --shards 3 --threads {threads}"
+            );
         }
-        assert!(whole == split, "{name:?} differs with --shards 3");
     }
 
     let truth: Vec<Value> =
@@ -137,16 +144,21 @@ fn replay_reports_every_planted_burst_and_incident() {
 
 #[test]
 fn replay_dead_letters_bad_lines_and_keeps_going() {
-    dead_letters_bad_lines_and_keeps_going("1");
+    dead_letters_bad_lines_and_keeps_going("1", "1");
 }
 
 #[test]
 fn replay_with_reader_threads_dead_letters_bad_lines_and_keeps_going() {
-    dead_letters_bad_lines_and_keeps_going("2");
+    dead_letters_bad_lines_and_keeps_going("2", "1");
 }
 
-fn dead_letters_bad_lines_and_keeps_going(threads: &str) {
-    let scratch = TestDir::new(&format!("replay-bad-lines-{threads}"));
+#[test]
+fn replay_with_shard_threads_dead_letters_bad_lines_and_keeps_going() {
+    dead_letters_bad_lines_and_keeps_going("2", "2");
+}
+
+fn dead_letters_bad_lines_and_keeps_going(threads: &str, shards: &str) {
+    let scratch = TestDir::new(&format!("replay-bad-lines-{threads}-{shards}"));
     let dir = scratch.path();
     let posts = dir.join("posts.jsonl");
     let good = |ts: i64, text: &str| format!(r#"{{"ts":{ts},"author":"a","text":"{text}"}}"#);
@@ -164,6 +176,8 @@ fn dead_letters_bad_lines_and_keeps_going(threads: &str) {
         "replay",
         "--threads",
         threads,
+        "--shards",
+        shards,
         "--posts",
         posts.to_str().unwrap(),
         "--output",

@@ -3,6 +3,7 @@
 //! ([`super::Engine::ingest_with_terms`]), and [`PostTerms`] carries the result.
 
 use crate::model::TermKind;
+use crate::shard::Shard;
 use crate::term_key;
 use crate::tokenizer::{Scratch, Tokenizer};
 
@@ -66,6 +67,18 @@ impl PostTerms {
         self.keys.clear();
         self.ends.clear();
     }
+
+    /// Replaces each of `shards` (one per shard, in shard order) with the keys that shard
+    /// owns ([`Shard::of_key`]), in order: tokenized once, counted by each owner.
+    pub fn split_by_shard(&self, shards: &mut [PostTerms]) {
+        shards.iter_mut().for_each(PostTerms::clear);
+        let count = u32::try_from(shards.len()).expect("fewer than 2^32 shards");
+        for key in self.iter() {
+            let part = &mut shards[Shard::of_key(key, count) as usize];
+            part.keys.push_str(key);
+            part.ends.push(part.keys.len());
+        }
+    }
 }
 
 /// Extracts a post's terms exactly as the engine it came from does (same tokenizer
@@ -117,5 +130,24 @@ mod tests {
         assert!(keys(&terms).is_empty() && terms.last().is_none());
         assert!(terms.push_key(&words[1]) && !terms.push_key("\u{0}not a key"));
         assert_eq!(keys(&terms), [words[1].as_str()]);
+    }
+
+    #[test]
+    fn split_by_shard_gives_each_key_to_its_owner_in_order() {
+        let mut terms = PostTerms::default();
+        for i in 0..40 {
+            terms.push(TermKind::Word, &format!("w{}", i % 25));
+        }
+        let mut parts = vec![PostTerms::default(); 3];
+        parts[1].push(TermKind::Word, "left over from the last post");
+        terms.split_by_shard(&mut parts);
+        for (index, part) in (0u32..).zip(&parts) {
+            let owned: Vec<&str> = terms
+                .iter()
+                .filter(|key| Shard::new(index, 3).unwrap().owns_term(key))
+                .collect();
+            assert!(!owned.is_empty());
+            assert_eq!(keys(part), owned, "shard {index}");
+        }
     }
 }

@@ -8,6 +8,8 @@
 //! [`dynsig_core::shard_merge`]): a preview, and a check, of what a scaled-out deployment
 //! publishes.
 
+mod shard_threads;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -18,7 +20,7 @@ use std::thread::JoinHandle;
 use anyhow::Context as _;
 use dynsig_core::decode::{InputKind, Rejection};
 use dynsig_core::engine::PostTerms;
-use dynsig_core::model::{Input, Post, Signal};
+use dynsig_core::model::{EpochMs, Input, Post, Signal};
 use dynsig_core::shard::Shard;
 use dynsig_core::shard_merge::{Merged, ShardMerge};
 
@@ -52,10 +54,15 @@ pub fn replay(
     (threads, shards): (u8, u32),
 ) -> anyhow::Result<ReplaySummary> {
     let mut engines = Engines::new(config, shards)?;
-    let processor = &engines.processors[0];
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let mut sinks = Sinks::create(config, out_dir)?;
     let mut summary = ReplaySummary::default();
+    if threads > 1 && shards > 1 {
+        shard_threads::replay((posts, events), engines, &mut sinks, &mut summary)?;
+        sinks.finish()?;
+        return Ok(summary);
+    }
+    let processor = &engines.processors[0];
 
     let open = |path: &Path, kind| -> anyhow::Result<Feed> {
         let lines = LineSource::open(path, kind)?;
@@ -174,21 +181,37 @@ impl Engines {
         };
         let mut signals = Vec::new();
         for (index, processor) in (0u32..).zip(&mut self.processors) {
-            let (windows, published) = ShardMerge::split_by_window(poll(processor));
-            signals.extend(published);
-            for window in windows {
-                if let Merged::Complete(merged) = merge.push_window(index, window) {
-                    signals.extend(merged);
-                }
-            }
-            if let Some(watermark) = processor.engine().watermark().filter(|_| !end) {
-                signals.extend(merge.push_progress(index, watermark));
-            }
+            let polled = poll(processor);
+            // Read after polling: closing a window raises it.
+            let watermark = processor.engine().watermark().filter(|_| !end);
+            merge_polled(merge, index, polled, watermark, &mut signals);
         }
         if end {
             signals.extend(merge.finish());
         }
         signals
+    }
+}
+
+/// Passes what shard `index` published (`polled`) through the merge into `out`: its
+/// windows merged with the other shards', the rest as it is; then its event time
+/// (`watermark`; `None` at the end of the input), which may release notifications.
+fn merge_polled(
+    merge: &mut ShardMerge,
+    index: u32,
+    polled: Vec<Signal>,
+    watermark: Option<EpochMs>,
+    out: &mut Vec<Signal>,
+) {
+    let (windows, published) = ShardMerge::split_by_window(polled);
+    out.extend(published);
+    for window in windows {
+        if let Merged::Complete(merged) = merge.push_window(index, window) {
+            out.extend(merged);
+        }
+    }
+    if let Some(watermark) = watermark {
+        out.extend(merge.push_progress(index, watermark));
     }
 }
 
@@ -338,6 +361,41 @@ impl LineSource {
             self.line_no += 1;
             if !self.line().iter().all(u8::is_ascii_whitespace) {
                 return Ok(true);
+            }
+        }
+    }
+
+    /// Moves past the next line that is not blank without copying it (the line is not
+    /// available); false at the end of the file.
+    fn skip_line(&mut self) -> anyhow::Result<bool> {
+        // Whether the line being skipped has content, and any of it was seen yet.
+        let (mut blank, mut started) = (true, false);
+        loop {
+            let buffer = self
+                .reader
+                .fill_buf()
+                .with_context(|| format!("reading {}", self.path.display()))?;
+            if buffer.is_empty() {
+                // A last line without a line end still counts.
+                self.line_no += u64::from(started);
+                return Ok(!blank);
+            }
+            let (end, consumed) = match memchr::memchr(b'\n', buffer) {
+                Some(at) => (Some(at), at + 1),
+                None => (None, buffer.len()),
+            };
+            blank &= buffer[..end.unwrap_or(consumed)]
+                .iter()
+                .all(u8::is_ascii_whitespace);
+            started = true;
+            self.reader.consume(consumed);
+            self.bytes_read += consumed as u64;
+            if end.is_some() {
+                self.line_no += 1;
+                if !blank {
+                    return Ok(true);
+                }
+                (blank, started) = (true, false);
             }
         }
     }
@@ -587,5 +645,42 @@ impl Sinks {
             sink.flush()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Skipping a line moves past the same lines as reading it: blank lines are not
+    /// lines, CRLF ends are ends, a last line needs no line end, and a line longer than
+    /// the read buffer is one line.
+    #[test]
+    fn skipping_lines_counts_them_as_reading_does() {
+        let long = "x".repeat(3 << 20);
+        let text = format!("a\n\n  \r\nb\r\n{long}\n\nc");
+        let path = std::env::temp_dir().join(format!("dynsig-skip-{}.jsonl", std::process::id()));
+        std::fs::write(&path, &text).unwrap();
+        let lines_of = |skip_every: usize| {
+            let mut source = LineSource::open(&path, InputKind::Post).unwrap();
+            let mut seen = Vec::new();
+            for i in 0.. {
+                let more = if i % skip_every == 0 {
+                    source.skip_line().unwrap()
+                } else {
+                    source.read_line().unwrap()
+                };
+                if !more {
+                    break;
+                }
+                seen.push(source.line_no);
+            }
+            (seen, source.line_no, source.bytes_read)
+        };
+        let read = lines_of(usize::MAX);
+        assert_eq!(read, (vec![1, 4, 5, 7], 7, text.len() as u64));
+        assert_eq!(lines_of(1), read, "every line skipped");
+        assert_eq!(lines_of(2), read, "every other line skipped");
+        std::fs::remove_file(&path).unwrap();
     }
 }
