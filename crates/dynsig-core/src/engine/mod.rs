@@ -303,6 +303,8 @@ impl Engine {
     /// [`Engine::ingest`] once a post's text terms are in `self.terms`.
     fn ingest_extracted(&mut self, input: &Input, origin: Option<Origin>) -> Result<(), Refused> {
         let ts = input.ts();
+        // The tokenizer's terms, before any actor's.
+        let extracted = self.terms.count();
         self.check_time(input, ts)?;
         self.watermark
             .observe(origin.map_or(UNPARTITIONED, |o| o.partition), ts);
@@ -344,7 +346,13 @@ impl Engine {
         let shard = self.shard;
         let owns_series = shard.owns_series(&self.series_scratch);
         if !shard.is_whole() {
-            self.terms.retain(|key| shard.owns_term(key));
+            // Terms split for this shard already are its own: only the actors' terms
+            // matched here need the check.
+            let checked = match self.terms.owner() {
+                Some(owner) if owner == shard => extracted,
+                _ => 0,
+            };
+            self.terms.retain_from(checked, |key| shard.owns_term(key));
         }
         let counts_pairs = self.post_actors.len() > 1 && shard.owns_co_mentions();
         for (v, view) in self.views.iter_mut().enumerate() {

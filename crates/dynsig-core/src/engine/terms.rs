@@ -13,6 +13,9 @@ use crate::tokenizer::{Scratch, Tokenizer};
 pub struct PostTerms {
     keys: String,
     ends: Vec<usize>,
+    /// The shard these keys were split for ([`PostTerms::split_by_shard`]): they need no
+    /// second look at who owns them.
+    owner: Option<Shard>,
 }
 
 impl PostTerms {
@@ -45,9 +48,21 @@ impl PostTerms {
         Some(&self.keys[start..end])
     }
 
-    /// Keeps only the keys `keep` accepts, in order, in place (a post has a few dozen).
-    pub(super) fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        let (mut i, mut start) = (0, 0);
+    /// Keys held.
+    pub(super) fn count(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The shard these keys were split for, if they were.
+    pub(super) fn owner(&self) -> Option<Shard> {
+        self.owner
+    }
+
+    /// Keeps, among the keys from position `first` on, only those `keep` accepts, in
+    /// order, in place (a post has a few dozen).
+    pub(super) fn retain_from(&mut self, first: usize, mut keep: impl FnMut(&str) -> bool) {
+        let mut i = first;
+        let mut start = first.checked_sub(1).map_or(0, |last| self.ends[last]);
         while i < self.ends.len() {
             let end = self.ends[i];
             if keep(&self.keys[start..end]) {
@@ -66,6 +81,7 @@ impl PostTerms {
     pub fn clear(&mut self) {
         self.keys.clear();
         self.ends.clear();
+        self.owner = None;
     }
 
     /// Replaces each of `shards` (one per shard, in shard order) with the keys that shard
@@ -77,6 +93,9 @@ impl PostTerms {
             let part = &mut shards[Shard::of_key(key, count) as usize];
             part.keys.push_str(key);
             part.ends.push(part.keys.len());
+        }
+        for (part, shard) in shards.iter_mut().zip(Shard::all(count)) {
+            part.owner = Some(shard);
         }
     }
 }
@@ -123,10 +142,10 @@ mod tests {
             terms.last(),
             Some(term_key::key(TermKind::Word, "acme").as_str())
         );
-        terms.retain(|key| key.len() > 5);
+        terms.retain_from(0, |key| key.len() > 5);
         let words = ["battery", "battery fire"].map(|t| term_key::key(TermKind::Word, t));
         assert_eq!(keys(&terms), words);
-        terms.retain(|_| false);
+        terms.retain_from(0, |_| false);
         assert!(keys(&terms).is_empty() && terms.last().is_none());
         assert!(terms.push_key(&words[1]) && !terms.push_key("\u{0}not a key"));
         assert_eq!(keys(&terms), [words[1].as_str()]);
@@ -135,8 +154,9 @@ mod tests {
     #[test]
     fn split_by_shard_gives_each_key_to_its_owner_in_order() {
         let mut terms = PostTerms::default();
-        for i in 0..40 {
-            terms.push(TermKind::Word, &format!("w{}", i % 25));
+        let words = "battery fire smoke recall refund delay outage price launch app".split(' ');
+        for word in words.clone().chain(words) {
+            terms.push(TermKind::Word, word);
         }
         let mut parts = vec![PostTerms::default(); 3];
         parts[1].push(TermKind::Word, "left over from the last post");
@@ -148,6 +168,22 @@ mod tests {
                 .collect();
             assert!(!owned.is_empty());
             assert_eq!(keys(part), owned, "shard {index}");
+            assert_eq!(part.owner(), Some(Shard::new(index, 3).unwrap()));
         }
+        parts[0].clear();
+        assert_eq!(parts[0].owner(), None, "new keys are anyone's");
+    }
+
+    #[test]
+    fn retain_from_leaves_the_keys_before_alone() {
+        let mut terms = PostTerms::default();
+        for text in ["a", "bb", "c", "dd", "e"] {
+            terms.push(TermKind::Word, text);
+        }
+        terms.retain_from(2, |key| key.len() > 2);
+        let expected = ["a", "bb", "dd"].map(|t| term_key::key(TermKind::Word, t));
+        assert_eq!(keys(&terms), expected);
+        terms.retain_from(3, |_| false);
+        assert_eq!(keys(&terms), expected, "nothing from past the end");
     }
 }
