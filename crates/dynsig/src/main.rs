@@ -117,7 +117,8 @@ struct ReplayArgs {
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// 2: read, decode and tokenize each file on a thread of its own while another runs
-    /// the engine (same outputs).
+    /// the engine (same outputs); with --shards N, run each shard's engine on a thread of
+    /// its own instead, each decoding and tokenizing a share of the posts.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
     threads: u8,
     /// Split the terms and series between this many engines, as between that many

@@ -6,7 +6,8 @@
 //! With `--shards N` the keys are split between N engines as between N service instances
 //! (see [`dynsig_core::shard`]), each fed every input, and what they publish merged (see
 //! [`dynsig_core::shard_merge`]): a preview, and a check, of what a scaled-out deployment
-//! publishes.
+//! publishes. The engines take turns on one thread, or with `--threads 2` each runs on a
+//! thread of its own ([`shard_threads`]).
 
 mod shard_threads;
 
@@ -45,7 +46,8 @@ pub struct ReplaySummary {
 /// set, and writes one `<topic>.jsonl` file per output topic into `out_dir`. With
 /// `threads = 2`, each file is read, decoded and tokenized on a thread of its own while
 /// this one runs the engine (see [`Prefetched`]); the outputs are the same. With
-/// `shards` > 1, the keys are split between that many engines (see the module docs).
+/// `shards` > 1, the keys are split between that many engines (see the module docs), and
+/// with `threads = 2` as well each engine runs on a thread of its own.
 pub fn replay(
     config: &Config,
     posts: &Path,

@@ -34,7 +34,7 @@ use super::{merge_polled, Engines, LineSource, ReplaySummary, Sinks};
 use crate::processor::{Decoder, Processor};
 
 /// Lines per batch of posts dealt to a worker.
-const BATCH: usize = 128;
+const BATCH: usize = 256;
 /// Own batches a worker prepares ahead of the one it counts, so that the others rarely
 /// wait for its share.
 const AHEAD: u64 = 1;
