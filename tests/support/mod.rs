@@ -92,11 +92,31 @@ impl Drop for TestDir {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released). Another
-/// process may grab it in between; [`TestBroker::start`] retries on a new port when that happens.
+/// A TCP port on 127.0.0.1 that was free a moment ago. Taken below Linux's ephemeral range
+/// (32768 and up): a port the kernel handed out for port 0 could be given again as the
+/// source port of any outgoing connection (the tests' Kafka clients open many) before the
+/// service binds it, which once failed a service's start with "address already in use".
+/// Each test process walks the range from its own starting point, so that tests running
+/// side by side do not pick the same port. Another process may still grab it in between;
+/// [`TestBroker::start`] retries on a new port when that happens.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: OnceLock<AtomicU64> = OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        AtomicU64::new(u64::from(std::process::id().wrapping_mul(7919) ^ nanos))
+    });
+    for _ in 0..SPAN {
+        let port = (LOW + (next.fetch_add(1, Ordering::Relaxed) % u64::from(SPAN)) as u32) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN);
 }
 
 /// A name unique to this test process and call, e.g. for consumer group ids.

@@ -32,6 +32,7 @@ use dynsig_core::shard_merge::ShardMerge;
 
 use super::{merge_polled, Engines, LineSource, ReplaySummary, Sinks};
 use crate::processor::{Decoder, Processor};
+use crate::progress::Progress;
 
 /// Lines per batch of posts dealt to a worker.
 const BATCH: usize = 256;
@@ -128,14 +129,26 @@ pub(super) fn replay(
         events.map(Path::to_owned).unwrap_or_default(),
     ];
     let merged = merge_reports(&reports, count, &mut merge, sinks, summary, &paths);
+    // Every worker stops once one has (their channels close): join them all, and say what
+    // went wrong first rather than the others' "stopped early".
+    drop(reports);
+    let mut failures: Vec<anyhow::Error> = Vec::new();
     for (me, worker) in workers.into_iter().enumerate() {
-        worker
+        let outcome = worker
             .join()
-            .map_err(|_| anyhow::anyhow!("the thread of shard {me} panicked"))?
-            .with_context(|| format!("shard {me}"))?;
+            .map_err(|_| anyhow::anyhow!("the thread of shard {me} panicked"))
+            .and_then(|result| result.with_context(|| format!("shard {me}")));
+        failures.extend(outcome.err());
     }
-    merged
+    merged?;
+    failures.sort_by_key(|failure| failure.downcast_ref::<Stopped>().is_some());
+    failures.into_iter().next().map_or(Ok(()), Err)
 }
+
+/// A worker's side of a channel went away: it stopped, and reports why itself.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} stopped early")]
+struct Stopped(&'static str);
 
 /// Merges the workers' reports input by input, in shard order, and writes what comes out.
 fn merge_reports(
@@ -146,6 +159,8 @@ fn merge_reports(
     summary: &mut ReplaySummary,
     paths: &[PathBuf; 2],
 ) -> anyhow::Result<()> {
+    let mut progress = Progress::new("inputs");
+    let mut merged_steps = 0;
     let mut pending: Vec<VecDeque<Report>> = (0..count).map(|_| VecDeque::new()).collect();
     let mut finals: Vec<Option<Vec<Signal>>> = vec![None; count];
     // Ends when every worker has gone (finished, or failed: then its error is the result).
@@ -190,8 +205,12 @@ fn merge_reports(
                 }
                 sinks.write_signals(out, summary)?;
             }
+            // Inputs counted (not those rejected on the way): close enough for a person.
+            merged_steps += steps as u64;
+            progress.update(merged_steps, || None);
         }
     }
+    progress.finish();
     if finals.iter().all(Option::is_some) && pending.iter().all(VecDeque::is_empty) {
         let mut out = Vec::new();
         for (me, signals) in finals.into_iter().enumerate() {
@@ -323,7 +342,7 @@ impl PostStream {
                 None => self.own.pop_front().expect("prepared above"),
                 Some(inbox) => inbox
                     .recv()
-                    .context("another shard's thread stopped early")?,
+                    .map_err(|_| Stopped("another shard's thread"))?,
             };
             debug_assert_eq!(batch.0.index, index, "batches arrive in order");
             self.current = Some((index, batch));
@@ -503,14 +522,14 @@ impl Worker {
         let signals = self.processor.finish();
         self.reports
             .send(Message::Final(self.me, signals, inputs))
-            .context("the merging thread stopped")
+            .map_err(|_| Stopped("the merging thread").into())
     }
 
     fn send_report(&mut self) -> anyhow::Result<()> {
         let report = std::mem::take(&mut self.report);
         self.reports
             .send(Message::Report(self.me, report))
-            .context("the merging thread stopped")
+            .map_err(|_| Stopped("the merging thread").into())
     }
 
     /// The next decodable post; rejected ones are dead-lettered (by worker 0) on the way.
