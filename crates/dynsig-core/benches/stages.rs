@@ -14,7 +14,7 @@ use dynsig_core::alert::{AlertBook, AlertContent, Lifecycle, Observation, Rule, 
 use dynsig_core::anomaly::SeriesScore;
 use dynsig_core::config::{AlertConfig, EngineConfig, TokenizerConfig, TrendConfig};
 use dynsig_core::decode::{decode, Format, InputKind, Limits};
-use dynsig_core::engine::Engine;
+use dynsig_core::engine::{Engine, PostTerms};
 use dynsig_core::heavy_hitters::HeavyHitters;
 use dynsig_core::model::{AlertStatus, Input, Post};
 use dynsig_core::rng::SplitMix64;
@@ -88,6 +88,18 @@ fn tokenizing(c: &mut Criterion) {
             let mut terms = 0usize;
             tokenizer.for_each_term(black_box(TEXT), &mut scratch, |_, t| terms += t.len());
             terms
+        })
+    });
+    // A post's terms (words and bigrams) dealt to two shards, as `replay --threads 2
+    // --shards 2` does for every post.
+    let mut terms = PostTerms::default();
+    let engine = Engine::new(EngineConfig::default()).unwrap();
+    engine.term_extractor().extract(TEXT, &mut terms);
+    let mut parts = vec![PostTerms::default(); 2];
+    group.bench_function("split_by_shard_2", |b| {
+        b.iter(|| {
+            black_box(&terms).split_by_shard(&mut parts);
+            parts[0].iter().count()
         })
     });
     group.finish();

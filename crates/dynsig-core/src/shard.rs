@@ -31,6 +31,19 @@ use crate::model::TermKind;
 use crate::term_key;
 use crate::window_alerts::ACTOR_SERIES_PREFIX;
 
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+fn fnv_step(hash: u64, byte: u8) -> u64 {
+    (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
+}
+
+/// The shard among `count` of a key's FNV-1a hash: the high bits mix best, and a
+/// multiply-shift maps them onto 0..count evenly.
+fn place(hash: u64, count: u32) -> u32 {
+    (((hash >> 32) * u64::from(count)) >> 32) as u32
+}
+
 /// One engine's part of the keys: shard `index` of `count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Shard {
@@ -85,13 +98,26 @@ impl Shard {
     /// a std hasher, since it decides where state lives, and a checkpoint written by one
     /// build (or one instance) is restored by another.
     pub fn of_key(key: &str, count: u32) -> u32 {
-        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-        const PRIME: u64 = 0x0000_0100_0000_01b3;
-        let hash = key.bytes().fold(OFFSET, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
-        });
-        // The high bits mix best; a multiply-shift maps them onto 0..count evenly.
-        (((hash >> 32) * u64::from(count)) >> 32) as u32
+        let hash = key.bytes().fold(FNV_OFFSET, fnv_step);
+        place(hash, count)
+    }
+
+    /// [`Shard::of_key`] of four keys at once. FNV-1a is one multiply per byte, each
+    /// waiting for the one before: over the bytes the four keys have in common the four
+    /// chains are independent, and the multiplier works on all of them in turn.
+    pub fn of_four_keys(keys: [&str; 4], count: u32) -> [u32; 4] {
+        let keys = keys.map(str::as_bytes);
+        let common = keys.iter().map(|key| key.len()).min().unwrap_or(0);
+        let mut hashes = [FNV_OFFSET; 4];
+        for at in 0..common {
+            for (hash, key) in hashes.iter_mut().zip(&keys) {
+                *hash = fnv_step(*hash, key[at]);
+            }
+        }
+        for (hash, key) in hashes.iter_mut().zip(&keys) {
+            *hash = key[common..].iter().copied().fold(*hash, fnv_step);
+        }
+        hashes.map(|hash| place(hash, count))
     }
 
     /// Whether this shard owns the term with key `term_key` (as in [`crate::term_key`]).
@@ -139,6 +165,32 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn four_keys_at_once_are_placed_as_one_by_one() {
+        let words = [
+            "",
+            "a",
+            "fire",
+            "battery fire",
+            "\u{1}recall",
+            "#sale",
+            "ünïcode",
+            "zz",
+        ];
+        for (i, a) in words.iter().enumerate() {
+            for b in &words[i..] {
+                let keys = [*a, *b, words[(i + 3) % words.len()], "\u{6}price hike"];
+                for count in [2, 3, 8] {
+                    assert_eq!(
+                        Shard::of_four_keys(keys, count),
+                        keys.map(|key| Shard::of_key(key, count)),
+                        "{keys:?} among {count}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_key_has_exactly_one_owner() {
