@@ -85,14 +85,14 @@ pub fn replay(
         None => false,
     };
     let mut progress = Progress::new("inputs");
-    // Two-way merge by event time, as a consumer interleaving two partitions would.
     loop {
-        let events = event_feed.as_ref().filter(|_| event_ready);
-        let take_post = match (post_ready, events) {
-            (true, Some(events)) => post_feed.record().ts() <= events.record().ts(),
-            (true, None) => true,
-            (false, Some(_)) => false,
-            (false, None) => break,
+        let post_ts = post_ready.then(|| post_feed.record().ts());
+        let event_ts = event_feed
+            .as_ref()
+            .filter(|_| event_ready)
+            .map(|feed| feed.record().ts());
+        let Some(take_post) = post_first(post_ts, event_ts) else {
+            break;
         };
         let feed = if take_post {
             &mut post_feed
@@ -123,6 +123,19 @@ pub fn replay(
     sinks.write_signals(engines.poll(Processor::finish, true), &mut summary)?;
     sinks.finish()?;
     Ok(summary)
+}
+
+/// The two-way merge of posts and events by event time, as a consumer interleaving two
+/// partitions would: whether the next input is the post (at `post_ts`, if one is ready)
+/// rather than the event (at `event_ts`); `None` once both files are done. Every way of
+/// replaying takes inputs in this order, so that they publish the same.
+fn post_first(post_ts: Option<EpochMs>, event_ts: Option<EpochMs>) -> Option<bool> {
+    match (post_ts, event_ts) {
+        (Some(post), Some(event)) => Some(post <= event),
+        (Some(_), None) => Some(true),
+        (None, Some(_)) => Some(false),
+        (None, None) => None,
+    }
 }
 
 /// The engine of a replay, or its shards' engines with the merge of what they publish.

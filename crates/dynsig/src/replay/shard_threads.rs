@@ -30,7 +30,7 @@ use dynsig_core::engine::{PostTerms, TermExtractor};
 use dynsig_core::model::{EpochMs, Input, Post, Signal};
 use dynsig_core::shard_merge::ShardMerge;
 
-use super::{merge_polled, Engines, LineSource, ReplaySummary, Sinks};
+use super::{merge_polled, post_first, Engines, LineSource, ReplaySummary, Sinks};
 use crate::processor::{Decoder, Processor};
 use crate::progress::Progress;
 
@@ -242,8 +242,32 @@ struct Report {
     dead_letters: Vec<DeadLetter>,
 }
 
+impl Report {
+    /// A rejected line (`feed`, line number, line), kept by worker 0 only: every shard
+    /// rejects the same ones, and one dead letter is enough.
+    fn dead_letter(
+        &mut self,
+        me: usize,
+        (feed, line_no, line): (u8, u64, &[u8]),
+        rejection: Rejection,
+    ) {
+        if me == 0 {
+            self.dead_letters.push(DeadLetter {
+                feed,
+                line_no,
+                line: line.to_vec(),
+                rejection,
+            });
+        }
+    }
+}
+
+/// The feeds, as [`DeadLetter::feed`] numbers them.
+const POSTS: u8 = 0;
+const EVENTS: u8 = 1;
+
 struct DeadLetter {
-    /// 0: the posts file, 1: the events file.
+    /// [`POSTS`] or [`EVENTS`].
     feed: u8,
     line_no: u64,
     line: Vec<u8>,
@@ -471,37 +495,29 @@ impl Worker {
         let mut post_ready = self.advance_posts(&mut inputs)?;
         let mut event_ready = self.advance_events(&mut inputs)?;
         loop {
-            // The same two-way merge by event time as the one-thread replay.
-            let take_post = match (post_ready, event_ready) {
-                (true, true) => {
-                    let (_, event) = self.events.as_ref().expect("an event was read");
-                    self.posts.current().record.ts() <= event.ts()
-                }
-                (true, false) => true,
-                (false, true) => false,
-                (false, false) => break,
+            let post_ts = post_ready.then(|| self.posts.current().record.ts());
+            let event_ts = self
+                .events
+                .as_ref()
+                .filter(|_| event_ready)
+                .map(|(_, event)| event.ts());
+            let Some(take_post) = post_first(post_ts, event_ts) else {
+                break;
             };
             if take_post {
                 let (item, terms) = self.posts.current_with_terms();
-                let verdict = self.processor.ingest_with_terms(&item.record, None, terms);
-                if let (Err(rejection), 0) = (verdict, self.me) {
-                    self.report.dead_letters.push(DeadLetter {
-                        feed: 0,
-                        line_no: item.line_no,
-                        line: item.line.clone(),
-                        rejection,
-                    });
+                if let Err(rejection) = self.processor.ingest_with_terms(&item.record, None, terms)
+                {
+                    let item = self.posts.current();
+                    let letter = (POSTS, item.line_no, item.line.as_slice());
+                    self.report.dead_letter(self.me, letter, rejection);
                 }
                 post_ready = self.advance_posts(&mut inputs)?;
             } else {
                 let (lines, event) = self.events.as_ref().expect("an event was read");
-                if let (Err(rejection), 0) = (self.processor.ingest(event, None), self.me) {
-                    self.report.dead_letters.push(DeadLetter {
-                        feed: 1,
-                        line_no: lines.line_no,
-                        line: lines.line().to_vec(),
-                        rejection,
-                    });
+                if let Err(rejection) = self.processor.ingest(event, None) {
+                    let letter = (EVENTS, lines.line_no, lines.line());
+                    self.report.dead_letter(self.me, letter, rejection);
                 }
                 event_ready = self.advance_events(&mut inputs)?;
             }
@@ -539,13 +555,10 @@ impl Worker {
             let item = self.posts.current();
             match &item.decoded {
                 None => return Ok(true),
-                Some(rejection) if self.me == 0 => self.report.dead_letters.push(DeadLetter {
-                    feed: 0,
-                    line_no: item.line_no,
-                    line: item.line.clone(),
-                    rejection: rejection.clone(),
-                }),
-                Some(_) => {}
+                Some(rejection) => {
+                    let letter = (POSTS, item.line_no, item.line.as_slice());
+                    self.report.dead_letter(self.me, letter, rejection.clone());
+                }
             }
         }
         Ok(false)
@@ -559,15 +572,11 @@ impl Worker {
         let decoder = self.processor.decoder();
         while lines.read_line()? {
             *inputs += 1;
-            match decoder.decode_into(lines.raw_input(), event) {
-                Ok(()) => return Ok(true),
-                Err(rejection) if self.me == 0 => self.report.dead_letters.push(DeadLetter {
-                    feed: 1,
-                    line_no: lines.line_no,
-                    line: lines.line().to_vec(),
-                    rejection,
-                }),
-                Err(_) => {}
+            if let Err(rejection) = decoder.decode_into(lines.raw_input(), event) {
+                let letter = (EVENTS, lines.line_no, lines.line());
+                self.report.dead_letter(self.me, letter, rejection);
+            } else {
+                return Ok(true);
             }
         }
         Ok(false)
