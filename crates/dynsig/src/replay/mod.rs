@@ -248,20 +248,18 @@ impl Feed {
     ) -> anyhow::Result<bool> {
         match self {
             Feed::Inline(lines, record) => {
-                while lines.read_line()? {
-                    summary.inputs += 1;
-                    match decoder.decode_into(lines.raw_input(), record) {
-                        Ok(()) => return Ok(true),
-                        Err(rejection) => sinks.dead_letter(
-                            &lines.path,
-                            lines.line_no,
-                            lines.line(),
-                            &rejection,
-                            summary,
-                        )?,
-                    }
-                }
-                Ok(false)
+                let mut read = 0;
+                let decoded = lines.next_decoded(decoder, record, &mut read, |lines, rejection| {
+                    sinks.dead_letter(
+                        &lines.path,
+                        lines.line_no,
+                        lines.line(),
+                        &rejection,
+                        summary,
+                    )
+                });
+                summary.inputs += read;
+                decoded
             }
             Feed::Prefetched(prefetched) => {
                 while prefetched.next()? {
@@ -378,6 +376,25 @@ impl LineSource {
                 return Ok(true);
             }
         }
+    }
+
+    /// Reads lines until one decodes into `record`; false at the end of the file. Each
+    /// line read counts in `read`, and each rejected one goes to `rejected`.
+    fn next_decoded(
+        &mut self,
+        decoder: &Decoder,
+        record: &mut Input,
+        read: &mut u64,
+        mut rejected: impl FnMut(&LineSource, Rejection) -> anyhow::Result<()>,
+    ) -> anyhow::Result<bool> {
+        while self.read_line()? {
+            *read += 1;
+            match decoder.decode_into(self.raw_input(), record) {
+                Ok(()) => return Ok(true),
+                Err(rejection) => rejected(self, rejection)?,
+            }
+        }
+        Ok(false)
     }
 
     /// Moves past the next line that is not blank without copying it (the line is not

@@ -569,16 +569,15 @@ impl Worker {
         let Some((lines, event)) = self.events.as_mut() else {
             return Ok(false);
         };
-        let decoder = self.processor.decoder();
-        while lines.read_line()? {
-            *inputs += 1;
-            if let Err(rejection) = decoder.decode_into(lines.raw_input(), event) {
-                let letter = (EVENTS, lines.line_no, lines.line());
-                self.report.dead_letter(self.me, letter, rejection);
-            } else {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        let (me, report) = (self.me, &mut self.report);
+        lines.next_decoded(
+            self.processor.decoder(),
+            event,
+            inputs,
+            |lines, rejection| {
+                report.dead_letter(me, (EVENTS, lines.line_no, lines.line()), rejection);
+                Ok(())
+            },
+        )
     }
 }
