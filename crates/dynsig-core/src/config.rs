@@ -101,6 +101,11 @@ pub struct WindowConfig {
     /// watermark ahead and make everything else late. 0 disables the check. (A replay
     /// has no wall clock and does not check.)
     pub max_future_ms: i64,
+    /// While a backlog is read, an input partition whose event time runs further than
+    /// this ahead of the slowest partition with records waiting is paused until that one
+    /// catches up (see `dynsig_core::alignment`): windows then close as the backlog is
+    /// read instead of all staying open until its end. 0 disables it.
+    pub max_partition_drift_ms: i64,
     /// `final`: one trend snapshot per window, when it closes. `updates`: also a
     /// snapshot of each open window every `update_every_ms` of event time, each with
     /// the next revision number; the closing one is marked final.
@@ -219,6 +224,7 @@ impl WindowConfig {
             (self.allowed_lateness_ms, "window.allowed_lateness_ms"),
             (self.idle_timeout_ms, "window.idle_timeout_ms"),
             (self.max_future_ms, "window.max_future_ms"),
+            (self.max_partition_drift_ms, "window.max_partition_drift_ms"),
         ] {
             require(value >= 0, field, ">= 0", value)?;
         }
@@ -240,6 +246,7 @@ impl Default for WindowConfig {
             allowed_lateness_ms: 5_000,
             idle_timeout_ms: 10_000,
             max_future_ms: 300_000,
+            max_partition_drift_ms: 60_000,
             emit: EmitMode::Final,
             update_every_ms: 10_000,
         }

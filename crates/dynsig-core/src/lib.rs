@@ -12,6 +12,7 @@
 
 pub mod alert;
 pub mod alerting;
+pub mod alignment;
 pub mod anomaly;
 pub mod authors;
 pub mod catalog;

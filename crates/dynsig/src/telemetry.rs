@@ -26,6 +26,8 @@ pub mod names {
     pub const QUEUE_DEPTH: &str = "dynsig_queue_depth";
     pub const BROKER_UP: &str = "dynsig_broker_up";
     pub const OPEN_WINDOWS: &str = "dynsig_open_windows";
+    pub const PARTITION_PAUSES: &str = "dynsig_partition_pauses_total";
+    pub const PARTITIONS_PAUSED: &str = "dynsig_partitions_paused";
     pub const ALERTS_SUPPRESSED: &str = "dynsig_alerts_suppressed_total";
     pub const SILENCES_ACTIVE: &str = "dynsig_silences_active";
     pub const FEEDBACK: &str = "dynsig_feedback_total";
@@ -146,6 +148,14 @@ fn describe() {
         "1 when the last metadata request to the cluster succeeded."
     );
     describe_gauge!(OPEN_WINDOWS, "Event-time windows currently open.");
+    describe_counter!(
+        PARTITION_PAUSES,
+        "Input partitions paused for running ahead of the others in event time (window.max_partition_drift_ms)."
+    );
+    describe_gauge!(
+        PARTITIONS_PAUSED,
+        "Input partitions paused now, waiting for the slowest one to catch up in event time."
+    );
     describe_counter!(
         ALERTS_SUPPRESSED,
         "Alert messages that did not become a notification of their own, by reason (silenced, inhibited, grouped, digested)."

@@ -23,6 +23,7 @@
 //! offsets) and [`checkpointing`] (saving and restoring the engine's state); the source and
 //! the broker watch are here.
 
+mod alignment;
 mod checkpointing;
 mod fragment;
 mod shards;
@@ -58,6 +59,7 @@ use crate::processor::{Decoder, Processor, RawInput};
 use crate::telemetry::names;
 use crate::{catalog, http};
 
+use alignment::Aligner;
 use checkpointing::{CheckpointWrite, Checkpointing};
 use shards::ShardedOwner;
 use sink::{CheckpointScope, Publisher};
@@ -70,6 +72,9 @@ const INPUT_QUEUE: usize = 4096;
 /// this. One record per hand-over made the two stages wake each other for every record
 /// (profiled: neither was busy half the time, and throughput stalled at ~90k records/s).
 const READ_BATCH: usize = 256;
+/// How often the source stage re-decides which input partitions to pause when no record
+/// arrives (see [`alignment`]).
+const ALIGNMENT_TICK: Duration = Duration::from_millis(100);
 /// Batches waiting for the producer: when the broker is slow, the transform stage waits.
 const BATCH_QUEUE: usize = 8;
 /// API writes and catalog reloads waiting for the transform stage (each waits its turn).
@@ -273,9 +278,10 @@ pub async fn run(
     let (batch_tx, batch_rx) = mpsc::channel(BATCH_QUEUE);
     let (recycler, recycled) = std::sync::mpsc::channel();
     let source = tokio::spawn(source(
-        consumer.clone(),
+        (consumer.clone(), assignment.clone()),
         topics.clone(),
         (decoder, extractor, recycled),
+        Aligner::new(config.engine().window.max_partition_drift_ms),
         input_tx,
         shutdown.clone(),
     ));
@@ -373,16 +379,19 @@ pub async fn run(
 /// Reads input records until shutdown, and hands them over decoded (see [`Body`]), as
 /// many at once as the consumer has ready (up to [`READ_BATCH`]).
 async fn source(
-    consumer: Arc<InputConsumer>,
+    (consumer, assignment): (Arc<InputConsumer>, Arc<Assignment>),
     topics: Arc<TopicsConfig>,
     (decoder, mut extractor, recycled): (Decoder, TermExtractor, Receiver<Box<Body>>),
+    mut aligner: Aligner,
     tx: mpsc::Sender<Vec<Consumed>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let consumed =
         SOURCES.map(|source| counter!(names::EVENTS_CONSUMED, "topic" => source_label(source)));
+    let read_topics = topics.clone();
     let mut read = move |message: &BorrowedMessage<'_>| -> Consumed {
-        let source = source_of(&topics, message.topic()).unwrap_or(Source::Feedback);
+        let topics = &read_topics;
+        let source = source_of(topics, message.topic()).unwrap_or(Source::Feedback);
         consumed[source_index(source)].increment(1);
         let mut body = recycled.try_recv().unwrap_or_default();
         body.payload.clear();
@@ -445,10 +454,16 @@ async fn source(
             body,
         }
     };
+    let mut alignment_timer = tokio::time::interval(ALIGNMENT_TICK);
     loop {
         let message = tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
             message = consumer.recv() => message,
+            // Resumes what waited for a partition that has since read all there is.
+            _ = alignment_timer.tick() => {
+                aligner.align(&consumer, &topics, &assignment);
+                continue;
+            }
         };
         let message = match message {
             Ok(message) => message,
@@ -472,9 +487,13 @@ async fn source(
                 None => break,
             }
         }
+        for record in &records {
+            aligner.read(record);
+        }
         if tx.send(records).await.is_err() {
             break;
         }
+        aligner.align(&consumer, &topics, &assignment);
     }
 }
 
