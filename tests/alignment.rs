@@ -1,9 +1,10 @@
 //! Event-time alignment through a real broker: a backlog of three partitions, each
 //! covering the same 20 minutes of event time, read with a drift of one second, so that
 //! a partition is paused whenever it runs ahead of the others and resumed when they catch
-//! up, over and over. Pausing makes librdkafka drop what it prefetched for the partition
-//! and fetch it again on resume: every post must still be counted exactly once, and the
-//! pauses must really have happened (`dynsig_partition_pauses_total`).
+//! up, over and over (each partition's 20,000 records are well over the 5,000 a partition
+//! must have waiting to be paused). Pausing makes librdkafka drop what it prefetched for
+//! the partition and fetch it again on resume: every post must still be counted exactly
+//! once, and the pauses must really have happened (`dynsig_partition_pauses_total`).
 
 mod support;
 
@@ -14,7 +15,7 @@ use support::{http_get, metric_sum, parse, OutRecord, Service, TestBroker};
 
 const PARTITIONS: i32 = 3;
 const MINUTES: i64 = 20;
-const POSTS_PER_MINUTE: i64 = 2_000;
+const POSTS_PER_MINUTE: i64 = 3_000;
 
 const CONFIG: &str = r#"
 [kafka]

@@ -31,8 +31,8 @@ pub enum Change {
 struct Lane {
     /// Newest event time read.
     newest: Option<EpochMs>,
-    /// Records are waiting to be read.
-    backlog: bool,
+    /// Records waiting to be read.
+    backlog: i64,
     paused: bool,
 }
 
@@ -40,16 +40,19 @@ struct Lane {
 #[derive(Debug, Clone)]
 pub struct Alignment {
     max_drift_ms: i64,
+    min_backlog: i64,
     lanes: BTreeMap<u32, Lane>,
 }
 
 impl Alignment {
-    /// A partition with a backlog more than `max_drift_ms` of event time ahead of the
-    /// slowest one is paused, and resumed once within half of it (the margin keeps a
-    /// partition from flapping at every record). 0 disables alignment.
-    pub fn new(max_drift_ms: i64) -> Self {
+    /// A partition with at least `min_backlog` records waiting, more than `max_drift_ms`
+    /// of event time ahead of the slowest one with records waiting, is paused, and
+    /// resumed once within half of it (the margin keeps a partition from flapping at every
+    /// record). A drift of 0 disables alignment.
+    pub fn new(max_drift_ms: i64, min_backlog: i64) -> Self {
         Alignment {
             max_drift_ms,
+            min_backlog: min_backlog.max(1),
             lanes: BTreeMap::new(),
         }
     }
@@ -71,8 +74,8 @@ impl Alignment {
         }
     }
 
-    /// Whether `partition` has records waiting to be read.
-    pub fn set_backlog(&mut self, partition: u32, backlog: bool) {
+    /// How many records of `partition` are waiting to be read.
+    pub fn set_backlog(&mut self, partition: u32, backlog: i64) {
         if let Some(lane) = self.lanes.get_mut(&partition) {
             lane.backlog = backlog;
         }
@@ -96,10 +99,10 @@ impl Alignment {
             (slowest + self.max_drift_ms, slowest + self.max_drift_ms / 2);
         for (&partition, lane) in &mut self.lanes {
             let Some(newest) = lane.newest else { continue };
-            if !lane.paused && lane.backlog && newest > pause_above {
+            if !lane.paused && lane.backlog >= self.min_backlog && newest > pause_above {
                 lane.paused = true;
                 out.push(Change::Pause(partition));
-            } else if lane.paused && (newest <= resume_at || !lane.backlog) {
+            } else if lane.paused && (newest <= resume_at || lane.backlog == 0) {
                 lane.paused = false;
                 out.push(Change::Resume(partition));
             }
@@ -123,7 +126,7 @@ impl Alignment {
     fn slowest(&self) -> Option<EpochMs> {
         self.lanes
             .values()
-            .filter(|l| l.backlog)
+            .filter(|l| l.backlog > 0)
             .filter_map(|l| l.newest)
             .min()
     }
@@ -140,10 +143,10 @@ mod tests {
     }
 
     fn aligned(partitions: &[u32]) -> Alignment {
-        let mut alignment = Alignment::new(60_000);
+        let mut alignment = Alignment::new(60_000, 100);
         alignment.assign(partitions);
         for &p in partitions {
-            alignment.set_backlog(p, true);
+            alignment.set_backlog(p, 1_000);
         }
         alignment
     }
@@ -176,10 +179,22 @@ mod tests {
         alignment.observe(1, 500_000);
         assert_eq!(decide(&mut alignment), [Change::Pause(1)]);
         // Partition 0 has read all there is: 1 may go on, however far ahead.
-        alignment.set_backlog(0, false);
+        alignment.set_backlog(0, 0);
         assert_eq!(decide(&mut alignment), [Change::Resume(1)]);
         alignment.observe(1, 900_000);
         assert_eq!(decide(&mut alignment), []);
+    }
+
+    #[test]
+    fn a_partition_that_keeps_up_is_never_paused() {
+        let mut alignment = aligned(&[0, 1]);
+        alignment.observe(0, 0);
+        // Live: partition 1's producer stamps times ten minutes ahead, a few records wait.
+        alignment.set_backlog(1, 99);
+        alignment.observe(1, 600_000);
+        assert_eq!(decide(&mut alignment), []);
+        alignment.set_backlog(1, 100);
+        assert_eq!(decide(&mut alignment), [Change::Pause(1)], "a backlog now");
     }
 
     #[test]
@@ -200,7 +215,7 @@ mod tests {
         alignment.observe(2, 200_000);
         assert_eq!(decide(&mut alignment), [Change::Pause(1), Change::Pause(2)]);
         // Partition 0 reaches its end: 1 is the slowest now, 2 is still too far ahead.
-        alignment.set_backlog(0, false);
+        alignment.set_backlog(0, 0);
         assert_eq!(decide(&mut alignment), [Change::Resume(1)]);
         alignment.observe(1, 170_000);
         assert_eq!(decide(&mut alignment), [Change::Resume(2)]);
@@ -223,10 +238,10 @@ mod tests {
 
     #[test]
     fn zero_drift_disables_it() {
-        let mut alignment = Alignment::new(0);
+        let mut alignment = Alignment::new(0, 100);
         alignment.assign(&[0, 1]);
-        alignment.set_backlog(0, true);
-        alignment.set_backlog(1, true);
+        alignment.set_backlog(0, 1_000);
+        alignment.set_backlog(1, 1_000);
         alignment.observe(0, 0);
         alignment.observe(1, 10_000_000);
         assert_eq!(decide(&mut alignment), []);

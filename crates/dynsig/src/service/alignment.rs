@@ -21,6 +21,9 @@ use crate::telemetry::names;
 
 use super::{partition_index, source_of, Consumed, InputConsumer, Source};
 
+/// Records a partition must have waiting to be paused: reading a backlog, partitions have
+/// hundreds of thousands; keeping up with a live stream, a few fetches' worth at most.
+const MIN_BACKLOG: i64 = 5_000;
 /// How long nothing may arrive while partitions are paused before they are all resumed:
 /// the partitions they wait for are not delivering (a slow or failed-over leader), and
 /// waiting longer would stall the whole input.
@@ -43,17 +46,21 @@ pub(super) struct Aligner {
     read_since_align: bool,
     /// When records last arrived (or reading could last resume after a hand-over).
     last_progress: Instant,
+    /// Everything was resumed after a stall: nothing is paused again until records
+    /// arrive (pausing again at once would purge what the resumed partitions fetch).
+    stalled: bool,
     changes: Vec<Change>,
 }
 
 impl Aligner {
     pub(super) fn new(max_drift_ms: i64) -> Self {
         Aligner {
-            alignment: Alignment::new(max_drift_ms),
+            alignment: Alignment::new(max_drift_ms, MIN_BACKLOG),
             generation: 0,
             lanes: BTreeMap::new(),
             read_since_align: false,
             last_progress: Instant::now(),
+            stalled: false,
             changes: Vec::new(),
         }
     }
@@ -96,17 +103,19 @@ impl Aligner {
             };
             // Cached from the last fetch response: no request to the broker.
             let high = kafka::cached_high_watermark(consumer.client(), &lane.topic, lane.partition);
-            self.alignment
-                .set_backlog(index, high.is_some_and(|high| high > next));
+            let waiting = high.map_or(0, |high| (high - next).max(0));
+            self.alignment.set_backlog(index, waiting);
         }
         if std::mem::take(&mut self.read_since_align) {
             self.last_progress = Instant::now();
+            self.stalled = false;
         }
-        let stalled = self.last_progress.elapsed() >= STALL;
-        if stalled && self.alignment.paused().next().is_some() {
+        let waited_too_long = self.last_progress.elapsed() >= STALL;
+        if waited_too_long && self.alignment.paused().next().is_some() {
             tracing::info!("nothing read for {STALL:?} with partitions paused: resuming them");
             self.alignment.resume_all(&mut self.changes);
-        } else {
+            self.stalled = true;
+        } else if !self.stalled {
             self.alignment.decide(&mut self.changes);
         }
         self.apply(consumer);

@@ -455,6 +455,8 @@ async fn source(
         }
     };
     let mut alignment_timer = tokio::time::interval(ALIGNMENT_TICK);
+    // While a hand-over waits, missed ticks are not made up for in a burst.
+    alignment_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let message = tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
