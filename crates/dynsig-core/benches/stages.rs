@@ -120,6 +120,18 @@ fn counting(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    // Full: a 5,000-key sketch over the 50,000-word vocabulary evicts all along.
+    group.bench_function("sketch_update_evicting", |b| {
+        b.iter_batched_ref(
+            || HeavyHitters::<()>::new(5_000),
+            |sketch| {
+                for w in &words {
+                    sketch.add(w, 1);
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
     group.bench_function("term_update_with_authors", |b| {
         b.iter_batched_ref(
             || WindowTerms::new(200_000, true),
