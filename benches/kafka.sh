@@ -9,7 +9,11 @@
 # SHARDS=N (default 1) runs the one instance with `[scale] shards = N`: every post goes
 # through `dynsig.repartition` to N shard engines (what scaling out costs one instance).
 #
-# Last line: posts_per_s=N service_cpu_s=C peak_rss_mb=M broker_cpu_s=B wall_s=W
+# Last line: posts_per_s=N service_cpu_s=C peak_rss_mb=M broker_cpu_s=B wall_s=W, then
+# where the wall time went: join_s (start to the first record: the consumer group join),
+# read_s (first record to the last one consumed), tail_s (then until the last window is
+# closed and published: idle timeout and allowed lateness), and max_open_windows (sampled
+# every 50 ms).
 set -euo pipefail
 
 POSTS=${1:-5000000}
@@ -75,9 +79,9 @@ t0=$(date +%s.%N)
 SERVICE=$!
 # Done when every post is consumed and no window is open any more (the last ones close
 # 2 s of idle time after the input ends, and their signals are published with them).
-"$PY" - "$HTTP" "$POSTS" "$SERVICE" <<'PY'
+"$PY" - "$HTTP" "$POSTS" "$SERVICE" "$RUN/phases" <<'PY'
 import os, sys, time, urllib.request
-http, posts, service = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+http, posts, service, phases = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 start = time.time()
 def metric(text, name):
     total = None
@@ -86,7 +90,8 @@ def metric(text, name):
             total = (total or 0) + float(line.rsplit(" ", 1)[1])
     return total
 deadline = time.time() + 1800
-first = None
+first = read_all = None
+max_open = 0
 while time.time() < deadline:
     try:
         text = urllib.request.urlopen(f"http://{http}/metrics", timeout=2).read().decode()
@@ -94,8 +99,16 @@ while time.time() < deadline:
         if consumed and first is None:
             first = time.time()
             print(f"first record consumed {first - start:.2f} s after start (group join)", file=sys.stderr)
-        if consumed >= posts and metric(text, "dynsig_open_windows") == 0:
-            print(f"done {time.time() - first:.2f} s after the first record", file=sys.stderr)
+        open_windows = metric(text, "dynsig_open_windows")
+        max_open = max(max_open, open_windows or 0)
+        if consumed >= posts and read_all is None:
+            read_all = time.time()
+        if consumed >= posts and open_windows == 0:
+            done = time.time()
+            print(f"done {done - first:.2f} s after the first record", file=sys.stderr)
+            with open(phases, "w") as out:
+                print(f"join_s={first - start:.2f} read_s={read_all - first:.2f} "
+                      f"tail_s={done - read_all:.2f} max_open_windows={max_open:.0f}", file=out)
             checkpoints = metric(text, "dynsig_checkpoints_total") or 0
             if checkpoints:
                 seconds = metric(text, "dynsig_checkpoint_duration_seconds_sum") or 0
@@ -116,4 +129,4 @@ peak_kb=$(awk '/VmHWM/ {print $2}' "/proc/$SERVICE/status")
 wall=$(echo "scale=2; $t1 - $t0" | bc)
 rate=$(echo "$POSTS / $wall" | bc)
 echo "service: $(tail -3 "$RUN/dynsig.log" | tr '\n' ' ')" >&2
-echo "posts_per_s=$rate service_cpu_s=$service_cpu peak_rss_mb=$((peak_kb / 1024)) broker_cpu_s=$broker_cpu wall_s=$wall"
+echo "posts_per_s=$rate service_cpu_s=$service_cpu peak_rss_mb=$((peak_kb / 1024)) broker_cpu_s=$broker_cpu wall_s=$wall $(cat "$RUN/phases")"
