@@ -12,9 +12,12 @@
 //! the partitions that run ahead lets the others catch up, and windows close as the
 //! backlog is read.
 //!
-//! Only partitions with records waiting (a backlog) are compared: one that has read
-//! everything there is holds nobody back, whatever its event time. Pure logic: the
-//! service feeds it event times and backlogs, and pauses and resumes what it says.
+//! Only partitions with records waiting are compared: one that has read everything there
+//! is holds nobody back, whatever its event time. And only a partition with a real
+//! backlog (`min_backlog` records waiting) is paused: a live stream keeps up with its
+//! partitions, and one whose producer stamps times minutes behind the others' (a skewed
+//! clock) must not stop the others from being read as they come. Pure logic: the service
+//! feeds it event times and backlogs, and pauses and resumes what it says.
 
 use std::collections::BTreeMap;
 
