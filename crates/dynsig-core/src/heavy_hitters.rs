@@ -475,8 +475,9 @@ pub const MAX_CAPACITY: usize = 1 << 31;
 /// other slot's count is at least its entry's, which is at least the top's (and on equal
 /// counts the entries order by slot as the slots do). When it is not current, the entry is
 /// refreshed, sifted down, and the new top checked. The work thus moves to evictions, and
-/// a heavy key, once refreshed, sinks and seldom reaches the top again. (An eagerly kept
-/// heap sifted on every increment: 6% of the service's CPU at 250k posts per window.)
+/// a heavy key, once refreshed, sinks and seldom reaches the top again. (Kept eagerly, the
+/// heap was sifted on every increment and eviction: 6% of the service's CPU at 250k posts
+/// per window.)
 #[derive(Debug, Clone, Default)]
 struct MinHeap {
     entries: Vec<(u64, u32)>,
