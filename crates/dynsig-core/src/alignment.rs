@@ -44,19 +44,31 @@ struct Lane {
 pub struct Alignment {
     max_drift_ms: i64,
     min_backlog: i64,
+    stall_ms: i64,
     lanes: BTreeMap<u32, Lane>,
+    /// When records last arrived (the caller's monotonic clock, in ms).
+    last_progress: Option<i64>,
+    /// Everything was resumed because nothing arrived: nothing is paused again until
+    /// records do (pausing again at once would purge what the resumed ones fetch).
+    stalled: bool,
 }
 
 impl Alignment {
     /// A partition with at least `min_backlog` records waiting, more than `max_drift_ms`
     /// of event time ahead of the slowest one with records waiting, is paused, and
     /// resumed once within half of it (the margin keeps a partition from flapping at every
-    /// record). A drift of 0 disables alignment.
-    pub fn new(max_drift_ms: i64, min_backlog: i64) -> Self {
+    /// record). A drift of 0 disables alignment. When nothing at all arrives for
+    /// `stall_ms` while partitions are paused, the partitions they wait for are not
+    /// delivering (a slow or failed-over leader): all are resumed rather than stall the
+    /// whole input (the watermark still waits for the slow ones as usual).
+    pub fn new(max_drift_ms: i64, min_backlog: i64, stall_ms: i64) -> Self {
         Alignment {
             max_drift_ms,
             min_backlog: min_backlog.max(1),
+            stall_ms,
             lanes: BTreeMap::new(),
+            last_progress: None,
+            stalled: false,
         }
     }
 
@@ -77,6 +89,12 @@ impl Alignment {
         }
     }
 
+    /// Records arrived at `now` (any records: whether they decode does not matter).
+    pub fn progressed(&mut self, now: i64) {
+        self.last_progress = Some(now);
+        self.stalled = false;
+    }
+
     /// How many records of `partition` are waiting to be read.
     pub fn set_backlog(&mut self, partition: u32, backlog: i64) {
         if let Some(lane) = self.lanes.get_mut(&partition) {
@@ -84,13 +102,30 @@ impl Alignment {
         }
     }
 
+    /// Everything was resumed because nothing arrived, and nothing has since.
+    pub fn is_stalled(&self) -> bool {
+        self.stalled
+    }
+
     pub fn paused(&self) -> impl Iterator<Item = u32> + '_ {
         self.lanes.iter().filter(|(_, l)| l.paused).map(|(&p, _)| p)
     }
 
-    /// The changes that the event times and backlogs now call for, appended to `out`.
-    pub fn decide(&mut self, out: &mut Vec<Change>) {
+    /// The changes that the event times, backlogs and progress call for at `now`,
+    /// appended to `out`.
+    pub fn decide(&mut self, now: i64, out: &mut Vec<Change>) {
         if !self.is_enabled() {
+            return;
+        }
+        let waited = self
+            .last_progress
+            .is_some_and(|last| now.saturating_sub(last) >= self.stall_ms);
+        if waited && self.paused().next().is_some() {
+            self.resume_all(out);
+            self.stalled = true;
+            return;
+        }
+        if self.stalled {
             return;
         }
         let Some(slowest) = self.slowest() else {
@@ -112,9 +147,8 @@ impl Alignment {
         }
     }
 
-    /// Resumes every paused partition: when nothing at all arrives, the partitions that
-    /// were to catch up are not delivering (a slow or lost leader), and waiting for them
-    /// would stall the whole input; the watermark still waits for them as usual.
+    /// Resumes every paused partition (at a stall, and before a new assignment: a
+    /// partition given back must not stay paused).
     pub fn resume_all(&mut self, out: &mut Vec<Change>) {
         for (&partition, lane) in &mut self.lanes {
             if lane.paused {
@@ -139,14 +173,20 @@ impl Alignment {
 mod tests {
     use super::*;
 
+    /// Decides at time 0, records having just arrived.
     fn decide(alignment: &mut Alignment) -> Vec<Change> {
+        alignment.progressed(0);
+        decide_at(alignment, 0)
+    }
+
+    fn decide_at(alignment: &mut Alignment, now: i64) -> Vec<Change> {
         let mut out = Vec::new();
-        alignment.decide(&mut out);
+        alignment.decide(now, &mut out);
         out
     }
 
     fn aligned(partitions: &[u32]) -> Alignment {
-        let mut alignment = Alignment::new(60_000, 100);
+        let mut alignment = Alignment::new(60_000, 100, 1_000);
         alignment.assign(partitions);
         for &p in partitions {
             alignment.set_backlog(p, 1_000);
@@ -240,8 +280,29 @@ mod tests {
     }
 
     #[test]
+    fn a_stall_resumes_everything_until_records_arrive_again() {
+        let mut alignment = aligned(&[0, 1]);
+        alignment.observe(0, 0);
+        alignment.observe(1, 100_000);
+        assert_eq!(decide(&mut alignment), [Change::Pause(1)]);
+        assert_eq!(
+            decide_at(&mut alignment, 999),
+            [],
+            "partition 0 may still deliver"
+        );
+        assert_eq!(decide_at(&mut alignment, 1_000), [Change::Resume(1)]);
+        assert_eq!(
+            decide_at(&mut alignment, 1_100),
+            [],
+            "not paused again before records arrive"
+        );
+        alignment.progressed(1_200);
+        assert_eq!(decide_at(&mut alignment, 1_200), [Change::Pause(1)]);
+    }
+
+    #[test]
     fn zero_drift_disables_it() {
-        let mut alignment = Alignment::new(0, 100);
+        let mut alignment = Alignment::new(0, 100, 1_000);
         alignment.assign(&[0, 1]);
         alignment.set_backlog(0, 1_000);
         alignment.set_backlog(1, 1_000);

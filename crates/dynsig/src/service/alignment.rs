@@ -8,7 +8,7 @@
 //! when it runs a whole drift ahead (a window's worth by default).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use dynsig_core::alignment::{Alignment, Change};
 use metrics::{counter, gauge};
@@ -24,10 +24,9 @@ use super::{partition_index, source_of, Consumed, InputConsumer, Source};
 /// Records a partition must have waiting to be paused: reading a backlog, partitions have
 /// hundreds of thousands; keeping up with a live stream, a few fetches' worth at most.
 const MIN_BACKLOG: i64 = 5_000;
-/// How long nothing may arrive while partitions are paused before they are all resumed:
-/// the partitions they wait for are not delivering (a slow or failed-over leader), and
-/// waiting longer would stall the whole input.
-const STALL: Duration = Duration::from_secs(1);
+/// How long nothing may arrive while partitions are paused before they are all resumed
+/// (see [`Alignment::new`]).
+const STALL_MS: i64 = 1_000;
 
 /// An input partition as the source stage reads it.
 struct Lane {
@@ -44,23 +43,19 @@ pub(super) struct Aligner {
     lanes: BTreeMap<u32, Lane>,
     /// Records were read since the last [`Aligner::align`].
     read_since_align: bool,
-    /// When records last arrived (or reading could last resume after a hand-over).
-    last_progress: Instant,
-    /// Everything was resumed after a stall: nothing is paused again until records
-    /// arrive (pausing again at once would purge what the resumed partitions fetch).
-    stalled: bool,
+    /// The origin of the monotonic milliseconds [`Alignment`] is given.
+    started: Instant,
     changes: Vec<Change>,
 }
 
 impl Aligner {
     pub(super) fn new(max_drift_ms: i64) -> Self {
         Aligner {
-            alignment: Alignment::new(max_drift_ms, MIN_BACKLOG),
+            alignment: Alignment::new(max_drift_ms, MIN_BACKLOG, STALL_MS),
             generation: 0,
             lanes: BTreeMap::new(),
             read_since_align: false,
-            last_progress: Instant::now(),
-            stalled: false,
+            started: Instant::now(),
             changes: Vec::new(),
         }
     }
@@ -106,17 +101,16 @@ impl Aligner {
             let waiting = high.map_or(0, |high| (high - next).max(0));
             self.alignment.set_backlog(index, waiting);
         }
+        // Progress is noted here, after the hand-over: time spent waiting for the
+        // transform stage to take a batch is not time the input was stalled.
+        let now = self.started.elapsed().as_millis() as i64;
         if std::mem::take(&mut self.read_since_align) {
-            self.last_progress = Instant::now();
-            self.stalled = false;
+            self.alignment.progressed(now);
         }
-        let waited_too_long = self.last_progress.elapsed() >= STALL;
-        if waited_too_long && self.alignment.paused().next().is_some() {
-            tracing::info!("nothing read for {STALL:?} with partitions paused: resuming them");
-            self.alignment.resume_all(&mut self.changes);
-            self.stalled = true;
-        } else if !self.stalled {
-            self.alignment.decide(&mut self.changes);
+        let was_stalled = self.alignment.is_stalled();
+        self.alignment.decide(now, &mut self.changes);
+        if self.alignment.is_stalled() && !was_stalled {
+            tracing::info!("nothing read for {STALL_MS} ms with partitions paused: resumed them");
         }
         self.apply(consumer);
     }
