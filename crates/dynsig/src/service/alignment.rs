@@ -50,6 +50,9 @@ pub(super) struct Aligner {
 
 impl Aligner {
     pub(super) fn new(max_drift_ms: i64) -> Self {
+        // Exported from the start: "nothing paused" reads 0, not absent.
+        gauge!(names::PARTITIONS_PAUSED).set(0.0);
+        counter!(names::PARTITION_PAUSES).absolute(0);
         Aligner {
             alignment: Alignment::new(max_drift_ms, MIN_BACKLOG, STALL_MS),
             generation: 0,
