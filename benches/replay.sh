@@ -1,29 +1,47 @@
 #!/usr/bin/env bash
 # The in-process pipeline (issue 8, benchmark 2): `dynsig replay` with the full default
 # pipeline (tokenizer with stopwords and bigrams, trends with baselines, anomalies,
-# alerts) over 1M posts from ../shared/peers/gen_data.py, on one thread and on two
-# (`--threads 2 --shards 2`: each shard's engine on a thread of its own), alternated
-# ROUNDS times so that both see the same host; medians reported.
+# alerts) over a feed of posts, on one thread and on two (`--threads 2 --shards 2`: each
+# shard's engine on a thread of its own), alternated ROUNDS times so that both see the
+# same host; medians reported.
+# FEED=peers (default): 1M posts from ../shared/peers/gen_data.py (random words, Zipf).
+# FEED=demo: 2M posts of dynsig's own demo feed (`dynsig gen`: English-like text with
+#   stopwords, hashtags, actors and planted bursts; the feed benches/kafka.sh uses).
 # Last line: posts_per_cpu_s=N one_thread_wall_s=A two_threads_wall_s=B speedup=X
 # (posts_per_cpu_s: one thread, posts per CPU-second; speedup: A / B).
-# Usage: benches/replay.sh [ROUNDS]   (default 5; about 10 s per round)
+# Usage: [FEED=demo] benches/replay.sh [ROUNDS]   (default 5; 10-20 s per round)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 ROUNDS=${1:-5}
-N=1000000
+FEED=${FEED:-peers}
 CACHE=$ROOT/benches/.cache
 mkdir -p "$CACHE"
-DATA=$CACHE/peers-$N.jsonl
 RUN=$(mktemp -d)
 trap 'rm -rf "$RUN"' EXIT
-
-if [ ! -s "$DATA" ]; then
-  echo "generating $N posts into $DATA" >&2
-  python3 "$ROOT/../shared/peers/gen_data.py" "$N" "$DATA.tmp" >&2 && mv "$DATA.tmp" "$DATA"
-fi
 cargo build --release -q -p dynsig
 BIN=$ROOT/target/release/dynsig
+
+case $FEED in
+  peers)
+    N=1000000
+    DATA=$CACHE/peers-$N.jsonl
+    if [ ! -s "$DATA" ]; then
+      echo "generating $N posts into $DATA" >&2
+      python3 "$ROOT/../shared/peers/gen_data.py" "$N" "$DATA.tmp" >&2 && mv "$DATA.tmp" "$DATA"
+    fi
+    ;;
+  demo)
+    DATA=$CACHE/demo-20m-1666.jsonl
+    if [ ! -s "$DATA" ]; then
+      echo "generating the demo feed into $DATA" >&2
+      "$BIN" --log-level warn gen --start 1800000000000 --duration 20m --posts-per-sec 1666 \
+        --events-per-sec 0 --posts "$DATA.tmp" --events "$RUN/events.jsonl" && mv "$DATA.tmp" "$DATA"
+    fi
+    N=$(wc -l < "$DATA")
+    ;;
+  *) echo "FEED must be peers or demo" >&2; exit 2 ;;
+esac
 
 # Appends "wall cpu" of one replay to $1.
 timed() {
