@@ -34,6 +34,11 @@ impl Health {
             && self.broker_up.load(Ordering::Relaxed)
     }
 
+    /// Input partitions this instance owns now.
+    pub fn assigned(&self) -> usize {
+        self.assigned_partitions.load(Ordering::Relaxed)
+    }
+
     pub fn set_broker_up(&self, up: bool) {
         self.broker_up.store(up, Ordering::Relaxed);
         gauge!(names::BROKER_UP).set(if up { 1.0 } else { 0.0 });

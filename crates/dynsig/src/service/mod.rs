@@ -515,6 +515,7 @@ async fn watch_broker(
     // broker back from one may have lost them (a wiped or replaced cluster): without them
     // the consumer waits forever and every publish fails.
     let mut topics_ensured = true;
+    let mut rejoin: Option<Rejoin> = None;
     loop {
         let client = publisher.current().1;
         let up = tokio::task::spawn_blocking(move || {
@@ -544,19 +545,19 @@ async fn watch_broker(
                     }
                     let subscribed = subscription(&topics, sharded);
                     if created.iter().any(|t| subscribed.contains(&t.as_str())) {
-                        // The group may have rejoined while the topics were missing and
-                        // been assigned nothing; librdkafka does not rebalance for topics
-                        // created during a rebalance (confluentinc/librdkafka#3008), so
-                        // the instance would idle until its next restart. Subscribing
-                        // again makes the group rejoin with the topics in its metadata.
-                        match consumer.subscribe(&subscribed) {
-                            Ok(()) => tracing::info!("re-subscribed after re-creating inputs"),
-                            Err(error) => tracing::warn!(%error, "re-subscribing failed"),
-                        }
+                        rejoin = Some(Rejoin::default());
                     }
                 }
                 // Retried at the next check.
                 Err(error) => tracing::warn!(%error, "broker back, topics not ensured yet"),
+            }
+        }
+        if up && topics_ensured {
+            if let Some(state) = rejoin.as_mut() {
+                let subscribed = subscription(&topics, sharded);
+                if !state.step(&consumer, &subscribed, health.assigned()).await {
+                    rejoin = None;
+                }
             }
         }
         tokio::select! {
@@ -564,6 +565,88 @@ async fn watch_broker(
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
+}
+
+/// Getting the group to rejoin onto subscribed topics that were just re-created.
+///
+/// The group may have rejoined while the topics were missing and been assigned nothing,
+/// and librdkafka does not rebalance for topics created during a rebalance
+/// (confluentinc/librdkafka#3008), so the instance would idle until its next restart.
+/// Subscribing again makes the group rejoin with the topics in its metadata, but only if
+/// the broker already lists them (right after creating them it may not, and the rejoin
+/// then again assigns nothing: seen in CI under load). So: wait until the broker lists
+/// every subscribed topic with partitions, subscribe again, and while no partition is
+/// assigned, do so again every few checks, a bounded number of times (an instance of a
+/// group with more members than partitions may rightly own none).
+#[derive(Default)]
+struct Rejoin {
+    subscriptions: u32,
+    checks_since: u32,
+}
+
+impl Rejoin {
+    /// Subscriptions at most, the first included.
+    const MAX_SUBSCRIPTIONS: u32 = 4;
+    /// Checks (2 s apart) to wait for an assignment after subscribing.
+    const CHECKS_PER_TRY: u32 = 5;
+
+    /// One check; false once done (partitions assigned, or given up).
+    async fn step(
+        &mut self,
+        consumer: &Arc<InputConsumer>,
+        subscribed: &[&str],
+        assigned: usize,
+    ) -> bool {
+        if self.subscriptions > 0 {
+            if assigned > 0 {
+                return false;
+            }
+            self.checks_since += 1;
+            if self.checks_since < Self::CHECKS_PER_TRY {
+                return true;
+            }
+            if self.subscriptions >= Self::MAX_SUBSCRIPTIONS {
+                tracing::warn!(
+                    subscriptions = self.subscriptions,
+                    "no input partition assigned after re-subscribing: giving up (fine if the group has more members than partitions)"
+                );
+                return false;
+            }
+        }
+        if !all_listed(consumer, subscribed).await {
+            return true;
+        }
+        match consumer.subscribe(subscribed) {
+            Ok(()) => tracing::info!(
+                attempt = self.subscriptions + 1,
+                "re-subscribed after re-creating inputs"
+            ),
+            Err(error) => tracing::warn!(%error, "re-subscribing failed"),
+        }
+        self.subscriptions += 1;
+        self.checks_since = 0;
+        true
+    }
+}
+
+/// Whether the broker lists every one of `topics` with at least one partition.
+async fn all_listed(consumer: &Arc<InputConsumer>, topics: &[&str]) -> bool {
+    let consumer = consumer.clone();
+    let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        topics.iter().all(|topic| {
+            consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(3))
+                .is_ok_and(|metadata| {
+                    metadata
+                        .topics()
+                        .iter()
+                        .any(|t| t.error().is_none() && !t.partitions().is_empty())
+                })
+        })
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// The topics the consumer group reads: the inputs and the feedback topic, and when
