@@ -597,23 +597,24 @@ impl Rejoin {
         subscribed: &[&str],
         assigned: usize,
     ) -> bool {
-        if self.subscriptions > 0 {
-            if assigned > 0 {
-                return false;
-            }
-            self.checks_since += 1;
-            if self.checks_since < Self::CHECKS_PER_TRY {
-                return true;
-            }
-            if self.subscriptions >= Self::MAX_SUBSCRIPTIONS {
-                tracing::warn!(
-                    subscriptions = self.subscriptions,
-                    "no input partition assigned after re-subscribing: giving up (fine if the group has more members than partitions)"
-                );
-                return false;
-            }
+        if self.subscriptions > 0 && assigned > 0 {
+            return false;
         }
-        if !all_listed(consumer, subscribed).await {
+        self.checks_since += 1;
+        if self.subscriptions > 0 && self.checks_since < Self::CHECKS_PER_TRY {
+            return true;
+        }
+        if self.subscriptions >= Self::MAX_SUBSCRIPTIONS {
+            tracing::warn!(
+                subscriptions = self.subscriptions,
+                "no input partition assigned after re-subscribing: giving up (fine if the group has more members than partitions)"
+            );
+            return false;
+        }
+        // Not before the broker lists the topics (the rejoin would assign nothing again),
+        // but not forever either.
+        let waited_long = self.checks_since >= 2 * Self::CHECKS_PER_TRY;
+        if !waited_long && !all_listed(consumer, subscribed).await {
             return true;
         }
         match consumer.subscribe(subscribed) {
