@@ -19,7 +19,7 @@ use crate::config::TopicsConfig;
 use crate::kafka::{self, Assignment};
 use crate::telemetry::names;
 
-use super::{partition_index, source_of, Consumed, InputConsumer, Source};
+use super::{assigned_inputs, partition_index, Consumed, InputConsumer, Source};
 
 /// Records a partition must have waiting to be paused: reading a backlog, partitions have
 /// hundreds of thousands; keeping up with a live stream, a few fetches' worth at most.
@@ -129,19 +129,15 @@ impl Aligner {
         self.generation = assignment.generation();
         self.alignment.resume_all(&mut self.changes);
         self.apply(consumer);
-        self.lanes = assignment
-            .partitions()
+        self.lanes = assigned_inputs(topics, assignment)
             .into_iter()
-            .filter_map(|(topic, partition)| match source_of(topics, &topic) {
-                Some(Source::Input(kind)) => {
-                    let lane = Lane {
-                        topic,
-                        partition,
-                        next_offset: None,
-                    };
-                    Some((partition_index((kind, partition)), lane))
-                }
-                _ => None,
+            .map(|(index, topic, partition)| {
+                let lane = Lane {
+                    topic,
+                    partition,
+                    next_offset: None,
+                };
+                (index, lane)
             })
             .collect();
         let indexes: Vec<u32> = self.lanes.keys().copied().collect();

@@ -663,18 +663,22 @@ fn subscription(topics: &TopicsConfig, sharded: bool) -> Vec<&str> {
 
 /// The engine's partition indexes of the current assignment.
 fn assigned_indexes(topics: &TopicsConfig, assignment: &Assignment) -> Vec<u32> {
+    assigned_inputs(topics, assignment)
+        .into_iter()
+        .map(|(index, _, _)| index)
+        .collect()
+}
+
+/// The assigned partitions of the input topics: (engine partition index, topic, partition).
+fn assigned_inputs(topics: &TopicsConfig, assignment: &Assignment) -> Vec<(u32, String, i32)> {
     assignment
         .partitions()
         .into_iter()
-        .filter_map(|(topic, partition)| {
-            let kind = if topic == topics.posts {
-                InputKind::Post
-            } else if topic == topics.events {
-                InputKind::Event
-            } else {
-                return None;
-            };
-            Some(partition_index((kind, partition)))
+        .filter_map(|(topic, partition)| match source_of(topics, &topic) {
+            Some(Source::Input(kind)) => {
+                Some((partition_index((kind, partition)), topic, partition))
+            }
+            _ => None,
         })
         .collect()
 }
