@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dynsig_core::model::Origin;
+use dynsig_core::model::{EpochMs, Origin};
 use metrics::{counter, gauge};
 use rdkafka::consumer::Consumer;
 use tokio::sync::mpsc;
@@ -261,6 +261,8 @@ pub(super) struct TransformState {
     pub(super) waiting_feedback: VecDeque<Consumed>,
     /// Where used record bodies go back to the source stage (None in tests).
     pub(super) recycler: Option<Recycler>,
+    /// A verdict was applied since the read model was last refreshed.
+    pub(super) verdicts_since_refresh: bool,
 }
 
 impl TransformState {
@@ -313,7 +315,10 @@ impl TransformState {
             (Source::Input(_), None) => unreachable!("the source stage decodes every input"),
             // A repeated verdict (a redelivery after a restart) is recognised by the
             // alert stage and not counted twice.
-            (Source::Feedback, _) => processor.process_feedback(&body.payload),
+            (Source::Feedback, _) => {
+                self.verdicts_since_refresh = true;
+                processor.process_feedback(&body.payload)
+            }
             (Source::Repartition | Source::Partials, _) => {
                 unreachable!("internal topics are read only when sharded")
             }
@@ -365,7 +370,16 @@ impl TransformState {
                 self.apply(processor, topics, record);
             }
         }
-        owner.model.refresh(processor.engine(), &signals);
+        // What the read model shows (active alerts, silences' state, feedback figures)
+        // changes only when a window closes (which always emits signals), when a verdict
+        // is applied, or, before the first close, as the watermark moves (the silences'
+        // clock until then). Copying every active alert on each tick instead cost the
+        // transform stage more the more alerts were active (benches/RESULTS.md).
+        let before_first_close = processor.engine().alerting().now() == EpochMs::MIN;
+        if !signals.is_empty() || self.verdicts_since_refresh || before_first_close {
+            owner.model.refresh(processor.engine(), &signals);
+            self.verdicts_since_refresh = false;
+        }
         self.batch.records.extend(
             signals
                 .iter()
