@@ -177,28 +177,20 @@ fn closing(c: &mut Criterion) {
     };
     let previous = window(0);
     let current = window(1);
+    let config = TrendConfig::default();
+    let mut warm = TrendDetector::new(&config);
+    for index in 0..3 {
+        warm.close_window(index, &previous);
+    }
     let mut group = c.benchmark_group("trend");
     group.throughput(Throughput::Elements(current.len() as u64));
-    // One thread, then the baselines' two parts on two threads (`trends.close_threads`).
-    for (name, close_threads) in [
-        ("close_window_per_term", 1),
-        ("close_window_per_term_2_threads", 2),
-    ] {
-        let mut warm = TrendDetector::new(&TrendConfig {
-            close_threads,
-            ..TrendConfig::default()
-        });
-        for index in 0..3 {
-            warm.close_window(index, &previous);
-        }
-        group.bench_function(name, |b| {
-            b.iter_batched_ref(
-                || warm.clone(),
-                |detector| black_box(detector.close_window(3, &current)),
-                BatchSize::LargeInput,
-            )
-        });
-    }
+    group.bench_function("close_window_per_term", |b| {
+        b.iter_batched_ref(
+            || warm.clone(),
+            |detector| black_box(detector.close_window(3, &current)),
+            BatchSize::LargeInput,
+        )
+    });
     group.finish();
 }
 
