@@ -328,11 +328,6 @@ pub struct TrendConfig {
     pub max_terms_per_window: usize,
     /// Term baselines kept at most; beyond, the lowest levels are forgotten first.
     pub max_baselines: usize,
-    /// Threads that look up and update the baselines when a window closes: 1 or 2 (the
-    /// second only for windows of 16,384 terms or more). A full window (200,000 terms)
-    /// takes ~25 ms to close on one core, and the window's signals wait for it; 2 take
-    /// ~30% less where a core is free. Results are the same either way.
-    pub close_threads: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -381,12 +376,6 @@ impl TrendConfig {
             "trends.max_baselines",
             "> 0",
             self.max_baselines,
-        )?;
-        require(
-            (1..=crate::split_term_table::PARTS).contains(&self.close_threads),
-            "trends.close_threads",
-            &format!("in 1..={}", crate::split_term_table::PARTS),
-            self.close_threads,
         )
     }
 }
@@ -406,7 +395,6 @@ impl Default for TrendConfig {
             warmup_windows: 2,
             max_terms_per_window: 200_000,
             max_baselines: 1_000_000,
-            close_threads: 1,
         }
     }
 }

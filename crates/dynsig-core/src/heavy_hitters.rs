@@ -363,7 +363,7 @@ impl<V: Default, S: BuildHasher> HeavyHitters<V, S> {
 
 impl<V, S> HeavyHitters<V, S> {
     /// Every tracked key, in slot order (deterministic for a given input sequence).
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = Counted<'_, V>> + Clone {
+    pub fn iter(&self) -> impl Iterator<Item = Counted<'_, V>> {
         (0..self.hot.len()).map(|slot| self.counted(slot))
     }
 

@@ -1,10 +1,8 @@
 //! dynsig-core: everything dynsig computes, as plain data structures and functions.
 //!
-//! No clock, no network: time arrives as event-time milliseconds inside the inputs (and
-//! as an explicit `wall_now` argument where idleness matters), so every stage is
-//! deterministic and unit-tested without a broker. The one use of threads is data
-//! parallel and changes no result: the close of a large window
-//! ([`split_term_table`], `trends.close_threads`). The service crate (`dynsig`) wires
+//! No clock, no threads, no network: time arrives as event-time milliseconds inside the
+//! inputs (and as an explicit `wall_now` argument where idleness matters), so every stage
+//! is deterministic and unit-tested without a broker. The service crate (`dynsig`) wires
 //! these pieces to Kafka and HTTP.
 //!
 //! Flow: bytes --[`decode`]--> [`model::Input`] --[`engine::Engine`]--> [`model::Signal`]s.
@@ -32,7 +30,6 @@ pub mod routing;
 mod serde_array;
 pub mod shard;
 pub mod shard_merge;
-pub mod split_term_table;
 pub mod stopwords;
 pub mod synth;
 pub mod term_key;

@@ -82,15 +82,6 @@ impl<V> Default for TermTable<V> {
 }
 
 impl<V> TermTable<V> {
-    /// An empty table hashing with `hasher` (tables that share one can be handed hashes
-    /// computed once, see [`crate::split_term_table`]).
-    pub(crate) fn with_hasher(hasher: foldhash::quality::RandomState) -> Self {
-        TermTable {
-            hasher,
-            ..TermTable::default()
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.spans.len()
     }
@@ -115,17 +106,7 @@ impl<V> TermTable<V> {
 
     /// Inserts or replaces the value of `key`.
     pub fn insert(&mut self, key: &str, value: V) {
-        self.insert_hashed(self.hasher.hash_one(key), key, value);
-    }
-
-    /// [`Self::get`] for a key already hashed with this table's hasher.
-    pub(crate) fn get_hashed(&self, hash: u64, key: &str) -> Option<&V> {
-        let at = self.find_hashed(hash, key)?;
-        Some(&self.values[at])
-    }
-
-    /// [`Self::insert`] for a key already hashed with this table's hasher.
-    pub(crate) fn insert_hashed(&mut self, hash: u64, key: &str, value: V) {
+        let hash = self.hasher.hash_one(key);
         match self.find_hashed(hash, key) {
             Some(at) => self.values[at] = value,
             None => self.insert_absent(hash, key, value),
@@ -140,13 +121,46 @@ impl<V> TermTable<V> {
         &mut self,
         items: impl IntoIterator<Item = T>,
         key: impl Fn(&T) -> &'k str,
-        visit: impl FnMut(T, Option<&mut V>) -> Option<V>,
+        mut visit: impl FnMut(T, Option<&mut V>) -> Option<V>,
     ) {
-        let hasher = self.hasher.clone();
-        let routed = items
-            .into_iter()
-            .map(|item| (0, hasher.hash_one(key(&item)), item));
-        upsert_routed(&mut [self], routed, &key, visit);
+        let mut batch: Vec<(u64, T)> = Vec::with_capacity(BATCH);
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            batch.extend(items.by_ref().take(BATCH).map(|item| {
+                let hash = self.hasher.hash_one(key(&item));
+                self.index.prefetch(hash);
+                (hash, item)
+            }));
+            let mut candidates = [None; BATCH];
+            for (candidate, (hash, _)) in candidates.iter_mut().zip(&batch) {
+                *candidate = self.index.candidate(*hash);
+            }
+            for &at in candidates.iter().flatten() {
+                prefetch(&self.spans[at as usize]);
+                prefetch(&self.values[at as usize]);
+            }
+            for &at in candidates.iter().flatten() {
+                let span = self.spans[at as usize];
+                if let Some(byte) = self.arena.as_bytes().get(span.start as usize) {
+                    prefetch(byte);
+                }
+            }
+            for (hash, item) in batch.drain(..) {
+                // The key outlives the item (`'k`): most keys are absent and not inserted,
+                // and must not be copied for that.
+                let item_key = key(&item);
+                match self.find_hashed(hash, item_key) {
+                    Some(at) => {
+                        visit(item, Some(&mut self.values[at]));
+                    }
+                    None => {
+                        if let Some(value) = visit(item, None) {
+                            self.insert_absent(hash, item_key, value);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Appends `key` (hashed to `hash`), known to be absent.
@@ -220,54 +234,6 @@ impl<V> TermTable<V> {
         self.index
             .find(hash, |n| key_of(&self.arena, self.spans[n as usize]) == key)
             .map(|n| n as usize)
-    }
-}
-
-/// [`TermTable::upsert_each`] over several tables at once: each item comes with the table
-/// it belongs to (an index into `tables`) and its key's hash by that table's hasher. One
-/// pass, in batches whose cache misses overlap across the tables.
-pub(crate) fn upsert_routed<'k, V, T>(
-    tables: &mut [&mut TermTable<V>],
-    items: impl IntoIterator<Item = (usize, u64, T)>,
-    key: impl Fn(&T) -> &'k str,
-    mut visit: impl FnMut(T, Option<&mut V>) -> Option<V>,
-) {
-    let mut batch: Vec<(usize, u64, T)> = Vec::with_capacity(BATCH);
-    let mut items = items.into_iter().peekable();
-    while items.peek().is_some() {
-        batch.extend(items.by_ref().take(BATCH).inspect(|&(t, hash, _)| {
-            tables[t].index.prefetch(hash);
-        }));
-        let mut candidates = [None; BATCH];
-        for (candidate, &(t, hash, _)) in candidates.iter_mut().zip(&batch) {
-            *candidate = tables[t].index.candidate(hash).map(|at| (t, at as usize));
-        }
-        for &(t, at) in candidates.iter().flatten() {
-            prefetch(&tables[t].spans[at]);
-            prefetch(&tables[t].values[at]);
-        }
-        for &(t, at) in candidates.iter().flatten() {
-            let table = &tables[t];
-            if let Some(byte) = table.arena.as_bytes().get(table.spans[at].start as usize) {
-                prefetch(byte);
-            }
-        }
-        for (t, hash, item) in batch.drain(..) {
-            let table = &mut *tables[t];
-            // The key outlives the item (`'k`): most keys are absent and not inserted,
-            // and must not be copied for that.
-            let item_key = key(&item);
-            match table.find_hashed(hash, item_key) {
-                Some(at) => {
-                    visit(item, Some(&mut table.values[at]));
-                }
-                None => {
-                    if let Some(value) = visit(item, None) {
-                        table.insert_absent(hash, item_key, value);
-                    }
-                }
-            }
-        }
     }
 }
 

@@ -39,8 +39,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::{RankBy, TrendConfig};
 use crate::heavy_hitters::Counted;
 use crate::model::{TermKind, TrendEntry, TrendStatus};
-use crate::split_term_table::SplitTermTable;
 use crate::term_key::split_key;
+use crate::term_table::TermTable;
 use crate::window_terms::{TermStats, WindowTerms};
 
 /// Added to the baseline under the square root (see the module docs).
@@ -190,7 +190,7 @@ impl Prior {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrendDetector {
     config: TrendConfig,
-    baselines: SplitTermTable<Baseline>,
+    baselines: TermTable<Baseline>,
     windows_closed: u64,
     last_window: Option<i64>,
     prune_at_len: usize,
@@ -204,7 +204,7 @@ impl TrendDetector {
     pub fn new(config: &TrendConfig) -> Self {
         TrendDetector {
             config: config.clone(),
-            baselines: SplitTermTable::default(),
+            baselines: TermTable::default(),
             windows_closed: 0,
             last_window: None,
             prune_at_len: MIN_PRUNE_LEN,
@@ -246,19 +246,15 @@ impl TrendDetector {
             };
         }
         let alpha = self.config.baseline_alpha;
+        let mut top = TopK::new(&self.config);
         let TrendDetector {
             config, baselines, ..
         } = self;
-        let config = &*config;
-        // One lookup per term, most of the cost of closing a window: done in batches, by
-        // `close_threads` threads for a large window. Each thread ranks its own terms;
-        // the rankings merge into the same top-k whatever the split (a total order).
-        let tops = baselines.upsert_each(
+        // One lookup per term, most of the cost of closing a window: done in batches.
+        baselines.upsert_each(
             terms.iter(),
             |counted| counted.key,
-            config.close_threads,
-            || TopK::new(config),
-            |top, counted, known| {
+            |counted, known| {
                 let authors = terms.authors(counted.value);
                 let scored = scored_count(config, counted.count, authors);
                 let prior = match &known {
@@ -306,11 +302,6 @@ impl TrendDetector {
                 }
             },
         );
-        let mut tops = tops.into_iter();
-        let mut top = tops.next().expect("one ranking per thread");
-        for other in tops {
-            top.merge(other);
-        }
         self.windows_closed += 1;
         self.last_window = Some(window_index);
         self.prune_if_grown(window_index);
@@ -513,13 +504,6 @@ impl<'w> TopK<'w> {
             self.worst = (0..self.k)
                 .max_by(|&a, &b| self.order(&self.items[a], &self.items[b]))
                 .unwrap_or(0);
-        }
-    }
-
-    /// Adds the candidates another `TopK` kept (over other terms of the same window).
-    fn merge(&mut self, other: TopK<'w>) {
-        for c in other.items {
-            self.offer(c);
         }
     }
 
@@ -1025,46 +1009,6 @@ mod tests {
         detector.close_window(100, &vocabulary("new", 2));
         assert_eq!(detector.vocabulary(), MIN_PRUNE_LEN);
         assert!(detector.last_score(&key(TermKind::Word, "new7")).is_some());
-    }
-
-    /// Windows large enough to be closed by several threads rank the same entries and
-    /// leave the same baselines as one thread does.
-    #[test]
-    fn close_threads_change_nothing_but_speed() {
-        let config = TrendConfig {
-            top_k: 20,
-            min_authors: 1,
-            ..config()
-        };
-        let mut one = TrendDetector::new(&config);
-        let mut two = TrendDetector::new(&TrendConfig {
-            close_threads: 2,
-            ..config.clone()
-        });
-        let names: Vec<String> = (0..30_000).map(|i| format!("w{i}")).collect();
-        for w in 0..6u64 {
-            // A skewed vocabulary whose heavy terms move from window to window.
-            let items: Vec<_> = names
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    let count = 1 + (60_000 / (i as u64 + 1)) % (7 + w * 3);
-                    (TermKind::Word, t.as_str(), count, count)
-                })
-                .collect();
-            let terms = window(&items);
-            let (a, b) = (
-                one.close_window(w as i64, &terms),
-                two.close_window(w as i64, &terms),
-            );
-            assert_eq!(a, b, "window {w}");
-            assert_eq!(a.len(), if w < 2 { 0 } else { 20 }, "window {w}");
-        }
-        assert_eq!(one.vocabulary(), two.vocabulary());
-        for name in names.iter().step_by(97) {
-            let key = key(TermKind::Word, name);
-            assert_eq!(one.last_score(&key), two.last_score(&key), "{name}");
-        }
     }
 
     #[test]

@@ -244,7 +244,7 @@ impl WindowTerms {
         self.sketch.get(key)
     }
 
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = Counted<'_, TermStats>> + Clone {
+    pub fn iter(&self) -> impl Iterator<Item = Counted<'_, TermStats>> {
         self.sketch.iter()
     }
 
