@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dynsig_core::model::{EpochMs, Origin};
+use dynsig_core::model::Origin;
 use metrics::{counter, gauge};
 use rdkafka::consumer::Consumer;
 use tokio::sync::mpsc;
@@ -372,11 +372,12 @@ impl TransformState {
         }
         // What the read model shows (active alerts, silences' state, feedback figures)
         // changes only when a window closes (which always emits signals), when a verdict
-        // is applied, or, before the first close, as the watermark moves (the silences'
-        // clock until then). Copying every active alert on each tick instead cost the
-        // transform stage more the more alerts were active (benches/RESULTS.md).
-        let before_first_close = processor.engine().alerting().now() == EpochMs::MIN;
-        if !signals.is_empty() || self.verdicts_since_refresh || before_first_close {
+        // is applied, or, before the alert clock starts at the first close, as the
+        // watermark moves (the silences' clock until then). Copying every active alert on
+        // each tick instead cost the transform stage more the more alerts were active
+        // (benches/RESULTS.md).
+        let clock_started = control::alert_clock_started(processor.engine());
+        if !signals.is_empty() || self.verdicts_since_refresh || !clock_started {
             owner.model.refresh(processor.engine(), &signals);
             self.verdicts_since_refresh = false;
         }
