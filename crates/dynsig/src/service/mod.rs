@@ -266,10 +266,20 @@ pub async fn run(
         .subscribe(&subscription(&topics, sharded))
         .context("subscribing to the input and feedback topics")?;
     let publisher = Arc::new(Publisher::new(&config.kafka)?);
+    // Checkpoints have a producer of their own (see `sink::sink`).
+    let checkpoint_publisher = match config.checkpoint.enabled {
+        true => Some(Arc::new(Publisher::new(&config.kafka)?)),
+        false => None,
+    };
     tracing::info!(brokers = %config.kafka.brokers, group = %config.kafka.group_id, "dynsig running");
 
     let watch_broker = tokio::spawn(watch_broker(
-        (publisher.clone(), consumer.clone()),
+        (
+            std::iter::once(publisher.clone())
+                .chain(checkpoint_publisher.clone())
+                .collect(),
+            consumer.clone(),
+        ),
         (health.clone(), assignment.clone()),
         (config.kafka.clone(), needed_topics, topics.clone(), sharded),
         shutdown.clone(),
@@ -326,7 +336,10 @@ pub async fn run(
         CheckpointScope::Everything
     };
     let sink = tokio::spawn(sink::sink(
-        publisher.clone(),
+        (
+            publisher.clone(),
+            checkpoint_publisher.unwrap_or_else(|| publisher.clone()),
+        ),
         consumer.clone(),
         topics.clone(),
         config.checkpoint.enabled.then_some(scope),
@@ -501,7 +514,8 @@ async fn source(
 
 /// Keeps `/readyz` honest about the cluster: a metadata request every few seconds.
 async fn watch_broker(
-    (publisher, consumer): (Arc<Publisher>, Arc<InputConsumer>),
+    // The outputs' producer first.
+    (publishers, consumer): (Vec<Arc<Publisher>>, Arc<InputConsumer>),
     (health, assignment): (Arc<Health>, Arc<Assignment>),
     (kafka_config, needed_topics, topics, sharded): (
         KafkaConfig,
@@ -517,7 +531,7 @@ async fn watch_broker(
     let mut topics_ensured = true;
     let mut rejoin: Option<Rejoin> = None;
     loop {
-        let client = publisher.current().1;
+        let client = publishers[0].current().1;
         let up = tokio::task::spawn_blocking(move || {
             client
                 .client()
@@ -535,7 +549,9 @@ async fn watch_broker(
                     topics_ensured = true;
                     tracing::info!(?created, "broker reachable again; topics ensured");
                     if !created.is_empty() {
-                        publisher.replace_after_wipe();
+                        for publisher in &publishers {
+                            publisher.replace_after_wipe();
+                        }
                     }
                     if created
                         .iter()
