@@ -21,6 +21,7 @@
 #   FETCH_WAIT_MS (librdkafka's fetch.wait.max.ms for the service's consumer, default 10;
 #     the service's own default is 100): the test broker answers a fetch only at its
 #     max wait unless much has arrived, which held records back 40 ms at the median.
+#   SHARES (default "50 80"): the loads, in % of MAX_POSTS_PER_S.
 # `FETCH_WAIT_MS=100 benches/latency.sh` measures the service's defaults.
 #
 # Last line (50% load, alert path): p50_ms=A p99_ms=B p999_ms=C
@@ -106,7 +107,7 @@ PY
 }
 
 last=
-for share in 50 80; do
+for share in ${SHARES:-50 80}; do
     rate=$(( MAX * share / 100 ))
     while read -r path p50 p99 p999 count; do
         echo "load ${share}% (${rate} posts/s), $path path: p50=${p50} ms p99=${p99} ms p99.9=${p999} ms over $count records" >&2
