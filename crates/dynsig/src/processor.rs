@@ -3,11 +3,13 @@
 //! closed windows out as signals. Shared by the Kafka service and `dynsig replay`, so both
 //! run exactly the same pipeline.
 
+use std::time::Instant;
+
 use dynsig_core::decode::{self, Format, InputKind, Limits, RejectReason, Rejection};
 use dynsig_core::engine::{Engine, EngineError, PostTerms, Refused, TermExtractor};
 use dynsig_core::feedback::Feedback;
 use dynsig_core::model::{Input, Origin, Signal};
-use metrics::{counter, Counter};
+use metrics::{counter, histogram, Counter, Histogram};
 
 use crate::config::Config;
 use crate::control;
@@ -27,6 +29,8 @@ pub struct Processor {
     decoder: Decoder,
     /// Registered once, as the decoder's counters (see [`Decoder`]).
     windows_closed: Counter,
+    /// How long the polls that closed windows took: their signals waited for it.
+    close_duration: Histogram,
 }
 
 /// Decoding and validation, apart from the engine so that it can run on another thread
@@ -54,6 +58,7 @@ impl Processor {
                 decoded_events: counter!(names::EVENTS_DECODED, "topic" => input_label(InputKind::Event)),
             },
             windows_closed: counter!(names::WINDOWS_CLOSED),
+            close_duration: histogram!(names::WINDOW_CLOSE_DURATION),
         })
     }
 
@@ -117,22 +122,28 @@ impl Processor {
         if let Some(now) = wall_now {
             self.engine.tick(now);
         }
+        let started = Instant::now();
         let signals = self.engine.poll_closed();
-        self.count_closed(signals)
+        self.count_closed(signals, started)
     }
 
     /// End of a finite input: closes every open window.
     pub fn finish(&mut self) -> Vec<Signal> {
+        let started = Instant::now();
         let signals = self.engine.finish();
-        self.count_closed(signals)
+        self.count_closed(signals, started)
     }
 
-    fn count_closed(&self, signals: Vec<Signal>) -> Vec<Signal> {
+    /// Counts the windows closed since `started`, and how long closing them took.
+    fn count_closed(&self, signals: Vec<Signal>, started: Instant) -> Vec<Signal> {
         let windows = signals
             .iter()
             .filter(|s| matches!(s, Signal::Trend(_)))
             .count();
-        self.windows_closed.increment(windows as u64);
+        if windows > 0 {
+            self.windows_closed.increment(windows as u64);
+            self.close_duration.record(started.elapsed().as_secs_f64());
+        }
         signals
     }
 

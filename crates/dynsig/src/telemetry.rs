@@ -15,6 +15,7 @@ pub mod names {
     pub const DLQ_RECORDS: &str = "dynsig_dlq_records_total";
     pub const REDELIVERED_SKIPPED: &str = "dynsig_redelivered_skipped_total";
     pub const WINDOWS_CLOSED: &str = "dynsig_windows_closed_total";
+    pub const WINDOW_CLOSE_DURATION: &str = "dynsig_window_close_duration_seconds";
     pub const SIGNALS_PUBLISHED: &str = "dynsig_signals_published_total";
     pub const PUBLISH_ERRORS: &str = "dynsig_publish_errors_total";
     pub const PRODUCER_RENEWALS: &str = "dynsig_producer_renewals_total";
@@ -36,6 +37,7 @@ pub mod names {
     pub const CATALOG_ACTORS: &str = "dynsig_catalog_actors";
     pub const BROKER_ERRORS: &str = "dynsig_broker_errors_total";
     pub const CHECKPOINT_DURATION: &str = "dynsig_checkpoint_duration_seconds";
+    pub const CHECKPOINT_SNAPSHOT_DURATION: &str = "dynsig_checkpoint_snapshot_duration_seconds";
     pub const CHECKPOINT_SIZE: &str = "dynsig_checkpoint_size_bytes";
     pub const CHECKPOINTS: &str = "dynsig_checkpoints_total";
     pub const CHECKPOINT_RESTORES: &str = "dynsig_checkpoint_restores_total";
@@ -66,6 +68,11 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
     };
 }
 
+/// Buckets for the pipeline's pauses (closing windows, copying the state): a few
+/// milliseconds normally, and every one of them delays the signals behind it.
+const PIPELINE_PAUSE_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
 /// Installs the Prometheus recorder and describes every metric.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
@@ -74,6 +81,14 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
             &[
                 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
             ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(names::WINDOW_CLOSE_DURATION.into()),
+            PIPELINE_PAUSE_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(names::CHECKPOINT_SNAPSHOT_DURATION.into()),
+            PIPELINE_PAUSE_BUCKETS,
         )?
         .set_buckets_for_metric(
             Matcher::Full(names::CHECKPOINT_DURATION.into()),
@@ -106,6 +121,11 @@ fn describe() {
         "Records skipped because they were already processed (redelivery after a rebalance)."
     );
     describe_counter!(WINDOWS_CLOSED, "Event-time windows closed.");
+    describe_histogram!(
+        WINDOW_CLOSE_DURATION,
+        Unit::Seconds,
+        "Time the pipeline spent closing windows (scoring, baselines, alerts), per poll that closed any: their signals wait for it."
+    );
     describe_counter!(
         SIGNALS_PUBLISHED,
         "Signals acknowledged by the broker, by kind."
@@ -186,6 +206,11 @@ fn describe() {
         CHECKPOINT_DURATION,
         Unit::Seconds,
         "From saving the engine's state to the broker acknowledging its last record."
+    );
+    describe_histogram!(
+        CHECKPOINT_SNAPSHOT_DURATION,
+        Unit::Seconds,
+        "Time the pipeline stopped to copy the state for a checkpoint (the copy is encoded and written beside it)."
     );
     describe_gauge!(
         CHECKPOINT_SIZE,

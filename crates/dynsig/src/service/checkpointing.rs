@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dynsig_core::engine::Engine;
-use metrics::counter;
+use metrics::{counter, histogram};
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -31,8 +31,16 @@ pub(super) type StateWriter = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<
 
 /// An engine's state as a [`StateWriter`]: copied now (see `Engine::snapshot_state`).
 pub(super) fn engine_state(engine: &Engine) -> StateWriter {
-    let snapshot = engine.snapshot_state();
+    let snapshot = timed_copy(|| engine.snapshot_state());
     Box::new(move |out| snapshot.write_into(out))
+}
+
+/// Copies some state for a checkpoint, timing the pipeline's pause.
+pub(super) fn timed_copy<T>(copy: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let copied = copy();
+    histogram!(names::CHECKPOINT_SNAPSHOT_DURATION).record(started.elapsed().as_secs_f64());
+    copied
 }
 
 /// A checkpoint on its way to the broker, or (without records) the one restored at start:
@@ -211,7 +219,20 @@ impl Checkpointing {
             // Seen at the first tick after the acknowledgement: one tick of error at most.
             self.last_cost = since.elapsed();
         }
-        self.last.elapsed() >= self.interval.max(self.last_cost * COST_SHARE)
+        self.last.elapsed() >= self.spacing()
+    }
+
+    /// Whether a due checkpoint has waited another half of its spacing. The transform
+    /// stage takes a due checkpoint right after a window closed, if one closes by then:
+    /// the state is smallest then (the next window has just begun), and the copy, the
+    /// encoding and the write are over before the next close is due, instead of
+    /// delaying its signals.
+    pub(super) fn is_overdue(&self) -> bool {
+        self.last.elapsed() >= self.spacing() * 3 / 2
+    }
+
+    fn spacing(&self) -> Duration {
+        self.interval.max(self.last_cost * COST_SHARE)
     }
 
     /// Starts a checkpoint of the state as it stands (right after a flush), covering every

@@ -46,7 +46,7 @@ use crate::output::{self, Content, OutRecord, SourcePosition};
 use crate::processor::Processor;
 use crate::telemetry::names;
 
-use super::checkpointing::{engine_state, CheckpointWrite, Checkpointing, StateWriter};
+use super::checkpointing::{engine_state, timed_copy, CheckpointWrite, Checkpointing, StateWriter};
 use super::fragment::{self, FragmentKind};
 use super::transform::{InputState, TransformState, BATCH_BYTES, BATCH_INPUTS, TICK};
 use super::{
@@ -1002,7 +1002,7 @@ fn merge_coverage(state: &TransformState) -> HashMap<PartitionKey, i64> {
 
 /// The merge's state as a [`StateWriter`]: copied now.
 fn merge_state(merge: &ShardMerge) -> StateWriter {
-    let merge = merge.clone();
+    let merge = timed_copy(|| merge.clone());
     Box::new(move |out| merge.save_into(out))
 }
 

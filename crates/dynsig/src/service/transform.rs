@@ -162,8 +162,12 @@ pub(super) async fn transform(
                 if has_news && tx.send(batch).await.is_err() {
                     return;
                 }
+                let closed = std::mem::take(&mut state.closed_since_tick);
                 if let Some(checkpointing) = checkpointing.as_mut() {
-                    if changed && checkpointing.is_due() {
+                    if changed
+                        && checkpointing.is_due()
+                        && (closed || checkpointing.is_overdue())
+                    {
                         checkpointing.begin(&owner, &topics, &mut state);
                     }
                 }
@@ -251,6 +255,8 @@ pub(super) struct TransformState {
     pub(super) bytes_in_batch: usize,
     /// Something reached the engine (a record, a command) since the last checkpoint.
     pub(super) changed_since_checkpoint: bool,
+    /// A flush emitted signals (a window closed, or an update) since the last tick.
+    pub(super) closed_since_tick: bool,
     /// Next offset to process per consumed partition; anything below it was processed.
     pub(super) next_offsets: HashMap<(Source, i32), i64>,
     /// Offsets already handed to the sink, so unchanged ones are not sent again.
@@ -376,6 +382,7 @@ impl TransformState {
         // watermark moves (the silences' clock until then). Copying every active alert on
         // each tick instead cost the transform stage more the more alerts were active
         // (benches/RESULTS.md).
+        self.closed_since_tick |= !signals.is_empty();
         let clock_started = control::alert_clock_started(processor.engine());
         if !signals.is_empty() || self.verdicts_since_refresh || !clock_started {
             owner.model.refresh(processor.engine(), &signals);
