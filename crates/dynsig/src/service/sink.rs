@@ -178,9 +178,11 @@ impl Offsets {
             .store(written.generation, Ordering::Release);
     }
 
-    /// Stores the offsets that moved since the last call.
-    fn store(&mut self, consumer: &InputConsumer, topics: &TopicsConfig) {
-        let mut tpl = TopicPartitionList::new();
+    /// The offsets to store now, those that moved since the last call: the safe ones,
+    /// no further than the last acknowledged checkpoint where checkpoints cover the
+    /// partition (and none before the first one).
+    fn moved(&mut self) -> Vec<(PartitionKey, i64)> {
+        let mut moved = Vec::new();
         for (&key, &offset) in &self.safe {
             let offset = match self.scope {
                 Some(scope) if scope.covers(key.0) => match self.durable.get(&key) {
@@ -189,12 +191,22 @@ impl Offsets {
                 },
                 _ => offset,
             };
-            if self.stored.insert(key, offset) == Some(offset) {
-                continue;
+            if self.stored.insert(key, offset) != Some(offset) {
+                moved.push((key, offset));
             }
-            if let Err(error) =
-                tpl.add_partition_offset(topic_name(topics, key.0), key.1, Offset::Offset(offset))
-            {
+        }
+        moved
+    }
+
+    /// Stores the offsets that moved since the last call, for the consumer's next commit.
+    fn store(&mut self, consumer: &InputConsumer, topics: &TopicsConfig) {
+        let mut tpl = TopicPartitionList::new();
+        for ((source, partition), offset) in self.moved() {
+            if let Err(error) = tpl.add_partition_offset(
+                topic_name(topics, source),
+                partition,
+                Offset::Offset(offset),
+            ) {
                 tracing::warn!(%error, "bad offset");
             }
         }
@@ -359,5 +371,94 @@ pub(super) fn count_published(record: &OutRecord, wall_now: i64) {
         // Counted by the sink once the whole checkpoint is acknowledged.
         Content::Checkpoint => {}
         Content::Internal => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dynsig_core::decode::InputKind;
+
+    const POSTS: Source = Source::Input(InputKind::Post);
+
+    fn offsets(scope: Option<CheckpointScope>, safe: &[(Source, i32, i64)]) -> Offsets {
+        let mut offsets = Offsets {
+            scope,
+            ..Offsets::default()
+        };
+        offsets
+            .safe
+            .extend(safe.iter().map(|&(s, p, o)| ((s, p), o)));
+        offsets
+    }
+
+    fn written(positions: &[(Source, i32, i64)], generation: u64) -> Written {
+        Written {
+            positions: positions.iter().map(|&(s, p, o)| ((s, p), o)).collect(),
+            generation,
+            acknowledged: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn sorted(mut moved: Vec<(PartitionKey, i64)>) -> Vec<(PartitionKey, i64)> {
+        moved.sort_by_key(|&((_, partition), offset)| (partition, offset));
+        moved
+    }
+
+    #[test]
+    fn without_checkpoints_safe_offsets_are_stored_once_each() {
+        let mut offsets = offsets(None, &[(POSTS, 0, 10), (POSTS, 1, 5)]);
+        assert_eq!(
+            sorted(offsets.moved()),
+            vec![((POSTS, 0), 10), ((POSTS, 1), 5)]
+        );
+        assert_eq!(offsets.moved(), vec![]);
+        offsets.safe.insert((POSTS, 1), 7);
+        assert_eq!(offsets.moved(), vec![((POSTS, 1), 7)]);
+    }
+
+    #[test]
+    fn offsets_wait_for_an_acknowledged_checkpoint_and_never_pass_it() {
+        let mut offsets = offsets(
+            Some(CheckpointScope::Everything),
+            &[(POSTS, 0, 100), (Source::Feedback, 0, 3)],
+        );
+        // Before the first checkpoint (or while it is being written) nothing is stored.
+        assert_eq!(offsets.moved(), vec![]);
+        let first = written(&[(POSTS, 0, 60), (Source::Feedback, 0, 3)], 1);
+        let acknowledged = first.acknowledged.clone();
+        offsets.checkpoint_written(Ok(first));
+        assert_eq!(acknowledged.load(Ordering::Acquire), 1);
+        assert_eq!(
+            sorted(offsets.moved()),
+            vec![((Source::Feedback, 0), 3), ((POSTS, 0), 60)]
+        );
+        // Batches published while the next checkpoint is written move nothing.
+        offsets.safe.insert((POSTS, 0), 200);
+        assert_eq!(offsets.moved(), vec![]);
+        // The next one replaces the last: its positions, up to the safe offsets.
+        offsets.checkpoint_written(Ok(written(&[(POSTS, 0, 150)], 2)));
+        assert_eq!(offsets.moved(), vec![((POSTS, 0), 150)]);
+    }
+
+    #[test]
+    fn sharded_checkpoints_cover_only_the_internal_topics() {
+        let mut offsets = offsets(
+            Some(CheckpointScope::Shards),
+            &[
+                (POSTS, 0, 40),
+                (Source::Repartition, 2, 90),
+                (Source::Partials, 0, 9),
+            ],
+        );
+        // Inputs hold no state of their own once sent to their shard.
+        assert_eq!(offsets.moved(), vec![((POSTS, 0), 40)]);
+        offsets.checkpoint_written(Ok(written(&[(Source::Repartition, 2, 80)], 1)));
+        offsets.checkpoint_written(Ok(written(&[(Source::Partials, 0, 9)], 1)));
+        // Each shard's checkpoint adds to the others' instead of replacing them.
+        assert_eq!(
+            sorted(offsets.moved()),
+            vec![((Source::Partials, 0), 9), ((Source::Repartition, 2), 80)]
+        );
     }
 }
