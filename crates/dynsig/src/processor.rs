@@ -138,7 +138,8 @@ impl Processor {
     fn count_closed(&self, signals: Vec<Signal>, started: Instant) -> Vec<Signal> {
         let windows = signals
             .iter()
-            .filter(|s| matches!(s, Signal::Trend(_)))
+            // Not the revisions of windows still open (update mode).
+            .filter(|s| matches!(s, Signal::Trend(snapshot) if snapshot.is_final))
             .count();
         if windows > 0 {
             self.windows_closed.increment(windows as u64);
