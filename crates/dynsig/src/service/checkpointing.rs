@@ -442,3 +442,56 @@ pub(super) fn committed_past(consumer: &InputConsumer, positions: &[Position]) -
         })
         .cloned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checkpoints every `interval_ms`, the last one taken `since_ms` ago and
+    /// acknowledged, at a cost of `cost_ms`.
+    fn checkpointing(interval_ms: u64, since_ms: u64, cost_ms: u64) -> Checkpointing {
+        Checkpointing {
+            topic: CheckpointTopic {
+                topic: "dynsig.checkpoints".into(),
+                group: "test".into(),
+                chunk_bytes: 1 << 20,
+            },
+            interval: Duration::from_millis(interval_ms),
+            next_generation: 2,
+            last: Instant::now() - Duration::from_millis(since_ms),
+            acknowledged: Arc::new(AtomicU64::new(1)),
+            in_flight_since: None,
+            last_cost: Duration::from_millis(cost_ms),
+            to_restore: None,
+            encoding: None,
+        }
+    }
+
+    #[test]
+    fn due_after_the_interval_and_overdue_half_an_interval_later() {
+        assert!(!checkpointing(10_000, 9_000, 0).is_due());
+        let mut due = checkpointing(10_000, 11_000, 0);
+        assert!(due.is_due());
+        assert!(!due.is_overdue());
+        let mut overdue = checkpointing(10_000, 15_500, 0);
+        assert!(overdue.is_due());
+        assert!(overdue.is_overdue());
+    }
+
+    #[test]
+    fn a_costly_checkpoint_spaces_out_the_next_ones() {
+        // Writing took 1 s: at most 1/COST_SHARE of the time, so 20 s apart.
+        assert!(!checkpointing(10_000, 11_000, 1_000).is_due());
+        assert!(checkpointing(10_000, 21_000, 1_000).is_due());
+        assert!(!checkpointing(10_000, 21_000, 1_000).is_overdue());
+    }
+
+    #[test]
+    fn not_due_until_the_last_one_is_acknowledged() {
+        let mut waiting = checkpointing(10_000, 60_000, 0);
+        waiting.next_generation = 3;
+        assert!(!waiting.is_due());
+        waiting.acknowledged.store(2, Ordering::Release);
+        assert!(waiting.is_due());
+    }
+}
