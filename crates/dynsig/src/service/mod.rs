@@ -267,9 +267,10 @@ pub async fn run(
         .context("subscribing to the input and feedback topics")?;
     let publisher = Arc::new(Publisher::new(&config.kafka)?);
     // Checkpoints have a producer of their own (see `sink::sink`).
-    let checkpoint_publisher = match config.checkpoint.enabled {
-        true => Some(Arc::new(Publisher::new(&config.kafka)?)),
-        false => None,
+    let checkpoint_publisher = if config.checkpoint.enabled {
+        Some(Arc::new(Publisher::new(&config.kafka)?))
+    } else {
+        None
     };
     tracing::info!(brokers = %config.kafka.brokers, group = %config.kafka.group_id, "dynsig running");
 
