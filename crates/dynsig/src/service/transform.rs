@@ -371,6 +371,7 @@ impl TransformState {
     ) -> Batch {
         let processor = &mut owner.processor;
         let signals = processor.poll(wall_now);
+        self.closed_since_tick |= !signals.is_empty();
         if !self.waiting_feedback.is_empty() && control::alert_clock_started(processor.engine()) {
             for record in std::mem::take(&mut self.waiting_feedback) {
                 self.apply(processor, topics, record);
@@ -382,7 +383,6 @@ impl TransformState {
         // watermark moves (the silences' clock until then). Copying every active alert on
         // each tick instead cost the transform stage more the more alerts were active
         // (benches/RESULTS.md).
-        self.closed_since_tick |= !signals.is_empty();
         let clock_started = control::alert_clock_started(processor.engine());
         if !signals.is_empty() || self.verdicts_since_refresh || !clock_started {
             owner.model.refresh(processor.engine(), &signals);
