@@ -223,10 +223,10 @@ impl Checkpointing {
     }
 
     /// Whether a due checkpoint has waited another half of its spacing. The transform
-    /// stage takes a due checkpoint right after a window closed, if one closes by then:
-    /// the state is smallest then (the next window has just begun), and the copy, the
-    /// encoding and the write are over before the next close is due, instead of
-    /// delaying its signals.
+    /// stages take a due checkpoint right after its engine closed a window, if one
+    /// closes by then: the state is smallest then (the next window has just begun), and
+    /// the copy, the encoding and the write are over before the next close is due,
+    /// instead of delaying its signals.
     pub(super) fn is_overdue(&self) -> bool {
         self.last.elapsed() >= self.spacing() * 3 / 2
     }

@@ -91,6 +91,9 @@ struct ShardEngine {
     inputs_next: HashMap<(InputKind, i32), i64>,
     checkpointing: Option<Checkpointing>,
     changed_since_checkpoint: bool,
+    /// It emitted signals (a window closed) since the last tick: a due checkpoint is
+    /// taken then (see `Checkpointing::is_overdue`).
+    closed_since_tick: bool,
     /// Per input partition (engine index), when its reader last said it had read it to
     /// its end (wall time, see [`fragment`]).
     caught_up_at: HashMap<u32, i64>,
@@ -329,6 +332,7 @@ impl Sharded {
             inputs_next: HashMap::new(),
             checkpointing: None,
             changed_since_checkpoint: false,
+            closed_since_tick: false,
             caught_up_at: HashMap::new(),
             progress_sent: None,
         };
@@ -706,6 +710,7 @@ impl Sharded {
             let signals = shard.processor.poll(None);
             if !signals.is_empty() {
                 shard.changed_since_checkpoint = true;
+                shard.closed_since_tick = true;
             }
             let (windows, published) = ShardMerge::split_by_window(signals);
             records.extend(
@@ -771,7 +776,8 @@ impl Sharded {
     }
 
     /// Starts the checkpoints that are due (a shard whose state changed, once its last
-    /// one is acknowledged and its interval passed), and returns those encoded since.
+    /// one is acknowledged and its interval passed, right after it closed a window or
+    /// once overdue), and returns those encoded since. Called at every tick.
     async fn checkpoints(&mut self) -> Vec<CheckpointWrite> {
         let mut writes = Vec::new();
         for (&index, shard) in &mut self.shards {
@@ -781,9 +787,11 @@ impl Sharded {
             if checkpointing.is_encoded() {
                 writes.extend(checkpointing.encoded().await);
             }
+            let closed = std::mem::take(&mut shard.closed_since_tick);
             if shard.changed_since_checkpoint
                 && checkpointing.encoding.is_none()
                 && checkpointing.is_due()
+                && (closed || checkpointing.is_overdue())
             {
                 shard.changed_since_checkpoint = false;
                 let (covered, inputs) =
