@@ -26,7 +26,7 @@ use super::{source_of, topic_name, wall_now_ms, Batch, InputConsumer, PartitionK
 /// Checkpoints take at most about 1/COST_SHARE of the time (see [`Checkpointing::is_due`]).
 const COST_SHARE: u32 = 20;
 
-/// A copy of some state, taken now and encoded later on a blocking thread.
+/// A copy of some state, taken now and encoded later on the encoder's thread.
 pub(super) type StateWriter = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send>;
 
 /// An engine's state as a [`StateWriter`]: copied now (see `Engine::snapshot_state`).
@@ -222,12 +222,17 @@ impl Checkpointing {
         self.last.elapsed() >= self.spacing()
     }
 
-    /// Whether a due checkpoint has waited another half of its spacing. The transform
-    /// stages take a due checkpoint right after its engine closed a window, if one
-    /// closes by then: the state is smallest then (the next window has just begun), and
-    /// the copy, the encoding and the write are over before the next close is due,
-    /// instead of delaying its signals.
-    pub(super) fn is_overdue(&self) -> bool {
+    /// [`Self::is_due`] for an engine's checkpoint, called at every tick with whether
+    /// the engine closed a window since the last one: a due checkpoint is taken right
+    /// after a close, if one comes within another half of its spacing. The state is
+    /// smallest then (the next window has just begun), and the copy, the encoding and
+    /// the write are over before the next close is due, instead of delaying its signals.
+    pub(super) fn is_due_after_tick(&mut self, window_closed: bool) -> bool {
+        self.is_due() && (window_closed || self.is_overdue())
+    }
+
+    /// Whether a due checkpoint has waited another half of its spacing.
+    fn is_overdue(&self) -> bool {
         self.last.elapsed() >= self.spacing() * 3 / 2
     }
 
@@ -476,6 +481,14 @@ mod tests {
         let mut overdue = checkpointing(10_000, 15_500, 0);
         assert!(overdue.is_due());
         assert!(overdue.is_overdue());
+    }
+
+    #[test]
+    fn a_due_checkpoint_waits_for_a_close_until_overdue() {
+        assert!(!checkpointing(10_000, 9_000, 0).is_due_after_tick(true));
+        assert!(!checkpointing(10_000, 11_000, 0).is_due_after_tick(false));
+        assert!(checkpointing(10_000, 11_000, 0).is_due_after_tick(true));
+        assert!(checkpointing(10_000, 15_500, 0).is_due_after_tick(false));
     }
 
     #[test]

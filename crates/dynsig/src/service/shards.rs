@@ -92,7 +92,7 @@ struct ShardEngine {
     checkpointing: Option<Checkpointing>,
     changed_since_checkpoint: bool,
     /// It emitted signals (a window closed) since the last tick: a due checkpoint is
-    /// taken then (see `Checkpointing::is_overdue`).
+    /// taken then (see `Checkpointing::is_due_after_tick`).
     closed_since_tick: bool,
     /// Per input partition (engine index), when its reader last said it had read it to
     /// its end (wall time, see [`fragment`]).
@@ -790,8 +790,7 @@ impl Sharded {
             let closed = std::mem::take(&mut shard.closed_since_tick);
             if shard.changed_since_checkpoint
                 && checkpointing.encoding.is_none()
-                && checkpointing.is_due()
-                && (closed || checkpointing.is_overdue())
+                && checkpointing.is_due_after_tick(closed)
             {
                 shard.changed_since_checkpoint = false;
                 let (covered, inputs) =

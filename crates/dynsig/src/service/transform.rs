@@ -164,10 +164,7 @@ pub(super) async fn transform(
                 }
                 let closed = std::mem::take(&mut state.closed_since_tick);
                 if let Some(checkpointing) = checkpointing.as_mut() {
-                    if changed
-                        && checkpointing.is_due()
-                        && (closed || checkpointing.is_overdue())
-                    {
+                    if changed && checkpointing.is_due_after_tick(closed) {
                         checkpointing.begin(&owner, &topics, &mut state);
                     }
                 }
