@@ -11,9 +11,10 @@
 //!
 //! And every few hundred milliseconds, the instance that reads an input partition tells
 //! every shard that it has read that partition to its end ([`caught_up_fragments`]), if
-//! so: only then may a shard take the partition's silence for idleness. A partition
-//! whose reader died says nothing, and holds the shards' event time until its new
-//! reader has caught up, so its inputs are not declared late meanwhile.
+//! so and the partition has been quiet for the idle timeout: only then may a shard take
+//! the partition's silence for idleness. A partition whose reader died says nothing, and
+//! holds the shards' event time until its new reader has caught up, so its inputs are
+//! not declared late meanwhile.
 
 use dynsig_core::decode::{InputKind, RejectReason, Rejection};
 use dynsig_core::engine::PostTerms;
@@ -36,7 +37,8 @@ mod headers {
 pub(super) enum FragmentKind {
     Input(InputKind),
     Feedback,
-    /// The input partition was read to its end (no payload).
+    /// The input partition was read to its end (payload: when, see
+    /// [`caught_up_fragments`]).
     CaughtUp(InputKind),
 }
 
@@ -77,21 +79,30 @@ pub(super) fn input_fragments(
         .collect()
 }
 
-/// Input partition `partition` of `kind` was read to its end (up to `next_offset`), as
-/// one record per shard.
+/// Input partition `partition` of `kind` was read to its end (up to `next_offset`) at
+/// wall time `sent_at` (ms), as one record per shard. The time is the reader's: a shard
+/// that reads the news late (behind on its partition, or reading it again after a
+/// restart) knows it is stale.
 pub(super) fn caught_up_fragments(
     topics: &TopicsConfig,
     shards: u32,
     (kind, partition, next_offset): (InputKind, i32, i64),
+    sent_at: i64,
 ) -> Vec<OutRecord> {
     let origin = Origin {
         kind: FragmentKind::CaughtUp(kind),
         partition,
         offset: next_offset,
     };
+    let payload = sent_at.to_string().into_bytes();
     (0..shards)
-        .map(|shard| fragment(topics, shard, origin, None, &[]))
+        .map(|shard| fragment(topics, shard, origin, None, &payload))
         .collect()
+}
+
+/// When a [`FragmentKind::CaughtUp`] record was sent (its payload); None if unreadable.
+pub(super) fn caught_up_sent_at(payload: &[u8]) -> Option<i64> {
+    std::str::from_utf8(payload).ok()?.parse().ok()
 }
 
 /// A verdict read at `origin`, for the shard that owns its alert.
@@ -267,13 +278,21 @@ mod tests {
 
     #[test]
     fn every_shard_hears_that_a_partition_was_read() {
-        let records = caught_up_fragments(&TopicsConfig::default(), 2, (InputKind::Event, 1, 9));
+        let sent_at = 1_795_873_965_986;
+        let records = caught_up_fragments(
+            &TopicsConfig::default(),
+            2,
+            (InputKind::Event, 1, 9),
+            sent_at,
+        );
         assert_eq!(records.len(), 2);
         let mut terms = PostTerms::default();
         for record in &records {
             let (origin, _) = read_headers(header(record), &mut terms).unwrap();
             assert_eq!(origin.kind, FragmentKind::CaughtUp(InputKind::Event));
             assert_eq!((origin.partition, origin.offset), (1, 9));
+            assert_eq!(caught_up_sent_at(&record.payload), Some(sent_at));
         }
+        assert_eq!(caught_up_sent_at(b""), None, "an older instance's: no time");
     }
 }

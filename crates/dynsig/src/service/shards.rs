@@ -95,16 +95,47 @@ struct ShardEngine {
     /// taken then (see `Checkpointing::is_due_after_tick`).
     closed_since_tick: bool,
     /// Per input partition (engine index), when its reader last said it had read it to
-    /// its end (wall time, see [`fragment`]).
+    /// its end (the reader's wall time, see [`fragment`]).
     caught_up_at: HashMap<u32, i64>,
     /// The event time last reported to the merge.
     progress_sent: Option<EpochMs>,
 }
 
+/// Per input partition this instance reads, the read position last seen and since when
+/// (wall time) it has not moved, counted from the assignment (cleared then).
+#[derive(Default)]
+struct InputQuiet(HashMap<PartitionKey, (i64, i64)>);
+
+impl InputQuiet {
+    /// Whether partition `key`, read up to `read` with its end at `high`, is read to
+    /// its end and has been quiet for `idle_timeout` ms at `now`. Called every few
+    /// hundred ms: a move seen at a call counts from that call, later than it happened,
+    /// which only delays idleness.
+    fn read_out(
+        &mut self,
+        key: PartitionKey,
+        (read, high): (i64, i64),
+        now: i64,
+        idle_timeout: i64,
+    ) -> bool {
+        let (seen, quiet_since) = self.0.entry(key).or_insert((read, now));
+        if *seen != read {
+            (*seen, *quiet_since) = (read, now);
+        }
+        read >= high && now - *quiet_since >= idle_timeout
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// How often the reader of an input partition says it has read it to its end.
 const CAUGHT_UP_EVERY_MS: i64 = 200;
 /// How long such news holds: a partition not heard from since is taken for one with a
-/// backlog (its reader may be gone), which is never idle.
+/// backlog (its reader may be gone, or this shard behind on its partition), which is
+/// never idle. The reader's clock is compared with the shard's: instances' clocks must
+/// agree to well within this (as NTP keeps them), or quiet partitions are never idle.
 const CAUGHT_UP_FRESH_MS: i64 = 1_000;
 
 /// The stage's state.
@@ -126,6 +157,8 @@ struct Sharded {
     input_partitions: Vec<u32>,
     /// When the input partitions read to their end were last announced (wall time).
     caught_up_sent_at: i64,
+    /// Which assigned input partitions are read out (see `announce_caught_up`).
+    input_quiet: InputQuiet,
     /// Where reading each assigned input partition started (its committed offset, else
     /// its first): the read position of a partition nothing was read from yet.
     input_starts: HashMap<PartitionKey, i64>,
@@ -156,6 +189,7 @@ pub(super) async fn transform(
         partials_held: None,
         input_partitions: Vec::new(),
         caught_up_sent_at: 0,
+        input_quiet: InputQuiet::default(),
         input_starts: HashMap::new(),
         state: TransformState {
             recycler: Some(recycler),
@@ -194,7 +228,7 @@ pub(super) async fn transform(
                 if has_news && tx.send(batch).await.is_err() {
                     return;
                 }
-                                for write in stage.checkpoints().await {
+                for write in stage.checkpoints().await {
                     if !send_checkpoint(&tx, write).await {
                         return;
                     }
@@ -257,6 +291,7 @@ impl Sharded {
         }
         self.input_partitions = input_partitions(input, &self.topics).await;
         self.input_starts = input_starts(input, &self.topics).await;
+        self.input_quiet.clear();
         // What the sink must know of the checkpoints restored.
         let mut restored = Vec::new();
         for shard in owned {
@@ -484,8 +519,11 @@ impl Sharded {
             (_, None) => unreachable!("a readable repartition record has its origin"),
         };
         if let FragmentKind::CaughtUp(kind) = origin.kind {
-            let partition = partition_index((kind, origin.partition));
-            shard.caught_up_at.insert(partition, wall_now_ms());
+            if let Some(sent_at) = fragment::caught_up_sent_at(&body.payload) {
+                let partition = partition_index((kind, origin.partition));
+                let at = shard.caught_up_at.entry(partition).or_insert(sent_at);
+                *at = (*at).max(sent_at);
+            }
             return;
         }
         shard.changed_since_checkpoint = true;
@@ -682,23 +720,15 @@ impl Sharded {
             let engine = shard.processor.engine_mut();
             if let Some(now) = wall_now {
                 if readable {
-                    // A shard behind on its partition has inputs of every input partition
-                    // still to read; otherwise an input partition may be idle only while
-                    // its reader says it has read it all.
-                    let key = (Source::Repartition, index as i32);
-                    let next = self.state.next_offsets.get(&key).copied().unwrap_or(0);
-                    let high = kafka::cached_high_watermark(
-                        input.consumer.client(),
-                        &self.topics.repartition,
-                        key.1,
-                    );
-                    let behind = high.is_some_and(|high| high > next);
+                    // An input partition may be idle only while its reader's latest news,
+                    // read after every input it had sent, says it has read it all: were
+                    // this shard behind on its partition, that news would be stale.
                     for &partition in &self.input_partitions {
                         let read_out = shard
                             .caught_up_at
                             .get(&partition)
                             .is_some_and(|&at| now - at <= CAUGHT_UP_FRESH_MS);
-                        if behind || !read_out {
+                        if !read_out {
                             engine.note_backlog(partition);
                         }
                     }
@@ -745,7 +775,7 @@ impl Sharded {
         if let Some(now) = wall_now.filter(|_| readable) {
             if now - self.caught_up_sent_at >= CAUGHT_UP_EVERY_MS {
                 self.caught_up_sent_at = now;
-                self.announce_caught_up(input);
+                self.announce_caught_up(input, now);
             }
         }
         self.refresh_model(&[]);
@@ -846,9 +876,15 @@ impl Sharded {
     }
 
     /// Tells every shard which of this instance's input partitions it has read to their
-    /// end: processed up to the end the consumer last saw (or, before reading anything
-    /// from one, with the fetch position at that end).
-    fn announce_caught_up(&mut self, input: &InputState) {
+    /// end (processed up to the end the consumer last saw, or, before reading anything
+    /// from one, with the fetch position at that end) and found quiet for the idle
+    /// timeout. Quiet here too, because a shard cannot tell a quiet partition from a
+    /// dead reader: were a partition read every 200 ms announced between its records,
+    /// and its reader killed with the next ones read but not yet sent, the shards would
+    /// take it for idle until the announcement went stale, and their event time could
+    /// move on with the other partitions and make those records late.
+    fn announce_caught_up(&mut self, input: &InputState, now: i64) {
+        let idle_timeout = self.owner.config.window.idle_timeout_ms;
         let positions = input.consumer.position().ok();
         let mut records = Vec::new();
         for (topic, partition) in input.assignment.partitions() {
@@ -868,11 +904,16 @@ impl Sharded {
                     _ => self.input_starts.get(&key).copied(),
                 }
             });
-            if read.is_some_and(|read| read >= high) {
+            let read_out = read.is_some_and(|read| {
+                self.input_quiet
+                    .read_out(key, (read, high), now, idle_timeout)
+            });
+            if read_out {
                 records.extend(fragment::caught_up_fragments(
                     &self.topics,
                     self.count,
                     (kind, partition, high),
+                    now,
                 ));
             }
         }
@@ -1103,4 +1144,48 @@ async fn input_partitions(input: &InputState, topics: &TopicsConfig) -> Vec<u32>
     })
     .await
     .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POSTS_0: PartitionKey = (Source::Input(InputKind::Post), 0);
+    const TIMEOUT: i64 = 1_000;
+
+    #[test]
+    fn a_partition_read_between_announcements_is_never_read_out() {
+        let mut quiet = InputQuiet::default();
+        // Records every 200 ms, each read at once: read to its end at every call, never
+        // quiet for the timeout (the reader may die with the next ones unsent).
+        for round in 0..20 {
+            let read = 10 * (round + 1);
+            assert!(!quiet.read_out(POSTS_0, (read, read), 200 * round, TIMEOUT));
+        }
+    }
+
+    #[test]
+    fn a_partition_read_to_its_end_is_read_out_once_quiet_for_the_timeout() {
+        let mut quiet = InputQuiet::default();
+        assert!(
+            !quiet.read_out(POSTS_0, (50, 50), 0, TIMEOUT),
+            "quiet for 0 ms"
+        );
+        assert!(!quiet.read_out(POSTS_0, (50, 50), 800, TIMEOUT));
+        assert!(quiet.read_out(POSTS_0, (50, 50), 1_000, TIMEOUT));
+        assert!(
+            !quiet.read_out(POSTS_0, (50, 60), 1_200, TIMEOUT),
+            "records arrived: not read to its end"
+        );
+        assert!(
+            !quiet.read_out(POSTS_0, (60, 60), 1_400, TIMEOUT),
+            "read to its end, but it just moved"
+        );
+        assert!(quiet.read_out(POSTS_0, (60, 60), 2_400, TIMEOUT));
+        quiet.clear();
+        assert!(
+            !quiet.read_out(POSTS_0, (60, 60), 2_600, TIMEOUT),
+            "a new assignment counts the quiet afresh"
+        );
+    }
 }
