@@ -11,6 +11,11 @@
 //! partition is idle, the watermark advances with the wall clock from the newest event
 //! time, so that the last windows of a quiet stream still close. An assigned partition
 //! that has delivered nothing yet holds the watermark until it delivers or goes idle.
+//!
+//! A partition read by another process (a shard's, `scale.shards` > 1) is idle only as of
+//! its reader's last word that it had read it all ([`Watermark::confirm_read_out`]): it
+//! then holds the watermark at the newest event time seen by that moment, since records
+//! that reached it afterwards may be on their way, or lost with a reader that died.
 
 use std::collections::BTreeMap;
 
@@ -34,6 +39,10 @@ struct PartitionClock {
     quiet_since_wall: Option<EpochMs>,
     #[serde(skip)]
     idle: bool,
+    /// While idle, the event time it holds the watermark at (see
+    /// [`Watermark::confirm_read_out`]); none: it does not hold it.
+    #[serde(skip)]
+    idle_floor: Option<EpochMs>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,6 +107,24 @@ impl Watermark {
         }
     }
 
+    /// `partition`'s reader says it has read it all: were it idle, every record that
+    /// reached it by then has been seen, so it holds the watermark no further back than
+    /// the newest event time seen so far (none yet: it does not hold it). Records that
+    /// reach it afterwards are not known here until they are sent, by this reader or, if
+    /// it died, by the next; the allowed lateness covers those produced at about the
+    /// same time. A later word moves it on.
+    pub fn confirm_read_out(&mut self, partition: u32) {
+        let newest = self
+            .partitions
+            .values()
+            .filter_map(|c| c.max_event_time)
+            .max();
+        if let (Some(clock), Some(newest)) = (self.partitions.get_mut(&partition), newest) {
+            clock.idle_floor = Some(clock.idle_floor.map_or(newest, |f| f.max(newest)));
+        }
+        self.recompute();
+    }
+
     /// Wall-clock tick while the input cannot be read (no partitions assigned yet, a
     /// rebalance, the broker unreachable): silence then says nothing about the stream, so
     /// it does not count as quiet time; idleness is measured again from here.
@@ -145,15 +172,20 @@ impl Watermark {
         }
     }
 
-    /// The minimum over active partitions; a partition that has delivered nothing and is
-    /// not idle yet holds the watermark where it is.
+    /// The minimum over active partitions and the floors of idle ones; a partition that
+    /// has delivered nothing and is not idle yet holds the watermark where it is.
     fn recompute(&mut self) {
         let mut slowest: Option<EpochMs> = None;
-        for clock in self.partitions.values().filter(|c| !c.idle) {
-            match clock.max_event_time {
-                None => return,
-                Some(max) => slowest = Some(slowest.map_or(max, |s| s.min(max))),
-            }
+        for clock in self.partitions.values() {
+            let held_at = match (clock.idle, clock.max_event_time) {
+                (true, _) => match clock.idle_floor {
+                    Some(floor) => floor,
+                    None => continue,
+                },
+                (false, None) => return,
+                (false, Some(max)) => max,
+            };
+            slowest = Some(slowest.map_or(held_at, |s| s.min(held_at)));
         }
         if let Some(slowest) = slowest {
             self.raise_to(slowest.saturating_sub(self.allowed_lateness_ms));
@@ -216,6 +248,38 @@ mod tests {
         // Readable again and still quiet: idle after the timeout, advancing from then.
         wm.tick(31_500);
         assert_eq!(wm.value(), Some(11_500));
+    }
+
+    #[test]
+    fn an_idle_partition_read_elsewhere_holds_the_watermark_where_last_confirmed() {
+        let mut wm = Watermark::new(0, 1_000);
+        wm.assign(&[0, 1, 2]);
+        wm.observe(0, 10_000);
+        wm.observe(1, 10_000);
+        // Partition 2 never delivers; its reader says so while the others are at 10 s.
+        wm.confirm_read_out(2);
+        wm.tick(0);
+        wm.tick(999);
+        assert_eq!(wm.value(), None, "partition 2 is not idle yet");
+        // Its reader dies; the others move on, partition 2 holds them at its last word.
+        wm.observe(0, 30_000);
+        wm.observe(1, 30_000);
+        wm.tick(1_000);
+        assert_eq!(
+            wm.value(),
+            Some(10_000),
+            "idle, held at its reader's last word"
+        );
+        // A new reader sends what had reached it, then says it has read it all.
+        wm.observe(2, 25_000);
+        wm.tick(1_100);
+        assert_eq!(wm.value(), Some(25_000));
+        wm.observe(0, 30_000);
+        wm.observe(1, 30_000);
+        wm.tick(2_100);
+        assert_eq!(wm.value(), Some(25_000), "idle again, never backwards");
+        wm.confirm_read_out(2);
+        assert_eq!(wm.value(), Some(30_000), "held at the new word");
     }
 
     #[test]

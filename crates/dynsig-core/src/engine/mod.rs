@@ -431,6 +431,12 @@ impl Engine {
         self.watermark.note_backlog(partition);
     }
 
+    /// Input partition `partition`'s reader, another process, says it has read it all:
+    /// see [`Watermark::confirm_read_out`].
+    pub fn confirm_read_out(&mut self, partition: u32) {
+        self.watermark.confirm_read_out(partition);
+    }
+
     /// A wall-clock tick while the input cannot be read (see
     /// [`Watermark::suspend_idle`]): the service calls it instead of [`Engine::tick`] while
     /// it owns no partition or the broker is unreachable.

@@ -523,6 +523,9 @@ impl Sharded {
                 let partition = partition_index((kind, origin.partition));
                 let at = shard.caught_up_at.entry(partition).or_insert(sent_at);
                 *at = (*at).max(sent_at);
+                // Idle, it holds the event time where this word finds it: what reached
+                // the partition since may come later (from a new reader, if this one died).
+                shard.processor.engine_mut().confirm_read_out(partition);
             }
             return;
         }
