@@ -884,8 +884,9 @@ impl Sharded {
     /// timeout. Quiet here too, because a shard cannot tell a quiet partition from a
     /// dead reader: were a partition read every 200 ms announced between its records,
     /// and its reader killed with the next ones read but not yet sent, the shards would
-    /// take it for idle until the announcement went stale, and their event time could
-    /// move on with the other partitions and make those records late.
+    /// take it for idle until the announcement went stale (holding it at the event time
+    /// the announcement found, see `Watermark::confirm_read_out`); a partition still
+    /// being written to is not announced at all.
     fn announce_caught_up(&mut self, input: &InputState, now: i64) {
         let idle_timeout = self.owner.config.window.idle_timeout_ms;
         let positions = input.consumer.position().ok();
