@@ -125,6 +125,13 @@ impl<S> Windows<S> {
         &mut window.state
     }
 
+    /// The end of the oldest open window, if any: [`Self::pop_ended_by`] returns it once
+    /// its limit reaches this.
+    pub fn first_end(&self) -> Option<EpochMs> {
+        let (start, _) = self.open.first_key_value()?;
+        Some(start.saturating_add(self.size_ms))
+    }
+
     /// Removes and returns the oldest open window if it ends at or before `limit`.
     pub fn pop_ended_by(&mut self, limit: EpochMs) -> Option<ClosedWindow<S>> {
         let entry = self.open.first_entry()?;

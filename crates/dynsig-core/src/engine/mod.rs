@@ -473,6 +473,18 @@ impl Engine {
         signals
     }
 
+    /// Whether [`Engine::poll_closed`] would close a window now. Cheap: a caller that
+    /// times closes asks first, so that it reads the clock only when one closes rather
+    /// than on every poll (one per input in a replay).
+    pub fn has_window_to_close(&self) -> bool {
+        let Some(watermark) = self.watermark.value() else {
+            return false;
+        };
+        self.views
+            .iter()
+            .any(|view| view.windows.first_end().is_some_and(|end| end <= watermark))
+    }
+
     /// End of a finite input (replay): closes all open windows as if the watermark were
     /// +inf, same output as poll_closed. The watermark then stands at the last window's
     /// end, so stragglers for the closed windows are late.
