@@ -12,7 +12,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use dynsig_core::alert::text::{self, SeriesFacts, WindowFacts};
 use dynsig_core::alert::{AlertBook, AlertContent, Lifecycle, Observation, Rule, WindowSpan};
 use dynsig_core::anomaly::SeriesScore;
-use dynsig_core::config::{AlertConfig, EngineConfig, TokenizerConfig, TrendConfig};
+use dynsig_core::config::{AlertConfig, EngineConfig, TokenizerConfig, TokenizerMode, TrendConfig};
 use dynsig_core::decode::{decode, Format, InputKind, Limits};
 use dynsig_core::engine::{Engine, PostTerms};
 use dynsig_core::heavy_hitters::HeavyHitters;
@@ -26,6 +26,8 @@ use prost::Message as _;
 const T0: i64 = 1_767_225_600_000;
 const TEXT: &str = "Our @acme rocket skates broke again after two days, customer service \
                     never answered #fail #acme https://t.co/xyz 😡";
+/// A post of the peers' job (`../shared/peers/gen_data.py`): pseudo-words and hashtags.
+const PEERS_TEXT: &str = "aeeixr ctgdctop hftcj afn wbqqbs yop gzoiofrcq #idbtk #chqxje afn jcfij mtb";
 
 /// `n` distinct words drawn with a Zipf-like skew (rank r with weight ~1/r).
 fn zipf_words(n: usize, vocabulary: usize, seed: u64) -> Vec<String> {
@@ -87,6 +89,23 @@ fn tokenizing(c: &mut Criterion) {
         b.iter(|| {
             let mut terms = 0usize;
             tokenizer.for_each_term(black_box(TEXT), &mut scratch, |_, t| terms += t.len());
+            terms
+        })
+    });
+    // The peers' job (benches/peers.toml): whitespace tokens as written, nothing dropped.
+    let whitespace = Tokenizer::new(&TokenizerConfig {
+        mode: TokenizerMode::Whitespace,
+        stopwords: Vec::new(),
+        bigrams: false,
+        ..TokenizerConfig::default()
+    })
+    .unwrap();
+    group.bench_function("post_whitespace", |b| {
+        b.iter(|| {
+            let mut terms = 0usize;
+            whitespace.for_each_term(black_box(PEERS_TEXT), &mut scratch, |_, t| {
+                terms += t.len()
+            });
             terms
         })
     });
