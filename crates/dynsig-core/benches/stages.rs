@@ -27,7 +27,8 @@ const T0: i64 = 1_767_225_600_000;
 const TEXT: &str = "Our @acme rocket skates broke again after two days, customer service \
                     never answered #fail #acme https://t.co/xyz 😡";
 /// A post of the peers' job (`../shared/peers/gen_data.py`): pseudo-words and hashtags.
-const PEERS_TEXT: &str = "aeeixr ctgdctop hftcj afn wbqqbs yop gzoiofrcq #idbtk #chqxje afn jcfij mtb";
+const PEERS_TEXT: &str =
+    "aeeixr ctgdctop hftcj afn wbqqbs yop gzoiofrcq #idbtk #chqxje afn jcfij mtb";
 
 /// `n` distinct words drawn with a Zipf-like skew (rank r with weight ~1/r).
 fn zipf_words(n: usize, vocabulary: usize, seed: u64) -> Vec<String> {
@@ -103,9 +104,7 @@ fn tokenizing(c: &mut Criterion) {
     group.bench_function("post_whitespace", |b| {
         b.iter(|| {
             let mut terms = 0usize;
-            whitespace.for_each_term(black_box(PEERS_TEXT), &mut scratch, |_, t| {
-                terms += t.len()
-            });
+            whitespace.for_each_term(black_box(PEERS_TEXT), &mut scratch, |_, t| terms += t.len());
             terms
         })
     });
