@@ -126,7 +126,7 @@ ticks=$(getconf CLK_TCK)
 service_cpu=$(echo "scale=2; $(cpu_of "$SERVICE") / $ticks" | bc)
 broker_cpu=$(echo "scale=2; ($(cpu_of "$TANSU") - $broker_cpu0) / $ticks" | bc)
 peak_kb=$(awk '/VmHWM/ {print $2}' "/proc/$SERVICE/status")
-wall=$(echo "scale=2; $t1 - $t0" | bc)
+wall=$(printf "%.2f" "$(echo "$t1 - $t0" | bc)")
 rate=$(echo "$POSTS / $wall" | bc)
 echo "service: $(tail -3 "$RUN/dynsig.log" | tr '\n' ' ')" >&2
 echo "posts_per_s=$rate service_cpu_s=$service_cpu peak_rss_mb=$((peak_kb / 1024)) broker_cpu_s=$broker_cpu wall_s=$wall $(cat "$RUN/phases")"
