@@ -215,7 +215,10 @@ async fn a_torn_or_corrupt_checkpoint_is_never_restored() {
     // manifest does not point to. The next start restores the last whole one.
     let (generation, slot) = latest_manifest(&broker).await;
     broker
-        .produce("dynsig.checkpoints", &[chunk(1 - slot, generation + 1)])
+        .produce(
+            "dynsig.checkpoints",
+            &[chunk((slot + 1) % 3, generation + 1)],
+        )
         .await;
     let second = start_restoring(&broker, "restored").await;
     assert!(second.process.terminate().success());

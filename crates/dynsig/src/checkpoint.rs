@@ -11,10 +11,19 @@
 //!   generation number (8 bytes, big-endian).
 //! - then the manifest `<group>` (JSON): generation, slot, chunk count, size, positions.
 //!
-//! Generations alternate between two slots, and the manifest is written only once every
+//! Generations rotate through three slots, and the manifest is written only once every
 //! chunk of its generation is acknowledged: a crash in the middle of writing one leaves
 //! the previous manifest pointing at its own slot, still whole. Chunks left over from a
 //! larger earlier state (indexes past the manifest's count) are ignored.
+//!
+//! Two writers of one group's checkpoints can overlap: when partitions move, the previous
+//! owner's last checkpoint may still be on its way while the new owner restores the one
+//! before it. Each writer therefore starts two generations past the checkpoint it read
+//! ([`first_generation_after`]): the generation in between, and its slot, are left to
+//! the write that may be in flight, and the restored one's slot stays whole until the new
+//! owner's first manifest is written. Two writers never write the same generation, so a
+//! chunk of another write in the slot a manifest names is refused (its generation
+//! differs) instead of mixed into the state.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -27,6 +36,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::KafkaConfig;
 use crate::output::{Content, OutRecord};
+
+/// Slots the chunks of successive generations rotate through (see the module docs).
+const SLOTS: u64 = 3;
+
+/// The generation of the first checkpoint a writer takes after reading `restored` (the
+/// generation of the latest checkpoint on the topic, if any): two past it, so that it
+/// shares neither a generation nor a slot with a write of the state's previous owner
+/// still in flight, nor overwrites the slot of the checkpoint it restored.
+pub fn first_generation_after(restored: Option<u64>) -> u64 {
+    restored.unwrap_or(0) + 2
+}
 
 /// How long reading the checkpoint topic may take at start.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -133,7 +153,7 @@ impl CheckpointTopic {
         created_at_ms: i64,
     ) -> (Vec<OutRecord>, OutRecord) {
         let generation = state.generation;
-        let slot = (generation % 2) as u8;
+        let slot = (generation % SLOTS) as u8;
         let chunks: Vec<OutRecord> = state
             .chunks
             .into_iter()
@@ -239,7 +259,7 @@ mod tests {
     use std::io::Write as _;
 
     #[test]
-    fn chunks_carry_their_generation_and_alternate_slots() {
+    fn chunks_carry_their_generation_and_rotate_slots() {
         let topic = CheckpointTopic {
             topic: "dynsig.checkpoints".into(),
             group: "g".into(),
@@ -254,14 +274,34 @@ mod tests {
             .iter()
             .map(|r| String::from_utf8(r.key.clone().unwrap()).unwrap())
             .collect();
-        assert_eq!(keys, ["g/1/0", "g/1/1", "g/1/2"]);
+        assert_eq!(keys, ["g/1/0", "g/1/1", "g/1/2"], "7 % 3");
         assert_eq!(&chunks[2].payload[..8], &7u64.to_be_bytes());
         assert_eq!(&chunks[2].payload[8..], b"89");
         let manifest: Manifest = serde_json::from_slice(&manifest.payload).unwrap();
         assert_eq!((manifest.slot, manifest.chunks, manifest.bytes), (1, 3, 10));
-        let mut state = topic.writer(8);
-        state.write_all(b"x").unwrap();
-        let (next, _) = topic.records(state, (Vec::new(), Vec::new()), 0);
-        assert_eq!(next[0].key.as_deref(), Some(&b"g/0/0"[..]));
+        let slot_of = |generation| {
+            let mut state = topic.writer(generation);
+            state.write_all(b"x").unwrap();
+            let (chunks, _) = topic.records(state, (Vec::new(), Vec::new()), 0);
+            String::from_utf8(chunks[0].key.clone().unwrap()).unwrap()
+        };
+        assert_eq!([slot_of(8), slot_of(9)], ["g/2/0", "g/0/0"]);
+    }
+
+    /// A writer that restored generation `g` while the previous owner may still be
+    /// writing `g + 1`: it takes neither that generation nor its slot, and leaves `g`'s
+    /// slot alone until it has a manifest of its own.
+    #[test]
+    fn a_new_writer_keeps_clear_of_the_previous_owners_write() {
+        for restored in [None, Some(1), Some(2), Some(41)] {
+            let first = first_generation_after(restored);
+            let in_flight = restored.unwrap_or(0) + 1;
+            assert!(first > in_flight);
+            let slot = |generation: u64| generation % SLOTS;
+            assert_ne!(slot(first), slot(in_flight), "{restored:?}");
+            if let Some(restored) = restored {
+                assert_ne!(slot(first), slot(restored));
+            }
+        }
     }
 }

@@ -14,7 +14,7 @@ use metrics::{counter, histogram};
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::checkpoint::{CheckpointTopic, ChunkWriter, Position, Saved};
+use crate::checkpoint::{self, CheckpointTopic, ChunkWriter, Position, Saved};
 use crate::config::{Config, TopicsConfig};
 use crate::kafka::Assignment;
 use crate::output::OutRecord;
@@ -111,7 +111,8 @@ impl Checkpointing {
         // Registered at 0, so that an instance that never manages a checkpoint shows
         // (`DynsigCheckpointsFailing` in deploy/prometheus/).
         counter!(names::CHECKPOINTS).increment(0);
-        let next_generation = saved.as_ref().map_or(1, |s| s.manifest.generation + 1);
+        let next_generation =
+            checkpoint::first_generation_after(saved.as_ref().map(|s| s.manifest.generation));
         acknowledged.store(next_generation - 1, Ordering::Release);
         let to_restore = match saved {
             Some(saved) => {
@@ -197,13 +198,21 @@ impl Checkpointing {
                 chunks: Vec::new(),
                 manifest: None,
                 positions,
-                generation: saved.manifest.generation,
+                generation: self.restored_generation(),
                 started: Instant::now(),
                 bytes: saved.manifest.bytes,
                 acknowledged: self.acknowledged.clone(),
             }),
             ..Batch::default()
         })
+    }
+
+    /// What a restored checkpoint reports as acknowledged once the sink has it: the
+    /// generation before the next one (not the restored one's: the next is two past it,
+    /// see [`checkpoint::first_generation_after`]), so that the next checkpoint is not
+    /// held back waiting for the generation skipped.
+    pub(super) fn restored_generation(&self) -> u64 {
+        self.next_generation - 1
     }
 
     /// When the previous checkpoint is acknowledged and enough time has passed: the

@@ -1033,7 +1033,7 @@ fn restore_checkpoint(
         chunks: Vec::new(),
         manifest: None,
         positions: HashMap::from([(key, position)]),
-        generation: saved.manifest.generation,
+        generation: checkpointing.restored_generation(),
         started: std::time::Instant::now(),
         bytes: saved.manifest.bytes,
         acknowledged: checkpointing.acknowledged.clone(),
