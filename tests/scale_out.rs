@@ -278,10 +278,11 @@ async fn two_instances_publish_what_one_does_and_one_survives_the_other() {
         ));
     }
     let differences = ranking_differences(&final_entries(&trends), &expected_entries);
+    let refused = metric(&survivor, "dynsig_shard_refusals_total").await;
     survivor.check(differences.is_empty(), || {
         format!(
             "each window's ranking, against the replay (entries that differ, the replay's \
-             second):\n{}",
+             second; the survivor's shard engines refused {refused} inputs):\n{}",
             differences.join("\n")
         )
     });

@@ -44,6 +44,7 @@ pub mod names {
     pub const CATALOG_RELOAD_FAILURES: &str = "dynsig_catalog_reload_failures_total";
     pub const SHARDS_OWNED: &str = "dynsig_shards_owned";
     pub const MERGE_OWNED: &str = "dynsig_merge_owned";
+    pub const SHARD_REFUSALS: &str = "dynsig_shard_refusals_total";
 }
 
 /// Log output format.
@@ -225,6 +226,10 @@ fn describe() {
     describe_gauge!(
         SHARDS_OWNED,
         "With scale.shards > 1: the shards whose engines this instance runs."
+    );
+    describe_counter!(
+        SHARD_REFUSALS,
+        "With scale.shards > 1: inputs a shard engine refused as late or future, per shard engine (an input all N shards refuse counts N times; the first shard's refusals are also dead-lettered and in dynsig_events_rejected_total), by reason."
     );
     describe_gauge!(
         MERGE_OWNED,

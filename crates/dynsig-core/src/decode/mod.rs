@@ -285,17 +285,7 @@ impl<'de> Visitor<'de> for PostInto<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let post = self.0;
-        for field in [
-            &mut post.id,
-            &mut post.source,
-            &mut post.author,
-            &mut post.text,
-            &mut post.lang,
-            &mut post.url,
-        ] {
-            field.clear();
-        }
-        post.metadata.clear();
+        clear_post(post);
         let (mut ts, mut has_text, mut seen) = (None, false, 0u16);
         while let Some(field) = map.next_key::<PostField>()? {
             if field != PostField::Other {
@@ -453,6 +443,21 @@ fn decode_post_with_serde(
     let fields = json.deserialize_map(PostInto(post))?;
     json.end()?;
     Ok(fields)
+}
+
+/// Empties every field of a reused `post` that a JSON post may set, keeping their buffers.
+fn clear_post(post: &mut Post) {
+    for field in [
+        &mut post.id,
+        &mut post.source,
+        &mut post.author,
+        &mut post.text,
+        &mut post.lang,
+        &mut post.url,
+    ] {
+        field.clear();
+    }
+    post.metadata.clear();
 }
 
 /// Replaces `field` with `value` (empty when absent), reusing its buffer.

@@ -17,17 +17,7 @@ use crate::model::{EpochMs, Post};
 /// (see the module docs): `Some((ts, has_text))` as the serde path returns them, or
 /// `None` (and `post` in any state) when the serde path must decode it.
 pub(super) fn read(text: &str, post: &mut Post) -> Option<(Option<EpochMs>, bool)> {
-    for field in [
-        &mut post.id,
-        &mut post.source,
-        &mut post.author,
-        &mut post.text,
-        &mut post.lang,
-        &mut post.url,
-    ] {
-        field.clear();
-    }
-    post.metadata.clear();
+    super::clear_post(post);
     let mut reader = Reader {
         text,
         bytes: text.as_bytes(),

@@ -27,6 +27,7 @@ use crate::authors::author_hash;
 use crate::catalog::{ActorMatcher, MatchScratch};
 use crate::co_mentions::{CoMentionConfig, CoMentions, WindowPairs};
 use crate::config::{effective_hop, window_name, ConfigError, EmitMode, EngineConfig, Stream};
+use crate::decode::RejectReason;
 use crate::model::{
     Anomaly, EcosystemSnapshot, EpochMs, Input, Origin, Post, Signal, Term, TermKind, TrendSnapshot,
 };
@@ -56,6 +57,16 @@ pub enum Refused {
     },
     /// The input's time is more than `window.max_future_ms` ahead of the wall clock.
     Future { limit: EpochMs },
+}
+
+impl Refused {
+    /// The reason a rejection of this input carries (its dead-letter record, metrics).
+    pub fn reason(self) -> RejectReason {
+        match self {
+            Refused::Late { .. } => RejectReason::Late,
+            Refused::Future { .. } => RejectReason::Future,
+        }
+    }
 }
 
 impl From<ConfigError> for EngineError {

@@ -339,7 +339,7 @@ struct LineSource {
     reader: BufReader<File>,
     /// Where the line last read is: its length (line end included) at the start of the
     /// reader's buffer, to be consumed by the next read, or `None` when it is in
-    /// `spilled`. Most lines are read in place: copying each one cost ~5% of a replay.
+    /// `spilled`. Most lines are read in place: copying each one cost ~3% of a replay.
     in_place: Option<usize>,
     /// The line last read when it did not lie whole in the reader's buffer (it spanned
     /// two fills, or ended the file without a line end).

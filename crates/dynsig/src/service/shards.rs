@@ -545,19 +545,27 @@ impl Sharded {
                     partition: partition_index((kind, origin.partition)),
                     offset: record.offset,
                 };
+                // Every shard's refusals are counted: the shards agree on event time only
+                // as far as their idle time and read-out floors (wall-clock driven, each
+                // shard's own) agree, so one may refuse its part of an input the others
+                // count. An input is dead-lettered (and counted as rejected) once, by the
+                // first shard.
                 if index == 0 {
-                    shard.processor.ingest_with_terms(
-                        &body.record,
-                        Some(engine_origin),
-                        &mut body.terms,
-                    )
-                } else {
-                    // Refusals are counted once, by the first shard.
-                    let _ = shard.processor.engine_mut().ingest_with_terms(
+                    let verdict = shard.processor.ingest_with_terms(
                         &body.record,
                         Some(engine_origin),
                         &mut body.terms,
                     );
+                    verdict.inspect_err(|rejection| count_shard_refusal(rejection.reason))
+                } else {
+                    let verdict = shard.processor.engine_mut().ingest_with_terms(
+                        &body.record,
+                        Some(engine_origin),
+                        &mut body.terms,
+                    );
+                    if let Err(refused) = verdict {
+                        count_shard_refusal(refused.reason());
+                    }
                     Ok(())
                 }
             }
@@ -989,6 +997,11 @@ fn coverage(
         })
         .collect();
     (covered, inputs)
+}
+
+/// Counts an input a shard engine refused (see `Sharded::count`).
+fn count_shard_refusal(reason: RejectReason) {
+    counter!(names::SHARD_REFUSALS, "reason" => reason.as_str()).increment(1);
 }
 
 /// Restores a saved checkpoint with `restore`, if it covers `key` (the shard's or
