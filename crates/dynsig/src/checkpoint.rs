@@ -8,7 +8,8 @@
 //! Records, all keyed so that compaction keeps exactly the latest of each:
 //! - chunks `<group>/<slot>/<i>`: the state cut in pieces of at most `chunk_bytes`, since
 //!   brokers refuse large records (1 MB by default in Kafka). Each starts with its
-//!   generation number (8 bytes, big-endian).
+//!   generation number and its write's random id (8 bytes each, big-endian; checkpoints
+//!   written before the id existed have the generation only, and no id in the manifest).
 //! - then the manifest `<group>` (JSON): generation, slot, chunk count, size, positions.
 //!
 //! Generations rotate through three slots, and the manifest is written only once every
@@ -19,11 +20,13 @@
 //! Two writers of one group's checkpoints can overlap: when partitions move, the previous
 //! owner's last checkpoint may still be on its way while the new owner restores the one
 //! before it. Each writer therefore starts two generations past the checkpoint it read
-//! ([`first_generation_after`]): the generation in between, and its slot, are left to
-//! the write that may be in flight, and the restored one's slot stays whole until the new
-//! owner's first manifest is written. Two writers never write the same generation, so a
-//! chunk of another write in the slot a manifest names is refused (its generation
-//! differs) instead of mixed into the state.
+//! ([`first_generation_after`]): the generation after it, the one a steady writer has in
+//! flight, and its slot are left alone, and the restored one's slot stays whole until
+//! the new owner's first manifest is written. That does not cover every case (a previous
+//! owner whose own first checkpoint after a restore is in flight numbered it as the new
+//! owner will), so every write also carries a random id: a chunk of another write in the
+//! slot a manifest names is refused (the checkpoint is then unreadable, and the state is
+//! rebuilt from the committed offsets), never mixed into the state.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -42,10 +45,22 @@ const SLOTS: u64 = 3;
 
 /// The generation of the first checkpoint a writer takes after reading `restored` (the
 /// generation of the latest checkpoint on the topic, if any): two past it, so that it
-/// shares neither a generation nor a slot with a write of the state's previous owner
+/// shares neither a generation nor a slot with the next write of a steady previous owner
 /// still in flight, nor overwrites the slot of the checkpoint it restored.
 pub fn first_generation_after(restored: Option<u64>) -> u64 {
     restored.unwrap_or(0) + 2
+}
+
+/// A chunk's header: its generation, then its write's id.
+const HEADER_BYTES: usize = 16;
+
+/// An id for one checkpoint write, unique in practice: std's hasher keys are random per
+/// process and differ for every hasher made.
+fn random_write_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 /// How long reading the checkpoint topic may take at start.
@@ -67,6 +82,10 @@ pub struct Manifest {
     slot: u8,
     chunks: u32,
     pub bytes: u64,
+    /// The random id every chunk of this checkpoint carries after its generation; `None`
+    /// for checkpoints written before ids (their chunks carry the generation only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    write_id: Option<u64>,
     pub created_at_ms: i64,
     pub positions: Vec<Position>,
     /// A shard's (`scale.shards` > 1): per input partition, the next input offset in the
@@ -95,6 +114,7 @@ pub struct CheckpointTopic {
 /// with the generation), so that the state exists once, in the records to publish.
 pub struct ChunkWriter {
     generation: u64,
+    write_id: u64,
     chunk_bytes: usize,
     chunks: Vec<Vec<u8>>,
     bytes: u64,
@@ -107,21 +127,22 @@ impl ChunkWriter {
     }
 
     fn new_chunk(&self) -> Vec<u8> {
-        let mut chunk = Vec::with_capacity(8 + self.chunk_bytes);
+        let mut chunk = Vec::with_capacity(HEADER_BYTES + self.chunk_bytes);
         chunk.extend_from_slice(&self.generation.to_be_bytes());
+        chunk.extend_from_slice(&self.write_id.to_be_bytes());
         chunk
     }
 }
 
 impl std::io::Write for ChunkWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let full = |chunk: &Vec<u8>| chunk.len() >= 8 + self.chunk_bytes;
+        let full = |chunk: &Vec<u8>| chunk.len() >= HEADER_BYTES + self.chunk_bytes;
         if self.chunks.last().is_none_or(full) {
             let chunk = self.new_chunk();
             self.chunks.push(chunk);
         }
         let chunk = self.chunks.last_mut().expect("a chunk was just ensured");
-        let room = 8 + self.chunk_bytes - chunk.len();
+        let room = HEADER_BYTES + self.chunk_bytes - chunk.len();
         let taken = buf.len().min(room);
         chunk.extend_from_slice(&buf[..taken]);
         self.bytes += taken as u64;
@@ -138,6 +159,7 @@ impl CheckpointTopic {
     pub fn writer(&self, generation: u64) -> ChunkWriter {
         ChunkWriter {
             generation,
+            write_id: random_write_id(),
             chunk_bytes: self.chunk_bytes.max(1),
             chunks: Vec::new(),
             bytes: 0,
@@ -152,7 +174,7 @@ impl CheckpointTopic {
         (positions, inputs): (Vec<Position>, Vec<Position>),
         created_at_ms: i64,
     ) -> (Vec<OutRecord>, OutRecord) {
-        let generation = state.generation;
+        let (generation, write_id) = (state.generation, state.write_id);
         let slot = (generation % SLOTS) as u8;
         let chunks: Vec<OutRecord> = state
             .chunks
@@ -165,6 +187,7 @@ impl CheckpointTopic {
             slot,
             chunks: chunks.len() as u32,
             bytes: state.bytes,
+            write_id: Some(write_id),
             created_at_ms,
             positions,
             inputs,
@@ -230,6 +253,17 @@ impl CheckpointTopic {
         };
         let manifest: Manifest =
             serde_json::from_slice(manifest).context("reading the checkpoint manifest")?;
+        let state = self.state_of(&manifest, &latest)?;
+        Ok(Some(Saved { manifest, state }))
+    }
+
+    /// The state `manifest` describes, from its chunks among `latest` (the latest record
+    /// of each key): refused if one is missing or belongs to another write.
+    fn state_of(
+        &self,
+        manifest: &Manifest,
+        latest: &HashMap<Vec<u8>, Vec<u8>>,
+    ) -> anyhow::Result<Vec<u8>> {
         let mut state = Vec::with_capacity(manifest.bytes as usize);
         for i in 0..manifest.chunks {
             let key = format!("{}/{}/{i}", self.group, manifest.slot);
@@ -240,7 +274,17 @@ impl CheckpointTopic {
                 chunk.len() >= 8 && chunk[..8] == manifest.generation.to_be_bytes(),
                 "checkpoint chunk {key} belongs to another generation"
             );
-            state.extend_from_slice(&chunk[8..]);
+            let header = match manifest.write_id {
+                Some(id) => {
+                    anyhow::ensure!(
+                        chunk.len() >= HEADER_BYTES && chunk[8..HEADER_BYTES] == id.to_be_bytes(),
+                        "checkpoint chunk {key} belongs to another write of its generation"
+                    );
+                    HEADER_BYTES
+                }
+                None => 8,
+            };
+            state.extend_from_slice(&chunk[header..]);
         }
         anyhow::ensure!(
             state.len() as u64 == manifest.bytes,
@@ -248,7 +292,7 @@ impl CheckpointTopic {
             manifest.bytes,
             state.len()
         );
-        Ok(Some(Saved { manifest, state }))
+        Ok(state)
     }
 }
 
@@ -276,9 +320,14 @@ mod tests {
             .collect();
         assert_eq!(keys, ["g/1/0", "g/1/1", "g/1/2"], "7 % 3");
         assert_eq!(&chunks[2].payload[..8], &7u64.to_be_bytes());
-        assert_eq!(&chunks[2].payload[8..], b"89");
+        assert_eq!(&chunks[2].payload[16..], b"89");
         let manifest: Manifest = serde_json::from_slice(&manifest.payload).unwrap();
         assert_eq!((manifest.slot, manifest.chunks, manifest.bytes), (1, 3, 10));
+        let id = manifest.write_id.unwrap().to_be_bytes();
+        assert!(
+            chunks.iter().all(|c| c.payload[8..16] == id),
+            "one id per write"
+        );
         let slot_of = |generation| {
             let mut state = topic.writer(generation);
             state.write_all(b"x").unwrap();
@@ -288,20 +337,62 @@ mod tests {
         assert_eq!([slot_of(8), slot_of(9)], ["g/2/0", "g/0/0"]);
     }
 
-    /// A writer that restored generation `g` while the previous owner may still be
+    /// Two writes of one generation (two owners of the state, overlapping): a manifest
+    /// reads its own write's chunks, and refuses another's in its slot instead of mixing
+    /// them in. A manifest without an id (written before ids) reads generation-only
+    /// chunks.
+    #[test]
+    fn a_manifest_reads_its_own_writes_chunks_only() {
+        let topic = CheckpointTopic {
+            topic: "dynsig.checkpoints".into(),
+            group: "g".into(),
+            chunk_bytes: 4,
+        };
+        let write = |state: &[u8]| {
+            let mut writer = topic.writer(5);
+            writer.write_all(state).unwrap();
+            let (chunks, manifest) = topic.records(writer, (Vec::new(), Vec::new()), 0);
+            let manifest: Manifest = serde_json::from_slice(&manifest.payload).unwrap();
+            let latest: HashMap<Vec<u8>, Vec<u8>> = chunks
+                .into_iter()
+                .map(|c| (c.key.unwrap(), c.payload))
+                .collect();
+            (manifest, latest)
+        };
+        let (first, mut latest) = write(b"first write");
+        assert_eq!(topic.state_of(&first, &latest).unwrap(), b"first write");
+        let (_, second) = write(b"SECOND WRITE");
+        let key = b"g/2/1".to_vec();
+        latest.insert(key.clone(), second[&key].clone());
+        let error = topic.state_of(&first, &latest).unwrap_err().to_string();
+        assert!(error.contains("another write"), "{error}");
+        let old = Manifest {
+            write_id: None,
+            ..first
+        };
+        let mut old_chunk = 5u64.to_be_bytes().to_vec();
+        old_chunk.extend_from_slice(b"old state!!");
+        let old_latest = HashMap::from([(b"g/2/0".to_vec(), old_chunk)]);
+        let old = Manifest {
+            chunks: 1,
+            bytes: 11,
+            ..old
+        };
+        assert_eq!(topic.state_of(&old, &old_latest).unwrap(), b"old state!!");
+    }
+
+    /// A writer that restored generation `g` while a steady previous owner may still be
     /// writing `g + 1`: it takes neither that generation nor its slot, and leaves `g`'s
     /// slot alone until it has a manifest of its own.
     #[test]
     fn a_new_writer_keeps_clear_of_the_previous_owners_write() {
-        for restored in [None, Some(1), Some(2), Some(41)] {
-            let first = first_generation_after(restored);
-            let in_flight = restored.unwrap_or(0) + 1;
+        let slot = |generation: u64| generation % SLOTS;
+        for restored in [1, 2, 41] {
+            let first = first_generation_after(Some(restored));
+            let in_flight = restored + 1;
             assert!(first > in_flight);
-            let slot = |generation: u64| generation % SLOTS;
-            assert_ne!(slot(first), slot(in_flight), "{restored:?}");
-            if let Some(restored) = restored {
-                assert_ne!(slot(first), slot(restored));
-            }
+            assert_ne!(slot(first), slot(in_flight), "restored {restored}");
+            assert_ne!(slot(first), slot(restored), "restored {restored}");
         }
     }
 }
