@@ -31,42 +31,27 @@ pub(super) fn read(text: &str, post: &mut Post) -> Option<(Option<EpochMs>, bool
         loop {
             let key = reader.string()?;
             reader.expect(b':')?;
-            let field = match key {
-                "id" => Some((0, &mut post.id)),
-                "source" => Some((1, &mut post.source)),
-                "author" => Some((2, &mut post.author)),
-                "text" => Some((3, &mut post.text)),
-                "lang" => Some((4, &mut post.lang)),
-                "url" => Some((5, &mut post.url)),
-                "ts" | "metadata" => None,
-                _ => {
-                    reader.skip_simple_value()?;
-                    None
-                }
-            };
             // A repeated known field is the serde path's error to report.
-            let bit = match key {
-                "ts" => Some(6),
-                "metadata" => Some(7),
-                _ => field.as_ref().map(|(bit, _)| *bit),
-            };
-            if let Some(bit) = bit {
-                if seen & 1 << bit != 0 {
-                    return None;
+            match key {
+                "ts" => {
+                    first_time(&mut seen, 6)?;
+                    ts = reader.null_or(Reader::integer)?;
                 }
-                seen |= 1 << bit;
-            }
-            match (key, field) {
-                ("ts", _) => ts = reader.null_or(Reader::integer)?,
                 // Only an absent map here: entries take the serde path.
-                ("metadata", _) => reader.null()?,
-                (_, Some((bit, out))) => {
-                    if let Some(value) = reader.null_or(Reader::string)? {
-                        out.push_str(value);
-                        has_text |= bit == 3;
-                    }
+                "metadata" => {
+                    first_time(&mut seen, 7)?;
+                    reader.null()?;
                 }
-                _ => {}
+                _ => match string_field(post, key) {
+                    Some((bit, field)) => {
+                        first_time(&mut seen, bit)?;
+                        if let Some(value) = reader.null_or(Reader::string)? {
+                            field.push_str(value);
+                            has_text |= key == "text";
+                        }
+                    }
+                    None => reader.skip_simple_value()?,
+                },
             }
             match reader.next_byte()? {
                 b',' => continue,
@@ -77,6 +62,27 @@ pub(super) fn read(text: &str, post: &mut Post) -> Option<(Option<EpochMs>, bool
     }
     reader.skip_whitespace();
     (reader.at == reader.bytes.len()).then_some((ts, has_text))
+}
+
+/// The string field `key` names, with its bit in the fields seen (0 to 5; `ts` and
+/// `metadata` take 6 and 7).
+fn string_field<'p>(post: &'p mut Post, key: &str) -> Option<(u8, &'p mut String)> {
+    Some(match key {
+        "id" => (0, &mut post.id),
+        "source" => (1, &mut post.source),
+        "author" => (2, &mut post.author),
+        "text" => (3, &mut post.text),
+        "lang" => (4, &mut post.lang),
+        "url" => (5, &mut post.url),
+        _ => return None,
+    })
+}
+
+/// Marks field `bit` seen; `None` if it was already.
+fn first_time(seen: &mut u8, bit: u8) -> Option<()> {
+    let first = *seen & 1 << bit == 0;
+    *seen |= 1 << bit;
+    first.then_some(())
 }
 
 /// A cursor over the record; every method returns `None` where the record leaves the
