@@ -175,20 +175,17 @@ pub fn input_label(kind: InputKind) -> &'static str {
 /// too far ahead of the wall clock), counted.
 fn refusal_counted(record: &Input, result: Result<(), Refused>) -> Result<(), Rejection> {
     result
-            .map_err(|refused| match refused {
-                Refused::Late {
-                    window_end,
-                    watermark,
-                } => Rejection {
-                    reason: RejectReason::Late,
-                    detail: format!(
+            .map_err(|refused| Rejection {
+                reason: refused.reason(),
+                detail: match refused {
+                    Refused::Late {
+                        window_end,
+                        watermark,
+                    } => format!(
                         "event time {} is in window ending {window_end}, already closed by watermark {watermark}",
                         record.ts(),
                     ),
-                },
-                Refused::Future { limit } => Rejection {
-                    reason: RejectReason::Future,
-                    detail: format!(
+                    Refused::Future { limit } => format!(
                         "event time {} is after {limit}, the wall clock plus window.max_future_ms",
                         record.ts(),
                     ),

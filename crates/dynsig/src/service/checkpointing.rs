@@ -198,7 +198,7 @@ impl Checkpointing {
                 chunks: Vec::new(),
                 manifest: None,
                 positions,
-                generation: self.restored_generation(),
+                generation: self.acknowledged_at_restore(),
                 started: Instant::now(),
                 bytes: saved.manifest.bytes,
                 acknowledged: self.acknowledged.clone(),
@@ -207,11 +207,11 @@ impl Checkpointing {
         })
     }
 
-    /// What a restored checkpoint reports as acknowledged once the sink has it: the
-    /// generation before the next one (not the restored one's: the next is two past it,
-    /// see [`checkpoint::first_generation_after`]), so that the next checkpoint is not
-    /// held back waiting for the generation skipped.
-    pub(super) fn restored_generation(&self) -> u64 {
+    /// The generation a restored checkpoint reports as acknowledged once the sink has
+    /// it: the one before the next (not the restored one: the next is two past it, see
+    /// [`checkpoint::first_generation_after`]), so that the next checkpoint is not held
+    /// back waiting for the generation skipped.
+    pub(super) fn acknowledged_at_restore(&self) -> u64 {
         self.next_generation - 1
     }
 

@@ -1046,7 +1046,7 @@ fn restore_checkpoint(
         chunks: Vec::new(),
         manifest: None,
         positions: HashMap::from([(key, position)]),
-        generation: checkpointing.restored_generation(),
+        generation: checkpointing.acknowledged_at_restore(),
         started: std::time::Instant::now(),
         bytes: saved.manifest.bytes,
         acknowledged: checkpointing.acknowledged.clone(),
